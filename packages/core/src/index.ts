@@ -1,0 +1,59 @@
+export {
+  Runtime,
+  blockOn,
+  createRuntime,
+  currentRuntime,
+  spawn,
+  tryCurrentRuntime,
+  type MultiCoreRuntimeLike,
+  type PluginFactory,
+  type RuntimePlugin,
+  type RuntimeStats,
+  type ShutdownOptions,
+  type TrackedResource,
+} from './runtime.js';
+export { JoinHandle, Chained, type Thenable } from './task.js';
+export {
+  CancelledError,
+  InvalidArgumentError,
+  IoError,
+  RuntimeError,
+  closedError,
+  ioErrorFromCode,
+  ioErrorFromErrno,
+  toIoError,
+  type IoErrorDetails,
+  type RuntimeErrorCode,
+} from './errors.js';
+export {
+  BACKENDS,
+  FEATURES,
+  FEATURE_PACKAGES,
+  resolveConfig,
+  type BackendChoice,
+  type FeatureName,
+  type ResolvedConfig,
+  type RuntimeConfig,
+} from './config.js';
+export {
+  NO_COMPLETIONS,
+  type BackendModule,
+  type BackendName,
+  type BackendOptions,
+  type BufferHandle,
+  type IoBackend,
+  type IoBackendFeatures,
+  type IoBuffer,
+  type IoCompletion,
+  type IoHandleId,
+  type IoOperation,
+  type IoOpName,
+  type SocketAddress,
+} from './backend.js';
+export { bytesOf, validateOperation } from './io-operation.js';
+export { AUTO_LADDER, autoCandidates, probeBackend, tryLoadPackage, type BackendProbe } from './loader.js';
+export { NodeBackend } from './backend-node.js';
+export { BufferPool, type BufferPoolConfig } from './buffer-pool.js';
+export { File, type OpenFlags } from './file.js';
+export { TcpListener, TcpStream } from './tcp.js';
+export { doctor, formatDoctor, type DoctorReport } from './doctor.js';

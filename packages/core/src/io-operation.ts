@@ -1,0 +1,112 @@
+import type { IoBuffer, IoOperation } from './backend.js';
+import { InvalidArgumentError } from './errors.js';
+
+/**
+ * Checks shared by every backend's `submit`, so a malformed operation gets the same
+ * `INVALID_ARGUMENT` everywhere and native code only ever sees well-formed descriptors.
+ */
+
+/** The bytes of an operation's buffer, whichever form it was given in. */
+export function bytesOf(buffer: IoBuffer): Uint8Array {
+  return buffer instanceof Uint8Array ? buffer : buffer.bytes;
+}
+
+function checkFd(fd: unknown, op: string): void {
+  if (typeof fd !== 'number' || !Number.isInteger(fd)) {
+    throw new InvalidArgumentError(`${op}: fd must be an integer, got ${String(fd)}`);
+  }
+}
+
+function checkLen(buffer: IoBuffer | undefined, len: unknown, op: string): void {
+  if (buffer === undefined || buffer === null || !(buffer instanceof Uint8Array || bytesOf(buffer) instanceof Uint8Array)) {
+    throw new InvalidArgumentError(`${op}: buffer must be a Uint8Array or a BufferHandle`);
+  }
+  if (typeof len !== 'number' || !Number.isInteger(len) || len < 0) {
+    throw new InvalidArgumentError(`${op}: length must be a non-negative integer, got ${String(len)}`);
+  }
+  const have = bytesOf(buffer).byteLength;
+  if (len > have) {
+    throw new InvalidArgumentError(`${op}: length ${len} is past the end of a ${have}-byte buffer`);
+  }
+}
+
+function checkOffset(offset: unknown, op: string): void {
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < -1) {
+    throw new InvalidArgumentError(`${op}: position must be a non-negative safe integer (or -1 for the current position), got ${String(offset)}`);
+  }
+}
+
+function checkBuffers(buffers: unknown, op: string): void {
+  if (!Array.isArray(buffers) || buffers.some((b) => !(b instanceof Uint8Array))) {
+    throw new InvalidArgumentError(`${op}: buffers must be an array of Uint8Array`);
+  }
+  if (buffers.length > 1024) {
+    throw new InvalidArgumentError(`${op}: at most 1024 buffers (IOV_MAX), got ${buffers.length}`);
+  }
+}
+
+/** Throws `INVALID_ARGUMENT` unless `op` is a well-formed {@link IoOperation}. */
+export function validateOperation(op: IoOperation): void {
+  if (op === null || typeof op !== 'object') throw new InvalidArgumentError('an operation must be an object');
+  switch (op.op) {
+    case 'nop':
+      return;
+    case 'timeout':
+      if (typeof op.ms !== 'number' || !Number.isFinite(op.ms) || op.ms < 0) {
+        throw new InvalidArgumentError(`timeout: ms must be a finite non-negative number, got ${String(op.ms)}`);
+      }
+      return;
+    case 'read':
+    case 'write':
+      checkFd(op.fd, op.op);
+      checkLen(op.buffer, op.len, op.op);
+      checkOffset(op.offset, op.op);
+      return;
+    case 'readv':
+    case 'writev':
+      checkFd(op.fd, op.op);
+      checkBuffers(op.buffers, op.op);
+      checkOffset(op.offset, op.op);
+      return;
+    case 'recv':
+    case 'send':
+      checkFd(op.fd, op.op);
+      checkLen(op.buffer, op.len, op.op);
+      return;
+    case 'fsync':
+    case 'close':
+    case 'accept':
+      checkFd(op.fd, op.op);
+      return;
+    case 'shutdown':
+      checkFd(op.fd, op.op);
+      if (op.how !== 0 && op.how !== 1 && op.how !== 2) throw new InvalidArgumentError('shutdown: how must be 0, 1 or 2');
+      return;
+    case 'open':
+      if (typeof op.path !== 'string' || op.path.length === 0 || op.path.includes('\0')) {
+        throw new InvalidArgumentError('open: path must be a non-empty string without NUL bytes');
+      }
+      if (!Number.isInteger(op.flags) || !Number.isInteger(op.mode) || op.mode < 0) {
+        throw new InvalidArgumentError('open: flags and mode must be integers');
+      }
+      return;
+    case 'socket':
+      if (op.family !== 4 && op.family !== 6) throw new InvalidArgumentError('socket: family must be 4 or 6');
+      return;
+    case 'listen':
+    case 'connect': {
+      checkFd(op.fd, op.op);
+      const a = op.addr;
+      if (!a || typeof a.host !== 'string' || !Number.isInteger(a.port) || a.port < 0 || a.port > 65535) {
+        throw new InvalidArgumentError(`${op.op}: addr must be { host: string, port: 0..65535 }`);
+      }
+      if (op.op === 'connect' && a.port === 0) throw new InvalidArgumentError('connect: port 0 is not a destination');
+      if (op.op === 'listen' && (!Number.isInteger(op.backlog) || op.backlog < 0)) {
+        throw new InvalidArgumentError('listen: backlog must be a non-negative integer');
+      }
+      return;
+    }
+    default:
+      throw new InvalidArgumentError(`unknown operation ${JSON.stringify((op as { op?: unknown }).op)}`);
+  }
+}

@@ -1,0 +1,611 @@
+import type { IoBackend, IoCompletion, IoHandleId, IoOperation } from './backend.js';
+import { BufferPool } from './buffer-pool.js';
+import { resolveConfig, BACKEND_FEATURE, type FeatureName, type ResolvedConfig, type RuntimeConfig } from './config.js';
+import { CancelledError, RuntimeError } from './errors.js';
+import { createConfiguredBackend, loadFeature, type BackendProbe } from './loader.js';
+import { JoinHandle, TaskState, type TaskScheduler } from './task.js';
+
+/**
+ * The per-thread runtime: a run queue of tasks, one I/O backend, the plugins its config named.
+ *
+ * The loop, stage by stage (docs/design.md has the long form):
+ *
+ * 1. `spawn` appends the task to the run queue. The first spawn of a loop turn schedules one
+ *    drain with `setImmediate`; every later spawn of the turn rides on it. A task that is
+ *    awaited before the drain reaches it starts right then, inside `then`: awaiting a fresh
+ *    handle costs no extra hop through the event loop.
+ * 2. The drain runs queued tasks in FIFO order. A task whose function returns synchronously
+ *    settles right there; an async one settles when its promise does. At most `DRAIN_BUDGET`
+ *    tasks run per drain; the rest continue from `setImmediate`, so a task that keeps spawning
+ *    cannot starve I/O.
+ * 3. Tasks submit I/O through {@link Runtime.io}: the operation goes to the backend's submission
+ *    queue at once, and one flush per batch (again one `queueMicrotask`) hands the whole batch
+ *    to the kernel in one boundary crossing.
+ * 4. The backend's one pollable fd is watched by Node's loop; when it fires, the runtime reaps
+ *    every completion with `poll(0)` and resolves the waiting promises, whose continuations run
+ *    as microtasks and submit the next batch.
+ *
+ * Everything here is per thread: a worker thread of the multicore plugin runs its own Runtime.
+ */
+
+/** The runtime's view of an opt-in plugin (`@miniss/timer`, `@miniss/signal`, ...). */
+export interface RuntimePlugin {
+  /** Called once during shutdown, after tasks have been cancelled and before the backend closes. */
+  close?(): void | Promise<void>;
+  /** Numbers merged into `runtime.stats()` under the plugin's feature name. */
+  stats?(): Record<string, number>;
+}
+
+/** What a plugin package exports as `minissPlugin`. */
+export interface PluginFactory<P extends RuntimePlugin = RuntimePlugin> {
+  readonly feature: FeatureName;
+  create(runtime: Runtime): P;
+}
+
+/** Something the runtime closes at shutdown if the user did not (files, sockets, listeners). */
+export interface TrackedResource {
+  _forceClose(): void;
+}
+
+export interface RuntimeStats {
+  tasksSpawned: number;
+  tasksCompleted: number;
+  tasksFailed: number;
+  tasksCancelled: number;
+  /** Spawned and not yet settled. */
+  tasksActive: number;
+  ioSubmitted: number;
+  ioCompleted: number;
+  ioInFlight: number;
+  /** Files, sockets and listeners opened through this runtime and not closed yet. */
+  openResources: number;
+  backend: string;
+  /** How the backend was chosen: every rung tried, with why the skipped ones were skipped. */
+  backendLadder: BackendProbe[];
+  features: FeatureName[];
+  shuttingDown: boolean;
+  /** Plugin stats by feature, e.g. `plugins.timer.active`. */
+  plugins: Record<string, Record<string, number>>;
+}
+
+export interface ShutdownOptions {
+  /** How long tasks still running may take to finish before they are cancelled. Default 0. */
+  graceMs?: number;
+}
+
+interface PendingIo {
+  resolve: (n: number) => void;
+  reject: (e: unknown) => void;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+const DRAIN_BUDGET = 4096;
+const CURRENT = Symbol.for('miniss.currentRuntime');
+
+type Slot = { [CURRENT]?: Runtime | undefined };
+
+/** The runtime running on this thread, if any (shared by every copy of this module in the thread). */
+function getCurrent(): Runtime | undefined {
+  return (globalThis as Slot)[CURRENT];
+}
+
+export class Runtime implements TaskScheduler {
+  /** The checked configuration, defaults filled in. */
+  readonly config: ResolvedConfig;
+  private readonly _backend: IoBackend;
+  private readonly _ladder: BackendProbe[];
+  private readonly _plugins = new Map<FeatureName, RuntimePlugin>();
+  private _pool: BufferPool | null = null;
+
+  // Run queue: a growable array used as a FIFO with a moving head (no shift()).
+  private _queue: Array<JoinHandle<unknown>> = [];
+  private _head = 0;
+  private _drainScheduled = false;
+  private readonly _drainBound = () => this._drain();
+  // Late callbacks of settled handles, run from one microtask per batch.
+  private readonly _notifyQueue: Array<JoinHandle<unknown>> = [];
+  private _notifyScheduled = false;
+  private readonly _notifyBound = () => this._notifyPending();
+
+  // Live tasks (queued or running) form an intrusive doubly-linked list through the handles, so
+  // shutdown can cancel them without a Set insertion per spawn.
+  private _liveHead: JoinHandle<unknown> | null = null;
+
+  /** The task whose function is executing right now (synchronously), or null. */
+  currentTask: JoinHandle<unknown> | null = null;
+
+  // I/O bookkeeping.
+  private readonly _pendingIo = new Map<IoHandleId, PendingIo>();
+  private _flushScheduled = false;
+  private readonly _flushBound = () => this._flush();
+  private readonly _resources = new Set<TrackedResource>();
+
+  // Stats.
+  private _spawned = 0;
+  private _completed = 0;
+  private _failed = 0;
+  private _cancelled = 0;
+  private _active = 0;
+  private _ioSubmitted = 0;
+  private _ioCompleted = 0;
+  private _unobservedFailures: Error[] = [];
+
+  private _shutdownStarted = false;
+  private _shutdownPromise: Promise<void> | null = null;
+  private _idleWaiters: Array<() => void> = [];
+
+  constructor(config: RuntimeConfig = {}) {
+    this.config = resolveConfig(config);
+    if (this.config.features.includes('multicore')) {
+      throw new RuntimeError(
+        'INVALID_CONFIG',
+        "features: ['multicore'] makes a MultiCoreRuntime: use createRuntime(config) or new MultiCoreRuntime(...) from @miniss/multicore",
+      );
+    }
+    const existing = getCurrent();
+    if (existing !== undefined) {
+      throw new RuntimeError(
+        'RUNTIME_EXISTS',
+        `a runtime is already running on this thread; shut it down first (await runtime.shutdown()) or use currentRuntime()`,
+      );
+    }
+    const { backend, ladder } = createConfiguredBackend(this.config);
+    this._backend = backend;
+    this._ladder = ladder;
+    try {
+      for (const feature of this.config.features) {
+        if (isBackendFeature(feature)) continue;
+        const mod = loadFeature<{ minissPlugin?: PluginFactory }>(feature);
+        if (!mod.minissPlugin || typeof mod.minissPlugin.create !== 'function') {
+          throw new RuntimeError('FEATURE_UNAVAILABLE', `feature '${feature}': its package does not export minissPlugin`);
+        }
+        this._plugins.set(feature, mod.minissPlugin.create(this));
+      }
+    } catch (err) {
+      for (const p of this._plugins.values()) void p.close?.();
+      backend.close();
+      throw err;
+    }
+    backend.onReady(() => this._reap());
+    (globalThis as Slot)[CURRENT] = this;
+  }
+
+  /** The backend the config resolved to. */
+  get backend(): IoBackend {
+    return this._backend;
+  }
+
+  /** This runtime's buffer pool; on `directIo` backends its memory is 4096-aligned native memory. */
+  get bufferPool(): BufferPool {
+    if (this._pool === null) {
+      const alloc = this._backend.allocateBuffer?.bind(this._backend);
+      this._pool = new BufferPool(this.config.bufferPool, alloc);
+    }
+    return this._pool;
+  }
+
+  /** True once `shutdown()` has begun: `spawn` then throws `RUNTIME_SHUTDOWN`. */
+  get isShuttingDown(): boolean {
+    return this._shutdownStarted;
+  }
+
+  hasFeature(feature: FeatureName): boolean {
+    return this._plugins.has(feature) || (isBackendFeature(feature) && this.config.features.includes(feature));
+  }
+
+  /**
+   * The instance of an enabled plugin. Throws `FEATURE_UNAVAILABLE` naming the fix when the
+   * runtime was not configured with it (tokio's "call enable_time").
+   */
+  plugin<P extends RuntimePlugin>(feature: FeatureName): P {
+    const p = this._plugins.get(feature);
+    if (p === undefined) {
+      throw new RuntimeError(
+        'FEATURE_UNAVAILABLE',
+        `the '${feature}' feature is not enabled in this runtime: create it with features: ['${feature}'] (and install @miniss/${feature})`,
+      );
+    }
+    return p as P;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Tasks
+
+  /**
+   * Spawns `fn` as a task on this runtime. It starts on the next drain of the run queue (never
+   * synchronously inside `spawn`). `fn` receives the task's AbortSignal if it declares a parameter.
+   */
+  spawn<T>(fn: (signal: AbortSignal) => T | PromiseLike<T>): JoinHandle<Awaited<T>> {
+    if (this._shutdownStarted) {
+      throw new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime is shutting down: no new tasks can be spawned');
+    }
+    if (typeof fn !== 'function') {
+      throw new RuntimeError('INVALID_ARGUMENT', `spawn expects a function, got ${fn === null ? 'null' : typeof fn}`);
+    }
+    const handle = new JoinHandle<Awaited<T>>(this, fn as (signal?: AbortSignal) => Awaited<T>);
+    this._spawned++;
+    this._active++;
+    const h = handle as JoinHandle<unknown>;
+    const head = this._liveHead;
+    h._next = head;
+    if (head !== null) head._prev = h;
+    this._liveHead = h;
+    this._queue.push(h);
+    if (!this._drainScheduled) {
+      this._drainScheduled = true;
+      setImmediate(this._drainBound);
+    }
+    return handle;
+  }
+
+  /**
+   * Runs `fn` as the root task, keeps the process alive until it settles, then shuts the
+   * runtime down (tasks still running are cancelled, plugins and the backend closed). Settles
+   * with `fn`'s result or error.
+   */
+  async blockOn<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    // A pending promise does not keep Node alive; a root task waiting on something that isn't an
+    // I/O operation or timer (say, another thread) must still hold the process open.
+    const keepAlive = setInterval(noop, 1 << 30);
+    try {
+      return await this.spawn(fn as () => Awaited<T>);
+    } finally {
+      clearInterval(keepAlive);
+      await this.shutdown();
+    }
+  }
+
+  /** @internal TaskScheduler: a settled handle with late callbacks goes back on the queue. */
+  _requeue(handle: JoinHandle<unknown>): void {
+    if (handle._requeued) return;
+    handle._requeued = true;
+    this._notifyQueue.push(handle);
+    if (!this._notifyScheduled) {
+      this._notifyScheduled = true;
+      queueMicrotask(this._notifyBound);
+    }
+  }
+
+  /** @internal TaskScheduler: a handle awaited before the drain reached it starts right away. */
+  _runNow(handle: JoinHandle<unknown>): void {
+    // `await spawn(fn)` awaits the newest task: drop it from the queue's tail so a loop of
+    // spawn-and-await does not grow the queue until the next drain.
+    const q = this._queue;
+    if (q.length > this._head && q[q.length - 1] === handle) q.pop();
+    this._run(handle);
+  }
+
+  private _notifyPending(): void {
+    this._notifyScheduled = false;
+    const q = this._notifyQueue;
+    // Callbacks may requeue more handles; they join this same pass.
+    for (let i = 0; i < q.length; i++) {
+      const t = q[i]!;
+      t._requeued = false;
+      t._notify();
+    }
+    q.length = 0;
+  }
+
+  /** @internal TaskScheduler bookkeeping. */
+  _taskSettled(handle: JoinHandle<unknown>, cancelled: boolean, failedUnobserved: boolean): void {
+    this._active--;
+    const prev = handle._prev;
+    const next = handle._next;
+    if (prev !== null) prev._next = next;
+    else if (this._liveHead === handle) this._liveHead = next;
+    if (next !== null) next._prev = prev;
+    handle._prev = null;
+    handle._next = null;
+    if (cancelled) this._cancelled++;
+    else if (handle._state === TaskState.Ok) this._completed++;
+    else {
+      this._failed++;
+      if (failedUnobserved && this._unobservedFailures.length < 16) this._unobservedFailures.push(handle._value as Error);
+    }
+    if (this._active === 0 && this._idleWaiters.length > 0) {
+      const ws = this._idleWaiters;
+      this._idleWaiters = [];
+      for (const w of ws) w();
+    }
+  }
+
+  private _drain(): void {
+    this._drainScheduled = false;
+    const q = this._queue;
+    let budget = DRAIN_BUDGET;
+    while (this._head < q.length) {
+      if (budget-- === 0) {
+        this._drainScheduled = true;
+        setImmediate(this._drainBound);
+        break;
+      }
+      const t = q[this._head]!;
+      q[this._head++] = undefined as unknown as JoinHandle<unknown>;
+      // Handles awaited before the drain got here have already been started by then().
+      if (t._state === TaskState.Queued) this._run(t);
+    }
+    if (this._head === q.length) {
+      q.length = 0;
+      this._head = 0;
+    } else if (this._head > 1024 && this._head * 2 > q.length) {
+      q.splice(0, this._head);
+      this._head = 0;
+    }
+  }
+
+  private _run(t: JoinHandle<unknown>): void {
+    t._state = TaskState.Running;
+    const fn = t._fn!;
+    let r: unknown;
+    // then() may start a task from inside another task's synchronous code: restore, don't clear.
+    const outer = this.currentTask;
+    this.currentTask = t;
+    try {
+      r = fn.length > 0 ? fn(t.signal) : fn();
+    } catch (err) {
+      this.currentTask = outer;
+      t._settle(false, err, false);
+      return;
+    }
+    this.currentTask = outer;
+    if (r !== null && typeof r === 'object' && typeof (r as PromiseLike<unknown>).then === 'function') {
+      // Two closures and one then() cost less than awaiting the promise in an async helper.
+      (r as PromiseLike<unknown>).then(
+        (v) => t._settle(true, v, false),
+        (e) => t._settle(false, e, false),
+      );
+    } else {
+      t._settle(true, r, false);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // I/O
+
+  /**
+   * Submits one operation to the backend and resolves with its result (bytes, fd, 0), or rejects
+   * with an `IoError` (`code` is the errno name), the signal's reason if `signal` aborts first
+   * (the backend operation is then cancelled), or `RUNTIME_SHUTDOWN`. Submissions made in the
+   * same turn reach the kernel in one flush.
+   */
+  io(op: IoOperation, signal?: AbortSignal): Promise<number> {
+    if (this._backendClosed) {
+      return Promise.reject(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime has shut down: no more I/O'));
+    }
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    let id: IoHandleId;
+    try {
+      id = this._backend.submit(op);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this._ioSubmitted++;
+    if (!this._flushScheduled) {
+      this._flushScheduled = true;
+      queueMicrotask(this._flushBound);
+    }
+    return new Promise<number>((resolve, reject) => {
+      const p: PendingIo = { resolve, reject, signal, onAbort: undefined };
+      if (signal !== undefined) {
+        p.onAbort = () => {
+          // Reject now; the backend still completes the operation once (ECANCELED or its
+          // result) and keeps its buffer pinned until then.
+          const entry = this._pendingIo.get(id);
+          if (entry === undefined) return;
+          entry.resolve = noop;
+          entry.reject = noop;
+          this._backend.cancel(id);
+          reject(abortReason(signal));
+        };
+        signal.addEventListener('abort', p.onAbort, { once: true });
+      }
+      this._pendingIo.set(id, p);
+    });
+  }
+
+  private _flush(): void {
+    this._flushScheduled = false;
+    if (!this._backendClosed) this._backend.flush();
+  }
+
+  private _reap(): void {
+    for (;;) {
+      const batch: IoCompletion[] = this._backend.poll(0);
+      if (batch.length === 0) return;
+      for (let i = 0; i < batch.length; i++) this._complete(batch[i]!);
+    }
+  }
+
+  private _complete(c: IoCompletion): void {
+    const p = this._pendingIo.get(c.handle);
+    if (p === undefined) return;
+    this._pendingIo.delete(c.handle);
+    this._ioCompleted++;
+    if (p.onAbort !== undefined) p.signal!.removeEventListener('abort', p.onAbort);
+    if (typeof c.result === 'number') p.resolve(c.result);
+    else p.reject(c.result);
+  }
+
+  /** @internal Files, sockets and listeners register so shutdown can close what is left open. */
+  _trackResource(r: TrackedResource): void {
+    this._resources.add(r);
+  }
+
+  /** @internal */
+  _untrackResource(r: TrackedResource): void {
+    this._resources.delete(r);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Shutdown
+
+  private _backendClosed = false;
+
+  /**
+   * Shuts the runtime down: new spawns throw `RUNTIME_SHUTDOWN` at once; tasks still running get
+   * `graceMs` to finish and are then cancelled; open files and sockets are closed; plugins close;
+   * the backend closes (in-flight I/O is cancelled). Idempotent: later calls return the same promise.
+   */
+  shutdown(opts: ShutdownOptions = {}): Promise<void> {
+    if (this._shutdownPromise !== null) return this._shutdownPromise;
+    const graceMs = opts.graceMs ?? 0;
+    if (typeof graceMs !== 'number' || !(graceMs >= 0)) {
+      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a non-negative number, got ${String(graceMs)}`));
+    }
+    this._shutdownStarted = true;
+    this._shutdownPromise = this._doShutdown(graceMs);
+    return this._shutdownPromise;
+  }
+
+  private async _doShutdown(graceMs: number): Promise<void> {
+    if (graceMs > 0 && this._active > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this._idleWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    // Cancel whatever is still queued or running.
+    this._cancelLive();
+    // Let cancellation callbacks run before resources and the backend go away.
+    await new Promise<void>((r) => setImmediate(r));
+    for (const r of [...this._resources]) {
+      try {
+        r._forceClose();
+      } catch {
+        /* closing is best effort at shutdown */
+      }
+    }
+    this._resources.clear();
+    const errors: unknown[] = [];
+    for (const [name, p] of [...this._plugins].reverse()) {
+      try {
+        await p.close?.();
+      } catch (err) {
+        errors.push(new RuntimeError('PLUGIN_CLOSE_FAILED', `plugin '${name}' failed to close: ${(err as Error)?.message}`, { cause: err }));
+      }
+    }
+    this._backendClosed = true;
+    this._backend.onReady(null);
+    this._backend.close();
+    const shutdownErr = new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime shut down while the operation was in flight');
+    for (const p of this._pendingIo.values()) {
+      if (p.onAbort !== undefined) p.signal!.removeEventListener('abort', p.onAbort);
+      p.reject(shutdownErr);
+    }
+    this._pendingIo.clear();
+    if ((globalThis as Slot)[CURRENT] === this) (globalThis as Slot)[CURRENT] = undefined;
+    for (const e of this._unobservedFailures) {
+      process.emitWarning(`a miniss task failed and nobody awaited it: ${(e as Error)?.stack ?? String(e)}`, {
+        type: 'MinissUnobservedTaskError',
+      });
+    }
+    this._unobservedFailures = [];
+    if (errors.length > 0) throw errors[0];
+  }
+
+  /** Cancels every task still live (queued or running), oldest first. */
+  private _cancelLive(): void {
+    while (this._liveHead !== null) this._liveHead.cancel('the runtime shut down');
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  stats(): RuntimeStats {
+    const plugins: Record<string, Record<string, number>> = {};
+    for (const [name, p] of this._plugins) {
+      if (p.stats) plugins[name] = p.stats();
+    }
+    return {
+      tasksSpawned: this._spawned,
+      tasksCompleted: this._completed,
+      tasksFailed: this._failed,
+      tasksCancelled: this._cancelled,
+      tasksActive: this._active,
+      ioSubmitted: this._ioSubmitted,
+      ioCompleted: this._ioCompleted,
+      ioInFlight: this._pendingIo.size,
+      openResources: this._resources.size,
+      backend: this._backend.name,
+      backendLadder: this._ladder.map((r) => ({ ...r })),
+      features: [...this.config.features],
+      shuttingDown: this._shutdownStarted,
+      plugins,
+    };
+  }
+}
+
+function isBackendFeature(f: FeatureName): boolean {
+  return (Object.values(BACKEND_FEATURE) as FeatureName[]).includes(f);
+}
+
+function abortReason(signal: AbortSignal): unknown {
+  const r: unknown = signal.reason;
+  return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
+}
+
+function noop(): void {}
+
+// -----------------------------------------------------------------------------------------------
+// Thread-level entry points
+
+/** The surface of `@miniss/multicore`'s MultiCoreRuntime that core's `createRuntime` returns. */
+export interface MultiCoreRuntimeLike {
+  readonly cores: number;
+  blockOn<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>>;
+  spawn<T, A extends unknown[]>(fn: (...args: [...A, AbortSignal]) => T | PromiseLike<T>, ...args: A): PromiseLike<Awaited<T>> & { cancel(): boolean; readonly id: number; readonly done: boolean };
+  shutdown(opts?: ShutdownOptions): Promise<void>;
+}
+
+/**
+ * The config-driven entry point: a {@link Runtime}, or a MultiCoreRuntime from `@miniss/multicore`
+ * when `features` has `'multicore'` (throws `FEATURE_UNAVAILABLE` if that package is missing).
+ */
+export function createRuntime(config: RuntimeConfig = {}): Runtime | MultiCoreRuntimeLike {
+  const resolved = resolveConfig(config);
+  if (resolved.features.includes('multicore')) {
+    const mod = loadFeature<{ MultiCoreRuntime?: new (config: RuntimeConfig) => MultiCoreRuntimeLike }>('multicore');
+    if (typeof mod.MultiCoreRuntime !== 'function') {
+      throw new RuntimeError('FEATURE_UNAVAILABLE', "feature 'multicore': @miniss/multicore does not export MultiCoreRuntime");
+    }
+    return new mod.MultiCoreRuntime(config);
+  }
+  return new Runtime(config);
+}
+
+/** The runtime running on this thread. Throws `NO_RUNTIME` outside one. */
+export function currentRuntime(): Runtime {
+  const rt = getCurrent();
+  if (rt === undefined) {
+    throw new RuntimeError(
+      'NO_RUNTIME',
+      'no miniss runtime is running on this thread: call this inside runtime.blockOn(...) or runtime.spawn(...)',
+    );
+  }
+  return rt;
+}
+
+/** The runtime running on this thread, or undefined (never throws). */
+export function tryCurrentRuntime(): Runtime | undefined {
+  return getCurrent();
+}
+
+/** Spawns `fn` on the current thread's runtime (`NO_RUNTIME` outside one). */
+export function spawn<T>(fn: (signal: AbortSignal) => T | PromiseLike<T>): JoinHandle<Awaited<T>> {
+  return currentRuntime().spawn(fn);
+}
+
+/** `new Runtime(config).blockOn(fn)`; config errors reject instead of throwing. */
+export function blockOn<T>(fn: () => T | PromiseLike<T>, config?: RuntimeConfig): Promise<Awaited<T>> {
+  let rt: Runtime;
+  try {
+    rt = new Runtime(config);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return rt.blockOn(fn);
+}

@@ -1,0 +1,352 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  CancelledError,
+  JoinHandle,
+  Runtime,
+  RuntimeError,
+  blockOn,
+  createRuntime,
+  currentRuntime,
+  resolveConfig,
+  spawn,
+  tryCurrentRuntime,
+} from '@miniss/core';
+
+/** Node's own handles that keep the loop alive, minus the ones vitest's worker always has. */
+function activeResources(): string[] {
+  return process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'PipeWrap' && r !== 'ProcessWrap');
+}
+
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+afterEach(async () => {
+  // Every test closes its runtime; a leftover one would poison the next test.
+  const rt = tryCurrentRuntime();
+  if (rt) {
+    await rt.shutdown();
+    throw new Error('a test left its runtime running');
+  }
+});
+
+describe('spawn and await', () => {
+  it('returns values of sync and async tasks', async () => {
+    const before = activeResources();
+    const out = await blockOn(async () => {
+      const a = spawn(() => 1);
+      const b = spawn(async () => {
+        await tick();
+        return 'two';
+      });
+      return [await a, await b] as const;
+    });
+    expect(out).toEqual([1, 'two']);
+    expect(activeResources()).toEqual(before);
+  });
+
+  it('propagates the original error with its stack', async () => {
+    const boom = new TypeError('boom');
+    const rt = new Runtime({ backend: 'node' });
+    await expect(
+      rt.blockOn(async () => {
+        await spawn(async () => {
+          await tick();
+          throw boom;
+        });
+      }),
+    ).rejects.toBe(boom);
+    expect(boom.stack).toContain('runtime.test.ts');
+    expect(rt.stats().tasksFailed).toBe(2);
+  });
+
+  it('never calls then callbacks synchronously', async () => {
+    await blockOn(async () => {
+      const order: string[] = [];
+      const h = spawn(() => 5);
+      await h;
+      h.then(() => order.push('callback'));
+      order.push('after then');
+      await h;
+      await tick();
+      expect(order).toEqual(['after then', 'callback']);
+    });
+  });
+
+  it('supports chaining, catch and finally like a promise', async () => {
+    await blockOn(async () => {
+      const v = await spawn(() => 2)
+        .then((x) => x * 10)
+        .then((x) => Promise.resolve(x + 1));
+      expect(v).toBe(21);
+      const caught = await spawn(() => {
+        throw new Error('no');
+      }).catch((e: Error) => e.message);
+      expect(caught).toBe('no');
+      let fin = false;
+      await spawn(() => 3).finally(() => {
+        fin = true;
+      });
+      expect(fin).toBe(true);
+    });
+  });
+
+  it('runs tasks in FIFO order and completes many of them', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    await rt.blockOn(async () => {
+      const order: number[] = [];
+      const hs = [];
+      for (let i = 0; i < 100_000; i++) hs.push(spawn(() => order.push(i)));
+      await Promise.all(hs);
+      expect(order.length).toBe(100_000);
+      expect(order.every((v, i) => v === i)).toBe(true);
+    });
+    const s = rt.stats();
+    expect(s.tasksSpawned).toBe(100_001);
+    expect(s.tasksCompleted).toBe(100_001);
+    expect(s.tasksActive).toBe(0);
+  });
+
+  it('does not starve the event loop when tasks keep spawning', async () => {
+    await blockOn(async () => {
+      let stop = false;
+      let spins = 0;
+      const loop = (): void => {
+        spins++;
+        if (!stop) spawn(loop);
+      };
+      spawn(loop);
+      await new Promise<void>((r) => setTimeout(r, 5));
+      stop = true;
+      expect(spins).toBeGreaterThan(1000);
+    });
+  });
+
+  it('gives the task its AbortSignal when it declares a parameter', async () => {
+    await blockOn(async () => {
+      let seen: AbortSignal | undefined;
+      const h = spawn((signal) => {
+        seen = signal;
+        return 1;
+      });
+      await h;
+      expect(seen).toBeInstanceOf(AbortSignal);
+      expect(seen).toBe(h.signal);
+    });
+  });
+
+  it('exposes id and done', async () => {
+    await blockOn(async () => {
+      const h = spawn(() => 1);
+      const h2 = spawn(() => 2);
+      expect(h).toBeInstanceOf(JoinHandle);
+      expect(h2.id).toBeGreaterThan(h.id);
+      expect(h.done).toBe(false);
+      await h;
+      expect(h.done).toBe(true);
+    });
+  });
+});
+
+describe('cancellation', () => {
+  it('a queued task never runs and its handle rejects with CancelledError', async () => {
+    await blockOn(async () => {
+      let ran = false;
+      const h = spawn(() => {
+        ran = true;
+      });
+      expect(h.cancel()).toBe(true);
+      await expect(h).rejects.toBeInstanceOf(CancelledError);
+      await expect(h).rejects.toMatchObject({ code: 'CANCELLED' });
+      await tick();
+      expect(ran).toBe(false);
+      expect(h.cancel()).toBe(false);
+    });
+  });
+
+  it('aborts the signal of a running task so awaited operations end promptly', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    await rt.blockOn(async () => {
+      let reason: unknown;
+      const h = spawn(
+        (signal) =>
+          new Promise((_, reject) => {
+            signal.addEventListener('abort', () => {
+              reason = signal.reason;
+              reject(signal.reason);
+            });
+          }),
+      );
+      await tick();
+      const t0 = Date.now();
+      expect(h.cancel()).toBe(true);
+      await expect(h).rejects.toBeInstanceOf(CancelledError);
+      expect(Date.now() - t0).toBeLessThan(1000);
+      expect(reason).toBeInstanceOf(CancelledError);
+    });
+    expect(rt.stats().tasksCancelled).toBe(1);
+  });
+
+  it('cancel() after completion returns false and keeps the result', async () => {
+    await blockOn(async () => {
+      const h = spawn(() => 7);
+      expect(await h).toBe(7);
+      expect(h.cancel()).toBe(false);
+      expect(await h).toBe(7);
+    });
+  });
+
+  it('onCancel hooks run on cancel, not on completion', async () => {
+    await blockOn(async () => {
+      const calls: string[] = [];
+      const a = spawn(() => new Promise(() => {}));
+      a.onCancel(() => calls.push('a'));
+      const b = spawn(() => 1);
+      b.onCancel(() => calls.push('b'));
+      await b;
+      a.cancel();
+      await expect(a).rejects.toBeInstanceOf(CancelledError);
+      expect(calls).toEqual(['a']);
+    });
+  });
+});
+
+describe('lifecycle', () => {
+  it('spawn and currentRuntime outside a runtime throw NO_RUNTIME', () => {
+    expect(() => spawn(() => 1)).toThrow(RuntimeError);
+    expect(() => spawn(() => 1)).toThrow(expect.objectContaining({ code: 'NO_RUNTIME' }));
+    expect(() => currentRuntime()).toThrow(expect.objectContaining({ code: 'NO_RUNTIME' }));
+  });
+
+  it('spawn after shutdown began throws RUNTIME_SHUTDOWN', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    const done = rt.shutdown();
+    expect(() => rt.spawn(() => 1)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+    await done;
+    expect(() => rt.spawn(() => 1)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+    expect(tryCurrentRuntime()).toBeUndefined();
+  });
+
+  it('blockOn cancels tasks still running when the root settles, and leaves nothing open', async () => {
+    const before = activeResources();
+    const rt = new Runtime({ backend: 'node' });
+    let orphan!: JoinHandle<unknown>;
+    const v = await rt.blockOn(async () => {
+      orphan = spawn((signal) => new Promise((_, rej) => signal.addEventListener('abort', () => rej(signal.reason))));
+      await tick();
+      return 'root';
+    });
+    expect(v).toBe('root');
+    expect(orphan.done).toBe(true);
+    await expect(orphan).rejects.toBeInstanceOf(CancelledError);
+    expect(rt.stats()).toMatchObject({ tasksActive: 0, ioInFlight: 0, openResources: 0, shuttingDown: true });
+    expect(activeResources()).toEqual(before);
+  });
+
+  it('blockOn keeps the process alive while the root task waits on another thread', async () => {
+    const { Worker } = await import('node:worker_threads');
+    const got = await blockOn(
+      () =>
+        new Promise<number>((resolve, reject) => {
+          const w = new Worker('const { parentPort } = require("node:worker_threads"); setTimeout(() => parentPort.postMessage(42), 50);', {
+            eval: true,
+          });
+          w.unref();
+          w.once('message', (m: number) => {
+            void w.terminate();
+            resolve(m);
+          });
+          w.once('error', reject);
+        }),
+    );
+    expect(got).toBe(42);
+  });
+
+  it('shutdown lets tasks finish within graceMs and cancels the rest', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    const quick = rt.spawn(() => new Promise((r) => setTimeout(() => r('quick'), 10)));
+    const slow = rt.spawn((signal) => new Promise((_, rej) => signal.addEventListener('abort', () => rej(signal.reason))));
+    await rt.shutdown({ graceMs: 200 });
+    expect(await quick).toBe('quick');
+    await expect(slow).rejects.toBeInstanceOf(CancelledError);
+  });
+
+  it('allows one running runtime per thread', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    expect(() => new Runtime({ backend: 'node' })).toThrow(expect.objectContaining({ code: 'RUNTIME_EXISTS' }));
+    await rt.shutdown();
+    const rt2 = new Runtime({ backend: 'node' });
+    await rt2.shutdown();
+  });
+
+  it('createRuntime without multicore makes a Runtime', async () => {
+    const rt = createRuntime({ backend: 'node' });
+    expect(rt).toBeInstanceOf(Runtime);
+    await rt.shutdown();
+  });
+});
+
+describe('config', () => {
+  it.each([
+    [{ backend: 'nope' }, /backend 'nope'/],
+    [{ features: ['turbo'] }, /unknown feature 'turbo'/],
+    [{ crossCpuChannelCapacity: -1 }, /crossCpuChannelCapacity/],
+    [{ initialTaskQueueCapacity: 0 }, /initialTaskQueueCapacity/],
+    [{ expectedWakeupCount: 1.5 }, /expectedWakeupCount/],
+    [{ cores: 0 }, /cores/],
+    [{ cpuThreadTimeoutMs: Number.NaN }, /cpuThreadTimeoutMs/],
+    [{ colour: 'blue' }, /unknown config key 'colour'/],
+  ])('rejects %o with INVALID_CONFIG', (config, message) => {
+    expect(() => new Runtime(config as never)).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG', message: expect.stringMatching(message) }));
+  });
+
+  it('blockOn rejects (does not throw) on a bad config', async () => {
+    await expect(blockOn(() => 1, { backend: 'bogus' as never })).rejects.toMatchObject({ code: 'INVALID_CONFIG' });
+  });
+
+  it('fills in the seeds defaults', () => {
+    expect(resolveConfig({}, {})).toMatchObject({
+      backend: 'auto',
+      crossCpuChannelCapacity: 1000,
+      cpuThreadTimeoutMs: 10,
+      initialTaskQueueCapacity: 128,
+      expectedWakeupCount: 16,
+    });
+  });
+
+  it('MINISS_BACKEND overrides the config and is validated', () => {
+    expect(resolveConfig({ backend: 'auto' }, { MINISS_BACKEND: 'node' })).toMatchObject({ backend: 'node', backendSource: 'env MINISS_BACKEND' });
+    expect(() => resolveConfig({}, { MINISS_BACKEND: 'fast' })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+  });
+
+  it('auto records why each skipped rung was skipped', async () => {
+    const rt = new Runtime({ backend: 'auto' });
+    const ladder = rt.stats().backendLadder;
+    expect(ladder.length).toBeGreaterThan(0);
+    expect(ladder[ladder.length - 1]!.ok).toBe(true);
+    expect(ladder[ladder.length - 1]!.name).toBe(rt.backend.name);
+    for (const rung of ladder.slice(0, -1)) {
+      expect(rung.ok).toBe(false);
+      expect(rung.reason).toEqual(expect.any(String));
+    }
+    await rt.shutdown();
+  });
+
+  it('a backend this OS lacks fails with BACKEND_UNAVAILABLE saying why', () => {
+    const name = process.platform === 'linux' ? 'kqueue' : 'epoll';
+    expect(() => new Runtime({ backend: name })).toThrow(
+      expect.objectContaining({ code: 'BACKEND_UNAVAILABLE', message: expect.stringMatching(/unavailable: .+/) }),
+    );
+    expect(tryCurrentRuntime()).toBeUndefined();
+  });
+
+  it('a plugin API in a runtime without its feature fails with FEATURE_UNAVAILABLE naming the fix', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    expect(() => rt.plugin('timer')).toThrow(
+      expect.objectContaining({ code: 'FEATURE_UNAVAILABLE', message: expect.stringContaining("features: ['timer']") }),
+    );
+    await rt.shutdown();
+  });
+
+  it('multicore in new Runtime() points at createRuntime', () => {
+    expect(() => new Runtime({ features: ['multicore'] })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+  });
+});

@@ -1,0 +1,68 @@
+/**
+ * Scheduling cost: `spawn` + await of a trivial task against a plain async function call + await,
+ * measured in the same run. Goal (issue: foundation) <= 150 ns per task.
+ *
+ *   node tools/bench/dist/runtime.bench.js
+ */
+import { Runtime, spawn } from '@miniss/core';
+import { isMain, nsPerOp, printSuite, type BenchSuite } from './lib.js';
+
+async function trivialAsync(): Promise<number> {
+  return 1;
+}
+function trivialSync(): number {
+  return 1;
+}
+
+export async function run(opts: { n?: number; runs?: number } = {}): Promise<BenchSuite> {
+  const n = opts.n ?? 1_000_000;
+  const runs = opts.runs ?? 7;
+  const rt = new Runtime({ backend: 'node' });
+  const rows = await rt.blockOn(async () => {
+    // Warm both paths so the JIT has compiled them before timing.
+    for (let i = 0; i < 200_000; i++) {
+      await trivialAsync();
+      await spawn(trivialAsync);
+      await spawn(trivialSync);
+    }
+    const baseline = await nsPerOp(n, runs, async (k) => {
+      for (let i = 0; i < k; i++) await trivialAsync();
+    });
+    const spawnAsync = await nsPerOp(n, runs, async (k) => {
+      for (let i = 0; i < k; i++) await spawn(trivialAsync);
+    });
+    const spawnSync = await nsPerOp(n, runs, async (k) => {
+      for (let i = 0; i < k; i++) await spawn(trivialSync);
+    });
+    const batch = 1000;
+    const baselineBatch = await nsPerOp(n, runs, async (k) => {
+      const ps: Promise<number>[] = new Array(batch);
+      for (let i = 0; i < k; i += batch) {
+        for (let j = 0; j < batch; j++) ps[j] = trivialAsync();
+        await Promise.all(ps);
+      }
+    });
+    const spawnBatch = await nsPerOp(n, runs, async (k) => {
+      const hs = new Array(batch);
+      for (let i = 0; i < k; i += batch) {
+        for (let j = 0; j < batch; j++) hs[j] = spawn(trivialAsync);
+        for (let j = 0; j < batch; j++) await hs[j];
+      }
+    });
+    return [
+      { name: 'spawn + await, async task', unit: 'ns/task', lowerIsBetter: true, miniss: spawnAsync, baselineName: 'async fn call + await', baseline, goal: '<= 150' },
+      { name: 'spawn + await, sync task', unit: 'ns/task', lowerIsBetter: true, miniss: spawnSync, baselineName: 'async fn call + await', baseline, goal: '<= 150' },
+      {
+        name: 'spawn 1000 then await each',
+        unit: 'ns/task',
+        lowerIsBetter: true,
+        miniss: spawnBatch,
+        baselineName: '1000 async calls + Promise.all',
+        baseline: baselineBatch,
+      },
+    ];
+  });
+  return { subsystem: 'runtime: task scheduling', command: 'node tools/bench/dist/runtime.bench.js', rows };
+}
+
+if (isMain(import.meta.url)) printSuite(await run());
