@@ -10,6 +10,7 @@ export {
   type RuntimePlugin,
   type RuntimeStats,
   type ShutdownOptions,
+  type IoOwner,
   type TrackedResource,
 } from './runtime.js';
 export { JoinHandle, Chained, type Thenable } from './task.js';
@@ -53,7 +54,13 @@ export {
 export { bytesOf, validateOperation } from './io-operation.js';
 export { AUTO_LADDER, autoCandidates, probeBackend, tryLoadPackage, type BackendProbe } from './loader.js';
 export { NodeBackend } from './backend-node.js';
-export { BufferPool, type BufferPoolConfig } from './buffer-pool.js';
-export { File, type OpenFlags } from './file.js';
-export { TcpListener, TcpStream } from './tcp.js';
+export {
+  BufferPool,
+  DEFAULT_BUFFER_POOL_CONFIG,
+  type BufferAllocator,
+  type BufferPoolConfig,
+  type BufferPoolStats,
+} from './buffer-pool.js';
+export { File, openFlagsToNumber, type IoCallOptions, type OpenFlags } from './file.js';
+export { TcpListener, TcpStream, type BindOptions, type TcpAddress } from './tcp.js';
 export { doctor, formatDoctor, type DoctorReport } from './doctor.js';

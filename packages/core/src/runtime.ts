@@ -44,7 +44,10 @@ export interface PluginFactory<P extends RuntimePlugin = RuntimePlugin> {
 
 /** Something the runtime closes at shutdown if the user did not (files, sockets, listeners). */
 export interface TrackedResource {
-  _forceClose(): void;
+  /** Closes the resource at shutdown; a returned promise is awaited (bounded) before the backend closes. */
+  _forceClose(): void | Promise<unknown>;
+  /** Called when shutdown begins (before the grace period): listeners stop accepting here. */
+  _onShutdownBegin?(): void;
 }
 
 export interface RuntimeStats {
@@ -78,6 +81,16 @@ interface PendingIo {
   reject: (e: unknown) => void;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
+  owner: IoOwner | undefined;
+}
+
+/**
+ * @internal Something that owns in-flight operations (a file, a stream, a listener): the runtime
+ * keeps the ids of its operations here so closing it can cancel them first. Closing an fd does
+ * not wake an io_uring request already holding the file, so the owner must cancel before closing.
+ */
+export interface IoOwner {
+  readonly _inflight: Set<IoHandleId>;
 }
 
 const DRAIN_BUDGET = 4096;
@@ -370,7 +383,7 @@ export class Runtime implements TaskScheduler {
    * (the backend operation is then cancelled), or `RUNTIME_SHUTDOWN`. Submissions made in the
    * same turn reach the kernel in one flush.
    */
-  io(op: IoOperation, signal?: AbortSignal): Promise<number> {
+  io(op: IoOperation, signal?: AbortSignal, owner?: IoOwner): Promise<number> {
     if (this._backendClosed) {
       return Promise.reject(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime has shut down: no more I/O'));
     }
@@ -387,7 +400,8 @@ export class Runtime implements TaskScheduler {
       queueMicrotask(this._flushBound);
     }
     return new Promise<number>((resolve, reject) => {
-      const p: PendingIo = { resolve, reject, signal, onAbort: undefined };
+      const p: PendingIo = { resolve, reject, signal, onAbort: undefined, owner };
+      if (owner !== undefined) owner._inflight.add(id);
       if (signal !== undefined) {
         p.onAbort = () => {
           // Reject now; the backend still completes the operation once (ECANCELED or its
@@ -397,6 +411,7 @@ export class Runtime implements TaskScheduler {
           entry.resolve = noop;
           entry.reject = noop;
           this._backend.cancel(id);
+          this._scheduleFlush();
           reject(abortReason(signal));
         };
         signal.addEventListener('abort', p.onAbort, { once: true });
@@ -423,9 +438,28 @@ export class Runtime implements TaskScheduler {
     if (p === undefined) return;
     this._pendingIo.delete(c.handle);
     this._ioCompleted++;
+    if (p.owner !== undefined) p.owner._inflight.delete(c.handle);
     if (p.onAbort !== undefined) p.signal!.removeEventListener('abort', p.onAbort);
     if (typeof c.result === 'number') p.resolve(c.result);
     else p.reject(c.result);
+  }
+
+  /**
+   * @internal Asks the backend to cancel every operation `owner` has in flight. Each still
+   * completes once (ECANCELED or its result), which settles its promise as usual.
+   */
+  _cancelOwned(owner: IoOwner): void {
+    if (this._backendClosed) return;
+    for (const id of owner._inflight) this._backend.cancel(id);
+    if (owner._inflight.size > 0) this._scheduleFlush();
+  }
+
+  /** Batching backends hand cancellations to the kernel at the next flush: make sure one comes. */
+  private _scheduleFlush(): void {
+    if (!this._flushScheduled && !this._backendClosed) {
+      this._flushScheduled = true;
+      queueMicrotask(this._flushBound);
+    }
   }
 
   /** @internal Files, sockets and listeners register so shutdown can close what is left open. */
@@ -455,8 +489,30 @@ export class Runtime implements TaskScheduler {
       return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a non-negative number, got ${String(graceMs)}`));
     }
     this._shutdownStarted = true;
+    this._shutdownController?.abort(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime is shutting down'));
+    for (const r of [...this._resources]) {
+      try {
+        r._onShutdownBegin?.();
+      } catch {
+        /* best effort: the resource is force-closed after the grace period anyway */
+      }
+    }
     this._shutdownPromise = this._doShutdown(graceMs);
     return this._shutdownPromise;
+  }
+
+  private _shutdownController: AbortController | null = null;
+
+  /**
+   * Aborted when shutdown begins (before the grace period), with a `RUNTIME_SHUTDOWN` reason.
+   * Long-running tasks (accept loops, keep-alive connections) watch it to wind down in time.
+   */
+  get shutdownSignal(): AbortSignal {
+    if (this._shutdownController === null) {
+      this._shutdownController = new AbortController();
+      if (this._shutdownStarted) this._shutdownController.abort(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime is shutting down'));
+    }
+    return this._shutdownController.signal;
   }
 
   private async _doShutdown(graceMs: number): Promise<void> {
@@ -473,14 +529,23 @@ export class Runtime implements TaskScheduler {
     this._cancelLive();
     // Let cancellation callbacks run before resources and the backend go away.
     await new Promise<void>((r) => setImmediate(r));
+    const closing: Promise<unknown>[] = [];
     for (const r of [...this._resources]) {
       try {
-        r._forceClose();
+        const p = r._forceClose();
+        if (p !== undefined) closing.push(p.then(noop, noop));
       } catch {
         /* closing is best effort at shutdown */
       }
     }
     this._resources.clear();
+    if (closing.length > 0) {
+      // Give the close operations (and the cancellations before them) time to reach the kernel
+      // and complete, so fds are released by their owner rather than dropped with the backend.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([Promise.all(closing), new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
+    }
     const errors: unknown[] = [];
     for (const [name, p] of [...this._plugins].reverse()) {
       try {

@@ -1,0 +1,508 @@
+/**
+ * The backend conformance suite: one set of behaviours (files, TCP, cancellation, errors, close
+ * while in flight) written once and run for every backend that loads and works here. Backends
+ * that are not installed or not supported by this OS/kernel are listed as skipped with the reason.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CancelledError,
+  File,
+  IoError,
+  Runtime,
+  RuntimeError,
+  TcpListener,
+  TcpStream,
+  probeBackend,
+  spawn,
+  type BackendName,
+  type IoBackend,
+} from '@miniss/core';
+
+const ALL: BackendName[] = ['node', 'io_uring', 'epoll', 'kqueue'];
+const probes = ALL.map((name) => probeBackend(name));
+
+for (const p of probes) {
+  if (!p.ok) {
+    describe(`conformance: ${p.name}`, () => {
+      it.skip(`skipped: ${p.reason ?? 'unavailable'}`, () => {});
+    });
+  }
+}
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'miniss-conf-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function openFds(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+async function expectCode(p: Promise<unknown>, ...codes: string[]): Promise<Error> {
+  const err = await p.then(
+    () => {
+      throw new Error(`expected a rejection with ${codes.join('|')}`);
+    },
+    (e: unknown) => e as Error,
+  );
+  expect(codes).toContain((err as { code?: string }).code);
+  return err;
+}
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+describe.each(probes.filter((p) => p.ok).map((p) => p.name))('conformance: %s', (name) => {
+  /** Runs `fn` as the root task of a fresh runtime on this backend and checks nothing is left behind. */
+  async function run<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
+    const rt = new Runtime({ backend: name });
+    expect(rt.backend.name).toBe(name);
+    const result = await rt.blockOn(() => fn(rt));
+    const s = rt.stats();
+    expect(s.openResources).toBe(0);
+    expect(s.ioInFlight).toBe(0);
+    return result;
+  }
+
+  describe('files', () => {
+    it('writes, reads back at offsets, and reports EOF', async () => {
+      const path = join(dir, `${name}-basic.bin`);
+      await run(async () => {
+        const data = randomBytes(10000);
+        const f = await File.open(path, { read: true, write: true, create: true, truncate: true });
+        expect(f.fd).toBeGreaterThanOrEqual(0);
+        expect(await f.write(data, 0)).toBe(10000);
+        await f.fsync();
+        const buf = new Uint8Array(4000);
+        expect(await f.read(buf, 3000)).toBe(4000);
+        expect(Buffer.from(buf).equals(data.subarray(3000, 7000))).toBe(true);
+        expect(await f.read(buf, 8000)).toBe(2000);
+        expect(await f.read(buf, 10000)).toBe(0);
+        expect(await f.read(buf, 1 << 30)).toBe(0);
+        await f.close();
+      });
+      expect(sha(fs.readFileSync(path))).toBeTypeOf('string');
+      expect(fs.statSync(path).size).toBe(10000);
+    });
+
+    it('reads and writes at the current position when no position is given', async () => {
+      const path = join(dir, `${name}-cursor.txt`);
+      await run(async () => {
+        const f = await File.open(path, { write: true, create: true, truncate: true });
+        await f.write(Buffer.from('hello '));
+        await f.write(Buffer.from('world'));
+        await f.close();
+        const g = await File.open(path);
+        const a = new Uint8Array(6);
+        const b = new Uint8Array(16);
+        expect(await g.read(a)).toBe(6);
+        expect(await g.read(b)).toBe(5);
+        expect(Buffer.from(a).toString()).toBe('hello ');
+        expect(Buffer.from(b.subarray(0, 5)).toString()).toBe('world');
+        await g.close();
+      });
+      expect(fs.readFileSync(path, 'utf8')).toBe('hello world');
+    });
+
+    it('append mode writes at the end', async () => {
+      const path = join(dir, `${name}-append.txt`);
+      fs.writeFileSync(path, 'abc');
+      await run(async () => {
+        const f = await File.open(path, { append: true });
+        await f.write(Buffer.from('def'));
+        await f.close();
+      });
+      expect(fs.readFileSync(path, 'utf8')).toBe('abcdef');
+    });
+
+    it('readv/writev move several buffers in one call', async () => {
+      const path = join(dir, `${name}-vec.bin`);
+      await run(async () => {
+        const f = await File.open(path, { read: true, write: true, create: true, truncate: true });
+        const parts = [Buffer.from('one,'), Buffer.from('two,'), Buffer.from('three')];
+        expect(await f.writev(parts, 0)).toBe(13);
+        const a = new Uint8Array(4);
+        const b = new Uint8Array(20);
+        expect(await f.readv([a, b], 0)).toBe(13);
+        expect(Buffer.from(a).toString()).toBe('one,');
+        expect(Buffer.from(b.subarray(0, 9)).toString()).toBe('two,three');
+        await f.close();
+      });
+    });
+
+    it('many concurrent reads of a larger file match node:fs byte for byte', async () => {
+      const path = join(dir, `${name}-rand.bin`);
+      const data = randomBytes(1 << 20);
+      fs.writeFileSync(path, data);
+      await run(async () => {
+        const f = await File.open(path);
+        const reads = Array.from({ length: 200 }, async () => {
+          const off = Math.floor(Math.random() * ((1 << 20) - 4096));
+          const buf = new Uint8Array(4096);
+          const n = await f.read(buf, off);
+          expect(n).toBe(4096);
+          expect(Buffer.compare(buf, data.subarray(off, off + 4096))).toBe(0);
+        });
+        await Promise.all(reads);
+        await f.close();
+      });
+    });
+
+    it('reads into BufferPool buffers', async () => {
+      const path = join(dir, `${name}-pool.bin`);
+      const data = randomBytes(8192);
+      fs.writeFileSync(path, data);
+      await run(async (rt) => {
+        const pool = rt.bufferPool;
+        const h = pool.allocate(8192);
+        expect(h).not.toBeNull();
+        const f = await File.open(path);
+        expect(await f.read(h!, 0)).toBe(8192);
+        expect(Buffer.compare(h!.bytes.subarray(0, 8192), data)).toBe(0);
+        await f.close();
+        pool.deallocate(h!);
+        expect(() => pool.deallocate(h!)).toThrow(expect.objectContaining({ code: 'DOUBLE_FREE' }));
+      });
+    });
+
+    it('open of a missing file rejects ENOENT with the path', async () => {
+      await run(async () => {
+        const missing = join(dir, 'does', 'not', 'exist');
+        const err = await expectCode(File.open(missing), 'ENOENT');
+        expect(err).toBeInstanceOf(IoError);
+        expect((err as IoError).path).toBe(missing);
+      });
+    });
+
+    it('open with exclusive on an existing file rejects EEXIST', async () => {
+      const path = join(dir, `${name}-excl.txt`);
+      fs.writeFileSync(path, 'x');
+      await run(async () => {
+        await expectCode(File.open(path, { write: true, create: true, exclusive: true }), 'EEXIST');
+      });
+    });
+
+    it('I/O on a closed file rejects EBADF and close is idempotent', async () => {
+      const path = join(dir, `${name}-closed.txt`);
+      await run(async () => {
+        const f = await File.open(path, { write: true, create: true });
+        await f.close();
+        await f.close();
+        expect(f.closed).toBe(true);
+        await expectCode(f.read(new Uint8Array(4), 0), 'EBADF');
+        await expectCode(f.write(new Uint8Array(4), 0), 'EBADF');
+        await expectCode(f.fsync(), 'EBADF');
+        await expectCode(f.readv([new Uint8Array(1)]), 'EBADF');
+      });
+    });
+
+    it('bad arguments reject INVALID_ARGUMENT and never reach the backend', async () => {
+      const path = join(dir, `${name}-args.txt`);
+      await run(async () => {
+        await expectCode(File.open(''), 'INVALID_ARGUMENT');
+        await expectCode(File.open(path, { bogus: true } as never), 'INVALID_ARGUMENT');
+        await expectCode(File.open(path, { read: true }, -1), 'INVALID_ARGUMENT');
+        const f = await File.open(path, { write: true, create: true });
+        await expectCode(f.read(new Uint8Array(4), -5), 'INVALID_ARGUMENT');
+        await expectCode(f.read(new Uint8Array(4), 1.5), 'INVALID_ARGUMENT');
+        await expectCode(f.write('text' as never, 0), 'INVALID_ARGUMENT');
+        await expectCode(f.writev('nope' as never), 'INVALID_ARGUMENT');
+        await f.close();
+      });
+    });
+
+    it('files left open are closed at shutdown (no fd leak)', async () => {
+      const before = openFds();
+      const rt = new Runtime({ backend: name });
+      await rt.blockOn(async () => {
+        for (let i = 0; i < 20; i++) await File.open(join(dir, `${name}-leak-${i}`), { write: true, create: true });
+        expect(rt.stats().openResources).toBe(20);
+      });
+      expect(rt.stats().openResources).toBe(0);
+      // The backend's own fds (ring, epoll, eventfd) are released by its close() as well.
+      expect(openFds()).toBeLessThanOrEqual(before);
+    });
+  });
+
+  describe('raw backend operations', () => {
+    it('nop and timeout complete; cancel of a timeout completes ECANCELED', async () => {
+      await run(async (rt) => {
+        expect(await rt.io({ op: 'nop' })).toBe(0);
+        const t0 = performance.now();
+        expect(await rt.io({ op: 'timeout', ms: 20 })).toBe(0);
+        expect(performance.now() - t0).toBeGreaterThanOrEqual(15);
+        const ac = new AbortController();
+        const p = rt.io({ op: 'timeout', ms: 10000 }, ac.signal);
+        setTimeout(() => ac.abort(new CancelledError('stop')), 10);
+        await expect(p).rejects.toBeInstanceOf(CancelledError);
+      });
+    });
+
+    it('a bogus or closed fd gives EBADF, never a crash', async () => {
+      await run(async (rt) => {
+        const buf = new Uint8Array(16);
+        await expectCode(rt.io({ op: 'read', fd: 987654, buffer: buf, offset: 0, len: 16 }), 'EBADF');
+        await expectCode(rt.io({ op: 'write', fd: 987654, buffer: buf, offset: 0, len: 16 }), 'EBADF');
+        await expectCode(rt.io({ op: 'fsync', fd: 987654 }), 'EBADF');
+        await expectCode(rt.io({ op: 'recv', fd: 987654, buffer: buf, len: 16 }), 'EBADF', 'ENOTSOCK');
+        await expectCode(rt.io({ op: 'close', fd: 987654 }), 'EBADF');
+      });
+    });
+
+    it('malformed operations throw INVALID_ARGUMENT at submit', async () => {
+      await run(async (rt) => {
+        const buf = new Uint8Array(16);
+        await expectCode(rt.io({ op: 'read', fd: 0, buffer: buf, offset: 0, len: -1 }), 'INVALID_ARGUMENT');
+        await expectCode(rt.io({ op: 'read', fd: 0, buffer: buf, offset: 0, len: 17 }), 'INVALID_ARGUMENT');
+        await expectCode(rt.io({ op: 'frobnicate' } as never), 'INVALID_ARGUMENT');
+        await expectCode(rt.io({ op: 'timeout', ms: -5 }), 'INVALID_ARGUMENT');
+      });
+    });
+
+    it('closing the backend completes nothing twice and refuses new work', async () => {
+      const rt = new Runtime({ backend: name });
+      const backend: IoBackend = rt.backend;
+      await rt.blockOn(async () => {
+        void rt.io({ op: 'timeout', ms: 60000 }).catch(() => undefined);
+      });
+      expect(backend.inFlight).toBe(0);
+      expect(() => backend.submit({ op: 'nop' })).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+      backend.close();
+    });
+  });
+
+  describe('tcp', () => {
+    async function pair(): Promise<{ listener: TcpListener; client: TcpStream; server: TcpStream }> {
+      const listener = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+      const [client, server] = await Promise.all([TcpStream.connect({ host: '127.0.0.1', port: listener.address.port }), listener.accept()]);
+      return { listener, client, server };
+    }
+
+    it('echoes through a listener on port 0 and reports addresses', async () => {
+      await run(async () => {
+        const { listener, client, server } = await pair();
+        expect(listener.address.port).toBeGreaterThan(0);
+        expect(listener.address.host).toBe('127.0.0.1');
+        expect(client.remoteAddress.port).toBe(listener.address.port);
+        expect(server.remoteAddress.port).toBe(client.localAddress.port);
+        await client.sendAll(Buffer.from('ping'));
+        const buf = new Uint8Array(16);
+        const n = await server.recv(buf);
+        expect(Buffer.from(buf.subarray(0, n)).toString()).toBe('ping');
+        await server.sendAll(Buffer.from('pong'));
+        const m = await client.recv(buf);
+        expect(Buffer.from(buf.subarray(0, m)).toString()).toBe('pong');
+        await client.close();
+        expect(await server.recv(buf)).toBe(0);
+        await server.close();
+        await listener.close();
+      });
+    });
+
+    it('moves 4 MiB both ways intact', async () => {
+      await run(async () => {
+        const { listener, client, server } = await pair();
+        const data = randomBytes(4 << 20);
+        const echo = spawn(async () => {
+          const buf = new Uint8Array(65536);
+          for (;;) {
+            const n = await server.recv(buf);
+            if (n === 0) break;
+            await server.sendAll(buf.subarray(0, n));
+          }
+          await server.shutdown('write');
+        });
+        const reader = spawn(async () => {
+          const chunks: Uint8Array[] = [];
+          for await (const c of client) chunks.push(c);
+          return Buffer.concat(chunks);
+        });
+        await client.sendAll(data);
+        await client.shutdown('write');
+        const back = await reader;
+        await echo;
+        expect(back.length).toBe(data.length);
+        expect(sha(back)).toBe(sha(data));
+        await Promise.all([client.close(), server.close(), listener.close()]);
+      });
+    });
+
+    it('serves 50 concurrent connections', async () => {
+      await run(async () => {
+        const listener = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+        const serverLoop = spawn(async () => {
+          for await (const s of listener) {
+            spawn(async () => {
+              const buf = new Uint8Array(1024);
+              for (;;) {
+                const n = await s.recv(buf);
+                if (n === 0) break;
+                await s.sendAll(buf.subarray(0, n));
+              }
+              await s.close();
+            });
+          }
+        });
+        const clients = Array.from({ length: 50 }, async (_, i) => {
+          const c = await TcpStream.connect({ host: '127.0.0.1', port: listener.address.port });
+          const msg = Buffer.from(`client ${i} says hello`);
+          await c.sendAll(msg);
+          const buf = new Uint8Array(1024);
+          let got = 0;
+          while (got < msg.length) got += await c.recv(buf.subarray(got));
+          expect(Buffer.from(buf.subarray(0, got)).toString()).toBe(msg.toString());
+          await c.close();
+        });
+        await Promise.all(clients);
+        await listener.close();
+        await serverLoop;
+      });
+    });
+
+    it('connect to a closed port rejects ECONNREFUSED with the address', async () => {
+      await run(async () => {
+        const l = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+        const port = l.address.port;
+        await l.close();
+        const err = await expectCode(TcpStream.connect({ host: '127.0.0.1', port }), 'ECONNREFUSED');
+        expect((err as IoError).port).toBe(port);
+      });
+    });
+
+    it('binding a port in use rejects EADDRINUSE; bad addresses reject INVALID_ARGUMENT', async () => {
+      await run(async () => {
+        const l = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+        await expectCode(TcpListener.bind({ host: '127.0.0.1', port: l.address.port }), 'EADDRINUSE');
+        await expectCode(TcpListener.bind({ host: '127.0.0.1', port: -1 }), 'INVALID_ARGUMENT');
+        await expectCode(TcpListener.bind({ host: '127.0.0.1', port: 70000 }), 'INVALID_ARGUMENT');
+        await expectCode(TcpStream.connect({ host: '127.0.0.1', port: 0 }), 'INVALID_ARGUMENT');
+        await expectCode(TcpStream.connect({ host: '', port: 80 }), 'INVALID_ARGUMENT');
+        await expectCode(TcpStream.connect({ host: 'no-such-host.invalid', port: 80 }), 'ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL');
+        await l.close();
+      });
+    });
+
+    it('an accept in flight is cancelled by its signal and by close()', async () => {
+      await run(async () => {
+        const l = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+        const ac = new AbortController();
+        const p = l.accept({ signal: ac.signal });
+        setTimeout(() => ac.abort(new CancelledError('enough')), 10);
+        await expect(p).rejects.toBeInstanceOf(CancelledError);
+        const q = l.accept();
+        setTimeout(() => void l.close(), 10);
+        await expectCode(q, 'ECANCELED', 'EBADF');
+        await expectCode(l.accept(), 'EBADF');
+        // A connection arriving now is refused: the listener is really gone.
+        await expectCode(TcpStream.connect({ host: '127.0.0.1', port: l.address.port }), 'ECONNREFUSED');
+      });
+    });
+
+    it('a recv in flight is cancelled by task cancel and by close()', async () => {
+      await run(async () => {
+        const { listener, client, server } = await pair();
+        const task = spawn(async (signal) => server.recv(new Uint8Array(64), { signal }));
+        setTimeout(() => task.cancel(), 10);
+        await expect(task).rejects.toBeInstanceOf(CancelledError);
+        // The stream still works after a cancelled recv.
+        await client.sendAll(Buffer.from('after'));
+        const buf = new Uint8Array(64);
+        const n = await server.recv(buf);
+        expect(Buffer.from(buf.subarray(0, n)).toString()).toBe('after');
+        const pending = server.recv(buf);
+        setTimeout(() => void server.close(), 10);
+        await expectCode(pending, 'ECANCELED', 'EBADF');
+        await expectCode(server.recv(buf), 'EBADF');
+        await expectCode(server.send(buf), 'EBADF');
+        await Promise.all([client.close(), listener.close()]);
+      });
+    });
+
+    it('send to a peer that went away rejects EPIPE or ECONNRESET, never crashes', async () => {
+      await run(async () => {
+        const { listener, client, server } = await pair();
+        await server.close();
+        const big = new Uint8Array(1 << 20);
+        const err = await client
+          .sendAll(big)
+          .then(() => client.sendAll(big))
+          .then(() => client.sendAll(big))
+          .then(
+            () => null,
+            (e: unknown) => e,
+          );
+        if (err !== null) expect(['EPIPE', 'ECONNRESET']).toContain((err as { code?: string }).code);
+        await Promise.all([client.close(), listener.close()]);
+      });
+    });
+
+    it('the accept iterator ends when the listener closes; shutdown closes what is left', async () => {
+      const rt = new Runtime({ backend: name });
+      await rt.blockOn(async () => {
+        const l = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+        const accepted: TcpStream[] = [];
+        const loop = spawn(async () => {
+          for await (const s of l) accepted.push(s);
+          return 'ended';
+        });
+        const c = await TcpStream.connect({ host: '127.0.0.1', port: l.address.port });
+        while (accepted.length === 0) await new Promise((r) => setTimeout(r, 5));
+        await l.close();
+        expect(await loop).toBe('ended');
+        // c and accepted[0] stay open: shutdown must close them.
+        expect(c.closed).toBe(false);
+        expect(rt.stats().openResources).toBe(2);
+      });
+      expect(rt.stats().openResources).toBe(0);
+      expect(rt.stats().ioInFlight).toBe(0);
+    });
+
+    it('shutdown stops listeners at once and cancels waiting recvs', async () => {
+      const rt = new Runtime({ backend: name });
+      let recvError: unknown;
+      let loopEnded = false;
+      await rt.blockOn(async () => {
+        const l = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+        spawn(async () => {
+          for await (const s of l) {
+            spawn(async (signal) => {
+              try {
+                await s.recv(new Uint8Array(16), { signal });
+              } catch (e) {
+                recvError = e;
+              }
+            });
+          }
+          loopEnded = true;
+        });
+        await TcpStream.connect({ host: '127.0.0.1', port: l.address.port });
+        await new Promise((r) => setTimeout(r, 20));
+      });
+      expect(loopEnded).toBe(true);
+      expect(recvError).toBeDefined();
+      expect(rt.stats().openResources).toBe(0);
+    });
+
+    it('I/O after the runtime shut down rejects RUNTIME_SHUTDOWN', async () => {
+      const rt = new Runtime({ backend: name });
+      let stream: TcpStream | undefined;
+      await rt.blockOn(async () => {
+        const { listener, client, server } = await pair();
+        stream = client;
+        await server.close();
+        await listener.close();
+      });
+      const err = await stream!.recv(new Uint8Array(4)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(['EBADF', 'RUNTIME_SHUTDOWN']).toContain((err as RuntimeError).code);
+      await stream!.close();
+    });
+  });
+});
