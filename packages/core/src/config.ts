@@ -1,3 +1,4 @@
+import { resolveBufferPoolConfig } from './buffer-pool.js';
 import type { BackendName } from './backend.js';
 import type { BufferPoolConfig } from './buffer-pool.js';
 import { RuntimeError } from './errors.js';
@@ -144,6 +145,7 @@ export function resolveConfig(config: RuntimeConfig = {}, env: NodeJS.ProcessEnv
     cpuThreadTimeoutMs,
     initialTaskQueueCapacity: positiveInt(config, 'initialTaskQueueCapacity', 128),
     expectedWakeupCount: positiveInt(config, 'expectedWakeupCount', 16),
-    bufferPool: config.bufferPool ?? {},
+    // Checked now (INVALID_CONFIG), although the pool itself is created on first use.
+    bufferPool: resolveBufferPoolConfig(config.bufferPool ?? {}),
   };
 }
