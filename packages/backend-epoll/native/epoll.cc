@@ -1,0 +1,801 @@
+#include "epoll.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+namespace miniss {
+
+namespace {
+
+constexpr uint32_t kEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+constexpr uint32_t kReadWake = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+constexpr uint32_t kWriteWake = EPOLLOUT | EPOLLHUP | EPOLLERR;
+
+uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+int64_t Ret(ssize_t r) { return r < 0 ? -static_cast<int64_t>(errno) : static_cast<int64_t>(r); }
+
+// preadv2 with RWF_NOWAIT: served from the page cache or socket/pipe buffer, EAGAIN instead of
+// blocking. EOPNOTSUPP when the file (or an old kernel) does not support the flag.
+int64_t ReadNoWait(Op* op) {
+  ssize_t r;
+  do {
+    r = preadv2(op->fd, op->iov(), op->iovcnt(), op->offset, RWF_NOWAIT);
+  } while (r < 0 && errno == EINTR);
+  return Ret(r);
+}
+
+int64_t ReadPlain(Op* op) {
+  ssize_t r;
+  do {
+    r = op->offset >= 0 ? preadv(op->fd, op->iov(), op->iovcnt(), op->offset)
+                        : readv(op->fd, op->iov(), op->iovcnt());
+  } while (r < 0 && errno == EINTR);
+  return Ret(r);
+}
+
+bool IsBlockingFd(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl >= 0 && (fl & O_NONBLOCK) == 0;
+}
+
+}  // namespace
+
+// -------------------------------------------------------------------------------------------------
+// Life cycle
+
+EpollReactor::EpollReactor(const Options& options) : options_(options) {
+  if (options_.max_events < 1) options_.max_events = 1;
+  if (options_.max_events > 4096) options_.max_events = 4096;
+  events_.resize(static_cast<size_t>(options_.max_events));
+}
+
+std::unique_ptr<EpollReactor> EpollReactor::Create(const Options& options, int* err) {
+  std::unique_ptr<EpollReactor> r(new EpollReactor(options));
+  int e = r->Init();
+  if (e < 0) {
+    *err = e;
+    r->Shutdown();
+    return nullptr;
+  }
+  *err = 0;
+  return r;
+}
+
+int EpollReactor::Init() {
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd_ < 0) return -errno;
+  evfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (evfd_ < 0) return -errno;
+  tfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (tfd_ < 0) return -errno;
+  // The eventfd and the timerfd are level-triggered: they stay readable until drained.
+  struct epoll_event ev {};
+  ev.events = EPOLLIN;
+  ev.data.fd = evfd_;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev) < 0) return -errno;
+  ev.data.fd = tfd_;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, tfd_, &ev) < 0) return -errno;
+  const int evfd = evfd_;
+  pool_.reset(new ThreadPool(static_cast<size_t>(options_.pool_threads), [evfd] {
+    // Called by pool threads. The eventfd outlives the pool: Shutdown joins before closing it.
+    uint64_t one = 1;
+    ssize_t w;
+    do {
+      w = write(evfd, &one, sizeof(one));
+    } while (w < 0 && errno == EINTR);
+    // EAGAIN means the counter is saturated: the fd is readable anyway.
+  }));
+  return 0;
+}
+
+EpollReactor::~EpollReactor() {
+  Shutdown();
+  for (Op* op : free_) delete op;
+  free_.clear();
+}
+
+void EpollReactor::Shutdown() {
+  if (closed_) return;
+  closed_ = true;
+  // Everything waiting on an fd or a timer is cancelled.
+  for (Op* op = live_; op != nullptr; op = op->next) {
+    if (op->where == Where::kReadQueue || op->where == Where::kWriteQueue || op->where == Where::kTimer) {
+      Complete(op, -ECANCELED);
+    }
+  }
+  for (auto& st : fds_) {
+    if (st) *st = FdState();
+  }
+  timers_.clear();
+  // Queued pool jobs are withdrawn; running ones finish first (their buffers are still pinned).
+  if (pool_) {
+    std::vector<Op*> withdrawn, finished;
+    pool_->Shutdown(&withdrawn, &finished);
+    for (Op* op : withdrawn) Complete(op, -ECANCELED);
+    for (Op* op : finished) Complete(op, op->result);
+    pool_.reset();
+  }
+  // Nobody will reap from here on: close the descriptors that finished opens/accepts/sockets
+  // produced (they would leak otherwise), then release every op and its pins.
+  for (size_t i = done_head_; i < done_.size(); i++) {
+    Op* op = done_[i];
+    if (ProducesFd(op->code) && op->result >= 0) close(static_cast<int>(op->result));
+  }
+  while (live_ != nullptr) {
+    Op* op = live_;
+    Unlink(op);
+    delete op;
+  }
+  done_.clear();
+  done_head_ = 0;
+  for (int fd : owned_eventfds_) close(fd);
+  owned_eventfds_.clear();
+  if (tfd_ >= 0) close(tfd_);
+  if (evfd_ >= 0) close(evfd_);
+  if (epfd_ >= 0) close(epfd_);
+  tfd_ = evfd_ = epfd_ = -1;
+  fds_.clear();
+}
+
+// -------------------------------------------------------------------------------------------------
+// Op bookkeeping
+
+Op* EpollReactor::NewOp() {
+  if (!free_.empty()) {
+    Op* op = free_.back();
+    free_.pop_back();
+    return op;
+  }
+  return new Op();
+}
+
+void EpollReactor::Discard(Op* op) {
+  op->Reset();
+  if (free_.size() < 1024) {
+    free_.push_back(op);
+  } else {
+    delete op;
+  }
+}
+
+void EpollReactor::Link(Op* op) {
+  op->prev = nullptr;
+  op->next = live_;
+  if (live_ != nullptr) live_->prev = op;
+  live_ = op;
+  live_count_++;
+}
+
+void EpollReactor::Unlink(Op* op) {
+  if (op->prev != nullptr) op->prev->next = op->next;
+  else live_ = op->next;
+  if (op->next != nullptr) op->next->prev = op->prev;
+  op->prev = op->next = nullptr;
+  live_count_--;
+}
+
+void EpollReactor::Release(Op* op) {
+  Unlink(op);
+  Discard(op);
+}
+
+void EpollReactor::Complete(Op* op, int64_t result) {
+  op->result = result;
+  op->where = Where::kDone;
+  op->qnext = nullptr;
+  done_.push_back(op);
+}
+
+size_t EpollReactor::Reap(double* out, size_t cap) {
+  size_t n = 0;
+  while (n < cap && done_head_ < done_.size()) {
+    Op* op = done_[done_head_++];
+    out[2 * n] = static_cast<double>(op->id);
+    out[2 * n + 1] = static_cast<double>(op->result);
+    n++;
+    Release(op);  // drops the buffer pins: the memory is the caller's again
+  }
+  if (done_head_ == done_.size()) {
+    done_.clear();
+    done_head_ = 0;
+  }
+  return n;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Per-fd state
+
+FdState* EpollReactor::Find(int fd) {
+  if (fd < 0 || static_cast<size_t>(fd) >= fds_.size()) return nullptr;
+  return fds_[static_cast<size_t>(fd)].get();
+}
+
+FdState* EpollReactor::Ensure(int fd) {
+  const size_t i = static_cast<size_t>(fd);
+  if (i >= fds_.size()) fds_.resize(std::max(i + 1, fds_.size() * 2));
+  if (!fds_[i]) fds_[i].reset(new FdState());
+  return fds_[i].get();
+}
+
+void EpollReactor::FailQueues(FdState* st, int64_t result) {
+  while (Op* op = st->rhead) {
+    st->rhead = op->qnext;
+    Complete(op, result);
+  }
+  while (Op* op = st->whead) {
+    st->whead = op->qnext;
+    Complete(op, result);
+  }
+  st->rtail = st->wtail = nullptr;
+}
+
+void EpollReactor::Adopt(int fd, bool is_socket) {
+  FdState* st = Ensure(fd);
+  // The number was free a moment ago, so whatever waited on an older file with this number was
+  // closed behind our back (epoll already forgot it). Those ops can never complete: fail them.
+  FailQueues(st, -EBADF);
+  st->registered = false;
+  st->trusted = true;
+  st->is_socket = is_socket;
+}
+
+void EpollReactor::Enqueue(FdState* st, Op* op, bool read_side) {
+  op->qnext = nullptr;
+  Op*& head = read_side ? st->rhead : st->whead;
+  Op*& tail = read_side ? st->rtail : st->wtail;
+  if (tail != nullptr) tail->qnext = op;
+  else head = op;
+  tail = op;
+  op->where = read_side ? Where::kReadQueue : Where::kWriteQueue;
+}
+
+bool EpollReactor::Unqueue(FdState* st, Op* op, bool read_side) {
+  Op*& head = read_side ? st->rhead : st->whead;
+  Op*& tail = read_side ? st->rtail : st->wtail;
+  Op* prev = nullptr;
+  for (Op* p = head; p != nullptr; prev = p, p = p->qnext) {
+    if (p != op) continue;
+    if (prev != nullptr) prev->qnext = p->qnext;
+    else head = p->qnext;
+    if (tail == p) tail = prev;
+    p->qnext = nullptr;
+    return true;
+  }
+  return false;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Submission
+
+void EpollReactor::Submit(Op* op) {
+  Link(op);
+  stats_.submitted++;
+  const size_t before = done_.size();
+  SubmitInner(op);
+  if (done_.size() > before) stats_.immediate++;
+}
+
+void EpollReactor::SubmitInner(Op* op) {
+  if (closed_) {
+    Complete(op, -ECANCELED);
+    return;
+  }
+  switch (op->code) {
+    case kNop:
+      Complete(op, 0);
+      return;
+    case kTimeout:
+      StartTimer(op);
+      return;
+    case kSocket: {
+      const int domain = op->a == 6 ? AF_INET6 : AF_INET;
+      int fd = socket(domain, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd < 0) {
+        Complete(op, -errno);
+        return;
+      }
+      SetNoDelay(fd);
+      Adopt(fd, true);
+      Complete(op, fd);
+      return;
+    }
+    case kOpen:
+    case kFsync:
+      if (op->code == kFsync && IsInternal(op->fd)) {
+        Complete(op, -EBADF);
+        return;
+      }
+      ToPool(op);
+      return;
+    case kClose:
+      StartClose(op);
+      return;
+    case kRead:
+    case kReadv:
+      StartRead(op);
+      return;
+    case kWrite:
+    case kWritev:
+      StartWrite(op);
+      return;
+    case kAccept:
+    case kRecv:
+      StartSocketOp(op, true);
+      return;
+    case kConnect:
+    case kSend:
+      StartSocketOp(op, false);
+      return;
+    case kListen:
+    case kShutdown:
+      StartSyncSocketCall(op);
+      return;
+    default:
+      Complete(op, -EINVAL);
+      return;
+  }
+}
+
+void EpollReactor::Fail(Op* op, int64_t result) {
+  Link(op);
+  Complete(op, result);
+}
+
+void EpollReactor::ToPool(Op* op) {
+  stats_.pool++;
+  int r = pool_->Post(op);
+  if (r < 0) Complete(op, r);
+}
+
+void EpollReactor::StartTimer(Op* op) {
+  double ms = op->ms;
+  if (!(ms >= 0)) ms = 0;
+  // Clamp to ~100 years so the nanosecond deadline cannot overflow.
+  ms = std::min(ms, 3.15e12);
+  op->deadline_ns = NowNs() + static_cast<uint64_t>(std::ceil(ms * 1e6));
+  op->where = Where::kTimer;
+  timers_.emplace(op->deadline_ns, op);
+  ArmTimer();
+}
+
+void EpollReactor::ArmTimer() {
+  if (timers_.empty()) return;  // a stale expiry just finds nothing to fire
+  const uint64_t first = timers_.begin()->first;
+  if (first == armed_ns_) return;
+  struct itimerspec its {};
+  // An all-zero it_value would disarm: an already-past deadline still needs a non-zero value.
+  const uint64_t when = first == 0 ? 1 : first;
+  its.it_value.tv_sec = static_cast<time_t>(when / 1000000000ull);
+  its.it_value.tv_nsec = static_cast<long>(when % 1000000000ull);
+  if (timerfd_settime(tfd_, TFD_TIMER_ABSTIME, &its, nullptr) == 0) armed_ns_ = first;
+}
+
+void EpollReactor::FireTimers() {
+  uint64_t expirations;
+  while (read(tfd_, &expirations, sizeof(expirations)) < 0 && errno == EINTR) {
+  }
+  armed_ns_ = 0;
+  const uint64_t now = NowNs();
+  while (!timers_.empty() && timers_.begin()->first <= now) {
+    Op* op = timers_.begin()->second;
+    timers_.erase(timers_.begin());
+    Complete(op, 0);
+  }
+  ArmTimer();
+}
+
+void EpollReactor::StartRead(Op* op) {
+  if (IsInternal(op->fd)) {
+    Complete(op, -EBADF);
+    return;
+  }
+  FdState* st = Find(op->fd);
+  if (st != nullptr && st->rhead != nullptr) {
+    // Earlier reads wait for readiness: this is a stream fd and order must be kept.
+    op->kind = kKindStream;
+    Enqueue(st, op, true);
+    return;
+  }
+  int64_t r = ReadNoWait(op);
+  if (r != -EAGAIN && r != -EOPNOTSUPP) {
+    if (r >= 0) stats_.nowait_reads++;
+    Complete(op, r);
+    return;
+  }
+  struct stat sb;
+  if (fstat(op->fd, &sb) < 0) {
+    Complete(op, -errno);
+    return;
+  }
+  if (S_ISREG(sb.st_mode) || S_ISBLK(sb.st_mode)) {
+    // A page-cache miss (or O_DIRECT, or a file system without RWF_NOWAIT): the pool reads it.
+    ToPool(op);
+    return;
+  }
+  op->kind = S_ISSOCK(sb.st_mode) ? kKindSocket : kKindStream;
+  if (r == -EOPNOTSUPP) {
+    // No RWF_NOWAIT on this fd. A plain read of a blocking fd could stall the loop, so such an
+    // fd waits for readiness first; a non-blocking one is simply tried.
+    if (IsBlockingFd(op->fd)) {
+      Wait(op, true);
+      return;
+    }
+    r = ReadPlain(op);
+    if (r != -EAGAIN) {
+      Complete(op, r);
+      return;
+    }
+  }
+  Wait(op, true);
+}
+
+void EpollReactor::StartWrite(Op* op) {
+  if (IsInternal(op->fd)) {
+    Complete(op, -EBADF);
+    return;
+  }
+  FdState* st = Find(op->fd);
+  if (st != nullptr && st->whead != nullptr) {
+    op->kind = st->is_socket ? kKindSocket : kKindStream;
+    if (!st->is_socket) {
+      struct stat sb;
+      if (fstat(op->fd, &sb) == 0 && S_ISSOCK(sb.st_mode)) op->kind = kKindSocket;
+    }
+    Enqueue(st, op, false);
+    return;
+  }
+  struct stat sb;
+  if (fstat(op->fd, &sb) < 0) {
+    Complete(op, -errno);
+    return;
+  }
+  if (S_ISREG(sb.st_mode) || S_ISBLK(sb.st_mode)) {
+    // Writes to files can block on page-cache allocation, writeback throttling or the journal.
+    ToPool(op);
+    return;
+  }
+  op->kind = S_ISSOCK(sb.st_mode) ? kKindSocket : kKindStream;
+  if (op->kind == kKindStream && IsBlockingFd(op->fd)) {
+    // A blocking pipe or tty: should it lack RWF_NOWAIT support, Attempt would fall back to a
+    // plain write, so make sure there is room first.
+    Wait(op, false);
+    return;
+  }
+  int64_t r = Attempt(op);
+  if (r == -EAGAIN) {
+    Wait(op, false);
+    return;
+  }
+  Complete(op, r);
+}
+
+void EpollReactor::StartSocketOp(Op* op, bool read_side) {
+  if (IsInternal(op->fd)) {
+    Complete(op, -EBADF);
+    return;
+  }
+  FdState* st = Find(op->fd);
+  if (st != nullptr && (read_side ? st->rhead : st->whead) != nullptr) {
+    Enqueue(st, op, read_side);
+    return;
+  }
+  int64_t r = Attempt(op);
+  if (r == -EAGAIN) {
+    Wait(op, read_side);
+    return;
+  }
+  Complete(op, r);
+}
+
+void EpollReactor::StartSyncSocketCall(Op* op) {
+  if (IsInternal(op->fd)) {
+    Complete(op, -EBADF);
+    return;
+  }
+  if (op->code == kShutdown) {
+    const int how = op->a == 0 ? SHUT_RD : op->a == 1 ? SHUT_WR : SHUT_RDWR;
+    Complete(op, shutdown(op->fd, how) < 0 ? -errno : 0);
+    return;
+  }
+  // listen: SO_REUSEADDR always (a restarted server must not wait out TIME_WAIT), SO_REUSEPORT
+  // when asked (one listener per core, the kernel balances connections between them).
+  int r = ParseAddress(op);
+  if (r < 0) {
+    Complete(op, r);
+    return;
+  }
+  int one = 1;
+  if (setsockopt(op->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
+    Complete(op, -errno);
+    return;
+  }
+  if (op->c != 0 && setsockopt(op->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+    Complete(op, -errno);
+    return;
+  }
+  if (bind(op->fd, reinterpret_cast<struct sockaddr*>(&op->addr), op->addrlen) < 0) {
+    Complete(op, -errno);
+    return;
+  }
+  if (listen(op->fd, op->a) < 0) {
+    Complete(op, -errno);
+    return;
+  }
+  Complete(op, 0);
+}
+
+void EpollReactor::StartClose(Op* op) {
+  const int fd = op->fd;
+  if (IsInternal(fd)) {
+    // Never close a descriptor this backend depends on, whatever the caller asks.
+    Complete(op, -EBADF);
+    return;
+  }
+  bool inline_close = false;
+  if (FdState* st = Find(fd)) {
+    // Leave the epoll set before the fd goes away: once closed, the number can be reused at
+    // once and a late event would be attributed to the new file. Errors (ENOENT when it was
+    // never registered or already dropped, EBADF when it is already closed) mean "not there".
+    if (st->registered) {
+      stats_.epoll_ctl++;
+      epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+    }
+    FailQueues(st, -ECANCELED);
+    inline_close = st->is_socket;
+    *st = FdState();
+  }
+  auto owned = std::find(owned_eventfds_.begin(), owned_eventfds_.end(), fd);
+  if (owned != owned_eventfds_.end()) {
+    owned_eventfds_.erase(owned);
+    inline_close = true;
+  }
+  if (inline_close) {
+    // Sockets and eventfds close without blocking (no SO_LINGER is ever set here).
+    int r = close(fd);
+    Complete(op, r < 0 && errno != EINTR ? -errno : 0);
+    return;
+  }
+  // A file's close can block (NFS flushes, the last reference to a deleted file): use the pool.
+  ToPool(op);
+}
+
+// -------------------------------------------------------------------------------------------------
+// Readiness
+
+int64_t EpollReactor::Attempt(Op* op) {
+  switch (op->code) {
+    case kAccept:
+      for (;;) {
+        int fd = accept4(op->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+          SetNoDelay(fd);
+          Adopt(fd, true);
+          return fd;
+        }
+        // A connection reset while queued is the peer's problem, not this accept's: take the next.
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+      }
+    case kRecv: {
+      ssize_t r;
+      do {
+        r = recv(op->fd, op->iov1.iov_base, op->iov1.iov_len, MSG_DONTWAIT);
+      } while (r < 0 && errno == EINTR);
+      return Ret(r);
+    }
+    case kSend: {
+      ssize_t r;
+      do {
+        // MSG_NOSIGNAL: a peer that went away is EPIPE, never a SIGPIPE that kills the process.
+        r = send(op->fd, op->iov1.iov_base, op->iov1.iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+      } while (r < 0 && errno == EINTR);
+      return Ret(r);
+    }
+    case kConnect: {
+      if (!op->in_progress) {
+        int r = ParseAddress(op);
+        if (r < 0) return r;
+        if (connect(op->fd, reinterpret_cast<struct sockaddr*>(&op->addr), op->addrlen) == 0) return 0;
+        // EINTR: the connection attempt goes on asynchronously, exactly like EINPROGRESS.
+        if (errno == EINPROGRESS || errno == EINTR) {
+          op->in_progress = true;
+          return -EAGAIN;
+        }
+        return -errno;
+      }
+      int err = 0;
+      socklen_t len = sizeof(err);
+      if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return -errno;
+      if (err != 0) return -err;
+      // SO_ERROR 0 can also mean "still connecting" when the edge was for something else.
+      struct sockaddr_storage peer;
+      socklen_t plen = sizeof(peer);
+      if (getpeername(op->fd, reinterpret_cast<struct sockaddr*>(&peer), &plen) < 0) {
+        return errno == ENOTCONN ? -EAGAIN : -errno;
+      }
+      return 0;
+    }
+    case kRead:
+    case kReadv: {
+      int64_t r = ReadNoWait(op);
+      if (r == -EOPNOTSUPP) r = ReadPlain(op);
+      return r;
+    }
+    case kWrite:
+    case kWritev: {
+      ssize_t r;
+      if (op->kind == kKindSocket) {
+        if (op->offset >= 0) return -ESPIPE;
+        struct msghdr msg {};
+        msg.msg_iov = const_cast<struct iovec*>(op->iov());
+        msg.msg_iovlen = static_cast<size_t>(op->iovcnt());
+        do {
+          r = sendmsg(op->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return Ret(r);
+      }
+      do {
+        r = pwritev2(op->fd, op->iov(), op->iovcnt(), op->offset, RWF_NOWAIT);
+      } while (r < 0 && errno == EINTR);
+      if (r < 0 && errno == EOPNOTSUPP) {
+        // Only reached for non-blocking fds or after EPOLLOUT said there is room.
+        do {
+          r = op->offset >= 0 ? pwritev(op->fd, op->iov(), op->iovcnt(), op->offset)
+                              : writev(op->fd, op->iov(), op->iovcnt());
+        } while (r < 0 && errno == EINTR);
+      }
+      return Ret(r);
+    }
+    default:
+      return -EINVAL;
+  }
+}
+
+void EpollReactor::Wait(Op* op, bool read_side) {
+  FdState* st = Ensure(op->fd);
+  const bool idle = st->rhead == nullptr && st->whead == nullptr;
+  if (!st->registered || (!st->trusted && idle)) {
+    struct epoll_event ev {};
+    ev.events = kEvents;
+    ev.data.fd = op->fd;
+    stats_.epoll_ctl++;
+    int r = epoll_ctl(epfd_, st->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, op->fd, &ev);
+    if (r < 0 && errno == ENOENT) r = epoll_ctl(epfd_, EPOLL_CTL_ADD, op->fd, &ev);
+    else if (r < 0 && errno == EEXIST) r = epoll_ctl(epfd_, EPOLL_CTL_MOD, op->fd, &ev);
+    if (r < 0) {
+      const int e = errno;
+      st->registered = false;
+      if (e == EPERM && (op->code == kRead || op->code == kReadv || op->code == kWrite || op->code == kWritev)) {
+        // A character device without poll support: the pool does the (blocking) call.
+        ToPool(op);
+        return;
+      }
+      Complete(op, -e);
+      return;
+    }
+    st->registered = true;
+  }
+  stats_.waited++;
+  Enqueue(st, op, read_side);
+}
+
+void EpollReactor::RunQueue(FdState* st, bool read_side) {
+  Op*& head = read_side ? st->rhead : st->whead;
+  Op*& tail = read_side ? st->rtail : st->wtail;
+  while (Op* op = head) {
+    int64_t r = Attempt(op);
+    if (r == -EAGAIN) return;
+    // Attempt may have adopted a new fd (accept): st stays valid, FdStates never move.
+    head = op->qnext;
+    if (head == nullptr) tail = nullptr;
+    Complete(op, r);
+  }
+}
+
+void EpollReactor::DrainPool() {
+  uint64_t count;
+  while (read(evfd_, &count, sizeof(count)) < 0 && errno == EINTR) {
+  }
+  pool_done_.clear();
+  if (pool_) pool_->TakeDone(&pool_done_);
+  for (Op* op : pool_done_) Complete(op, op->result);
+  pool_done_.clear();
+}
+
+size_t EpollReactor::Process(int timeout_ms) {
+  if (closed_) return ready();
+  const uint64_t deadline = timeout_ms > 0 ? NowNs() + static_cast<uint64_t>(timeout_ms) * 1000000ull : 0;
+  int wait = timeout_ms;
+  for (;;) {
+    stats_.epoll_wait++;
+    int n = epoll_wait(epfd_, events_.data(), static_cast<int>(events_.size()), ready() > 0 ? 0 : wait);
+    if (n < 0) n = 0;  // EINTR: treat as a timeout slice and recompute below
+    for (int i = 0; i < n; i++) {
+      const struct epoll_event& ev = events_[static_cast<size_t>(i)];
+      const int fd = ev.data.fd;
+      if (fd == evfd_) {
+        DrainPool();
+        continue;
+      }
+      if (fd == tfd_) {
+        FireTimers();
+        continue;
+      }
+      FdState* st = Find(fd);
+      if (st == nullptr || !st->registered) continue;  // stale: closed since the wait began
+      if (ev.events & kReadWake) RunQueue(st, true);
+      if (ev.events & kWriteWake) RunQueue(st, false);
+    }
+    if (ready() > 0 || timeout_ms == 0) return ready();
+    if (timeout_ms > 0) {
+      const uint64_t now = NowNs();
+      if (now >= deadline) return ready();
+      wait = static_cast<int>((deadline - now + 999999) / 1000000);
+    }
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Cancellation
+
+bool EpollReactor::Cancel(uint64_t id) {
+  Op* op = live_;
+  while (op != nullptr && op->id != id) op = op->next;
+  if (op == nullptr) return false;
+  switch (op->where) {
+    case Where::kReadQueue:
+    case Where::kWriteQueue: {
+      FdState* st = Find(op->fd);
+      if (st != nullptr) Unqueue(st, op, op->where == Where::kReadQueue);
+      Complete(op, -ECANCELED);
+      return true;
+    }
+    case Where::kTimer:
+      timers_.erase({op->deadline_ns, op});
+      Complete(op, -ECANCELED);
+      return true;
+    case Where::kPool:
+      if (pool_ && pool_->Withdraw(op)) {
+        Complete(op, -ECANCELED);
+      } else {
+        // A pool thread is inside the system call: it completes with its own result (an fd an
+        // open returned must reach the caller, or it would leak).
+        op->cancel_requested = true;
+      }
+      return true;
+    case Where::kNew:
+    case Where::kDone:
+      return false;
+  }
+  return false;
+}
+
+// -------------------------------------------------------------------------------------------------
+
+int EpollReactor::CreateEventFd() {
+  if (closed_) return -EBADF;
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return -errno;
+  owned_eventfds_.push_back(fd);
+  Adopt(fd, false);
+  return fd;
+}
+
+}  // namespace miniss

@@ -1,0 +1,176 @@
+// The epoll reactor: the readiness model behind @miniss/backend-epoll. Plain C++, no V8.
+//
+// How an operation runs (the "try first, wait only on EAGAIN" design of mio/tokio and libuv):
+//
+// - Socket operations (accept, connect, recv, send, and read/write on a socket, pipe or eventfd)
+//   are attempted with a non-blocking system call the moment they are submitted. Only when the
+//   kernel says EAGAIN (or EINPROGRESS for connect) does the op join its fd's wait queue (one FIFO
+//   for the read side, one for the write side, so a recv and a send, or several accepts, can be
+//   pending on one socket at once).
+// - A waiting fd is registered with epoll once, edge-triggered, for both directions
+//   (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET). An edge runs the fd's queue head-first until the
+//   head gets EAGAIN again. No epoll_ctl per operation: an echo server pays one epoll_ctl per
+//   connection, not per request. Edge-triggering is safe here because no readiness is ever
+//   remembered: every op tries its system call first, and an op only waits after an EAGAIN that
+//   happened after the fd was registered, so the next state change produces the edge it needs.
+// - An fd this reactor did not create itself (accept/socket/eventfd) may have been closed and its
+//   number reused behind our back, which silently drops it from the epoll set. For those we
+//   re-arm with EPOLL_CTL_MOD whenever a wait starts on an idle fd, falling back to ADD on ENOENT.
+// - Regular files and block devices are always "ready" to epoll, so reads try
+//   preadv2(RWF_NOWAIT) first (served from the page cache without blocking) and everything that
+//   would block (cache misses, writes, fsync, open, close of non-sockets) goes to a small native
+//   thread pool whose completions come back through an eventfd in the epoll set.
+// - Timeouts live in an ordered set; one timerfd (also in the epoll set) is armed for the earliest.
+//
+// Completions are collected in a list and handed out in batches by Reap(). The epoll fd itself is
+// the one pollable fd that Node's loop watches (a uv_poll_t in binding.cc).
+#ifndef MINISS_EPOLL_H_
+#define MINISS_EPOLL_H_
+
+#include <sys/epoll.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "op.h"
+#include "thread_pool.h"
+
+namespace miniss {
+
+struct FdState {
+  Op* rhead = nullptr;  // read-side wait queue (accept, recv, read)
+  Op* rtail = nullptr;
+  Op* whead = nullptr;  // write-side wait queue (connect, send, write)
+  Op* wtail = nullptr;
+  bool registered = false;  // in the epoll set (as far as we know)
+  bool trusted = false;     // created by this reactor: the registration cannot vanish silently
+  bool is_socket = false;   // created by socket()/accept4(): close() is cheap and done inline
+};
+
+// Counters for tests and benchmarks (plain numbers, this thread only).
+struct ReactorStats {
+  uint64_t submitted = 0;      // ops handed to Submit
+  uint64_t immediate = 0;      // finished inside Submit (the first system call settled them)
+  uint64_t waited = 0;         // had to wait for readiness (joined a wait queue)
+  uint64_t pool = 0;           // handed to the thread pool
+  uint64_t nowait_reads = 0;   // file reads served by preadv2(RWF_NOWAIT) from the page cache
+  uint64_t epoll_ctl = 0;      // epoll_ctl calls (ADD/MOD/DEL)
+  uint64_t epoll_wait = 0;     // epoll_wait calls
+};
+
+class EpollReactor {
+ public:
+  struct Options {
+    int max_events = 256;   // events per epoll_wait
+    int pool_threads = 2;   // thread pool size (started lazily)
+  };
+
+  // Creates the epoll fd, its eventfd and timerfd. On failure returns nullptr and sets *err (-errno).
+  static std::unique_ptr<EpollReactor> Create(const Options& options, int* err);
+  ~EpollReactor();
+  EpollReactor(const EpollReactor&) = delete;
+  EpollReactor& operator=(const EpollReactor&) = delete;
+
+  // The fd Node's loop polls: readable whenever Process() has something to do.
+  int fd() const { return epfd_; }
+
+  // An op to fill in (recycled); give it to Submit, or back with Discard if decoding failed.
+  Op* NewOp();
+  void Discard(Op* op);
+
+  // Starts op: attempts it at once, or queues it on its fd, the timer set or the pool. The op may
+  // be complete when this returns. The reactor owns op until Reap hands its result out.
+  void Submit(Op* op);
+
+  // Completes op with `result` without starting it (a descriptor the binding could not decode,
+  // such as a buffer detached since submit). Owned and reaped like a submitted op.
+  void Fail(Op* op, int64_t result);
+
+  // Cancels the op with this id. False if unknown or already complete; true if a cancellation
+  // was made (the op completes with -ECANCELED, or with its result if a pool thread runs it).
+  bool Cancel(uint64_t id);
+
+  // Waits up to timeout_ms (0: not at all, -1: forever) for events and dispatches them, retrying
+  // until something completes or the time is up. Returns the number of ready completions.
+  size_t Process(int timeout_ms);
+
+  // Writes up to `cap` (id, result) pairs to out and releases those ops (and their buffer pins).
+  size_t Reap(double* out, size_t cap);
+
+  size_t ready() const { return done_.size() - done_head_; }
+  size_t in_flight() const { return live_count_; }
+
+  // A non-blocking eventfd owned by this reactor (closed by Shutdown unless closed by a close op).
+  // Returns the fd or -errno.
+  int CreateEventFd();
+
+  // Cancels everything, joins the pool (a job inside a blocking system call finishes first),
+  // closes fds produced by operations nobody will reap, releases every op and closes the epoll,
+  // event and timer fds. Idempotent.
+  void Shutdown();
+  bool closed() const { return closed_; }
+  const ReactorStats& stats() const { return stats_; }
+
+ private:
+  explicit EpollReactor(const Options& options);
+  int Init();
+
+  bool IsInternal(int fd) const { return fd == epfd_ || fd == evfd_ || fd == tfd_; }
+  FdState* Find(int fd);
+  FdState* Ensure(int fd);  // only for fds the kernel just proved valid
+  void Adopt(int fd, bool is_socket);  // a new fd from socket/accept/eventfd
+
+  void SubmitInner(Op* op);
+  void Complete(Op* op, int64_t result);
+  void ToPool(Op* op);
+  void StartRead(Op* op);
+  void StartWrite(Op* op);
+  void StartSocketOp(Op* op, bool read_side);
+  void StartClose(Op* op);
+  void StartTimer(Op* op);
+  void StartSyncSocketCall(Op* op);
+
+  int64_t Attempt(Op* op);
+  void Wait(Op* op, bool read_side);
+  void RunQueue(FdState* st, bool read_side);
+  void FailQueues(FdState* st, int64_t result);
+  static void Enqueue(FdState* st, Op* op, bool read_side);
+  static bool Unqueue(FdState* st, Op* op, bool read_side);
+
+  void ArmTimer();
+  void FireTimers();
+  void DrainPool();
+  void Notify();
+
+  void Link(Op* op);
+  void Unlink(Op* op);
+  void Release(Op* op);
+
+  Options options_;
+  ReactorStats stats_;
+  int epfd_ = -1;
+  int evfd_ = -1;
+  int tfd_ = -1;
+  bool closed_ = false;
+  std::vector<struct epoll_event> events_;
+  std::vector<std::unique_ptr<FdState>> fds_;
+  std::vector<int> owned_eventfds_;
+  std::set<std::pair<uint64_t, Op*>> timers_;
+  uint64_t armed_ns_ = 0;
+  std::unique_ptr<ThreadPool> pool_;
+  std::vector<Op*> pool_done_;  // scratch for DrainPool
+
+  std::vector<Op*> done_;  // complete, not reaped
+  size_t done_head_ = 0;
+  Op* live_ = nullptr;     // every op from Submit to Reap
+  size_t live_count_ = 0;
+  std::vector<Op*> free_;  // recycled ops
+};
+
+}  // namespace miniss
+
+#endif  // MINISS_EPOLL_H_

@@ -1,0 +1,131 @@
+import { CancelledError, InvalidArgumentError } from '@miniss/core';
+import { currentDriver, type TimerDriver } from './driver.js';
+import { checkDelay } from './validate.js';
+import type { TimerWheel } from './wheel.js';
+
+/** What `timeout` and `withTimeout` reject with when the time runs out first. */
+export class TimeoutError extends Error {
+  readonly code = 'TIMEOUT' as const;
+  /** The limit that was exceeded, in milliseconds. */
+  readonly ms: number;
+  constructor(ms: number, message = `the operation timed out after ${ms} ms`) {
+    super(message);
+    this.name = 'TimeoutError';
+    this.ms = ms;
+  }
+}
+
+/** The work a timeout races: a promise, or a function that starts it (and may take a signal). */
+export type TimeoutWork<T> = PromiseLike<T> | ((signal: AbortSignal) => PromiseLike<T>);
+
+class TimeoutTimer<T> {
+  id = -1;
+  settled = false;
+  controller: AbortController | null = null;
+  unhook: (() => void) | null = null;
+  constructor(
+    readonly wheel: TimerWheel,
+    readonly ms: number,
+    readonly resolve: (v: T) => void,
+    readonly reject: (e: unknown) => void,
+  ) {}
+
+  fire(): void {
+    const err = new TimeoutError(this.ms);
+    this._finish();
+    this.controller?.abort(err);
+    this.reject(err);
+  }
+
+  drop(reason: Error): void {
+    if (this.settled) return;
+    this._finish();
+    this.controller?.abort(reason);
+    this.reject(reason);
+  }
+
+  onTaskCancelled(): void {
+    if (this.settled) return;
+    this.unhook = null;
+    const err = new CancelledError('timeout was cancelled because its task was cancelled');
+    this.wheel.cancel(this.id);
+    this._finish();
+    this.controller?.abort(err);
+    this.reject(err);
+  }
+
+  workDone(ok: boolean, value: unknown): void {
+    if (this.settled) return; // timed out, cancelled or shut down first: the late outcome is dropped
+    this.wheel.cancel(this.id);
+    this._finish();
+    if (ok) this.resolve(value as T);
+    else this.reject(value);
+  }
+
+  private _finish(): void {
+    this.settled = true;
+    const u = this.unhook;
+    if (u !== null) {
+      this.unhook = null;
+      u();
+    }
+  }
+}
+
+/**
+ * Settles like `work` if it settles within `ms` milliseconds; otherwise rejects with a
+ * {@link TimeoutError} (code `'TIMEOUT'`). When `work` is a function it is called at once with an
+ * AbortSignal that is aborted (reason: the TimeoutError) when the time runs out, so the work can
+ * stop instead of running on unobserved. The signal is created only if the function declares a
+ * parameter to receive it (an AbortController costs ~1.7 us). The timer is removed as soon as
+ * `work` settles. A late outcome of `work` is ignored (a late rejection is not reported as
+ * unhandled). Called synchronously inside a task, the task's cancellation rejects it with
+ * `CancelledError` and aborts the work's signal.
+ */
+export function timeout<T>(ms: number, work: TimeoutWork<T>): Promise<T> {
+  let d: TimerDriver;
+  try {
+    d = currentDriver();
+    checkDelay(ms, 'timeout: ms');
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  let controller: AbortController | null = null;
+  let p: PromiseLike<T>;
+  if (typeof work === 'function') {
+    if (work.length > 0) controller = new AbortController();
+    try {
+      p = (work as (signal?: AbortSignal) => PromiseLike<T>)(controller?.signal);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (!isThenable(p)) {
+      // A synchronous value: nothing to race.
+      return Promise.resolve(p as T);
+    }
+  } else if (isThenable(work)) {
+    p = work;
+  } else {
+    return Promise.reject(new InvalidArgumentError('timeout: work must be a promise (thenable) or a function returning one'));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const wheel = d.wheel;
+    const e = new TimeoutTimer<T>(wheel, ms, resolve, reject);
+    e.controller = controller;
+    e.id = wheel.insertAt(wheel.deadlineAfter(ms), e);
+    if (d.runtime.currentTask !== null) e.unhook = d._onTaskCancel(() => e.onTaskCancelled());
+    p.then(
+      (v) => e.workDone(true, v),
+      (err: unknown) => e.workDone(false, err),
+    );
+  });
+}
+
+/** `timeout(ms, work)` with the arguments the other way round (the seeds' `FutureExt::with_timeout`). */
+export function withTimeout<T>(work: TimeoutWork<T>, ms: number): Promise<T> {
+  return timeout(ms, work);
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return x !== null && (typeof x === 'object' || typeof x === 'function') && typeof (x as PromiseLike<unknown>).then === 'function';
+}
