@@ -57,6 +57,8 @@ export interface RuntimeStats {
   tasksCancelled: number;
   /** Spawned and not yet settled. */
   tasksActive: number;
+  /** Entries in the run queue (tasks spawned and not started yet, plus started ones the drain has not passed). */
+  runQueueLength: number;
   ioSubmitted: number;
   ioCompleted: number;
   ioInFlight: number;
@@ -284,8 +286,17 @@ export class Runtime implements TaskScheduler {
   _runNow(handle: JoinHandle<unknown>): void {
     // `await spawn(fn)` awaits the newest task: drop it from the queue's tail so a loop of
     // spawn-and-await does not grow the queue until the next drain.
+    // Awaiting a batch of spawned handles in spawn order takes them from the queue's head the
+    // same way, so the queue never holds a long run of already-started entries.
     const q = this._queue;
-    if (q.length > this._head && q[q.length - 1] === handle) q.pop();
+    if (q.length > this._head) {
+      if (q[q.length - 1] === handle) q.pop();
+      else if (q[this._head] === handle) q[this._head++] = undefined as unknown as JoinHandle<unknown>;
+      if (this._head === q.length) {
+        q.length = 0;
+        this._head = 0;
+      }
+    }
     this._run(handle);
   }
 
@@ -591,6 +602,7 @@ export class Runtime implements TaskScheduler {
       tasksFailed: this._failed,
       tasksCancelled: this._cancelled,
       tasksActive: this._active,
+      runQueueLength: this._queue.length - this._head,
       ioSubmitted: this._ioSubmitted,
       ioCompleted: this._ioCompleted,
       ioInFlight: this._pendingIo.size,

@@ -43,6 +43,24 @@ describe('spawn and await', () => {
     expect(activeResources()).toEqual(before);
   });
 
+  it('awaiting spawned handles in order (or newest first) does not leave them piling up in the run queue', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    const lengths = await rt.blockOn(async () => {
+      const seen: number[] = [];
+      // All of this runs in microtasks: the run queue's own drain (a macrotask) never gets a turn.
+      for (let round = 0; round < 20; round++) {
+        const hs = Array.from({ length: 500 }, (_, i) => spawn(async () => i));
+        for (let i = 0; i < hs.length; i++) expect(await hs[i]).toBe(i);
+        seen.push(rt.stats().runQueueLength);
+        const one = spawn(() => round);
+        expect(await one).toBe(round);
+        seen.push(rt.stats().runQueueLength);
+      }
+      return seen;
+    });
+    expect(Math.max(...lengths)).toBe(0);
+  });
+
   it('propagates the original error with its stack', async () => {
     const boom = new TypeError('boom');
     const rt = new Runtime({ backend: 'node' });
