@@ -292,7 +292,8 @@ export class Runtime implements TaskScheduler {
     if (q.length > this._head) {
       if (q[q.length - 1] === handle) q.pop();
       else if (q[this._head] === handle) q[this._head++] = undefined as unknown as JoinHandle<unknown>;
-      if (this._head === q.length) {
+      // (Setting an array's length is a slow builtin call: only when the head moved.)
+      if (this._head === q.length && this._head !== 0) {
         q.length = 0;
         this._head = 0;
       }
