@@ -19,6 +19,94 @@ export interface TimerStats extends Record<string, number> {
   armed: number;
 }
 
+/**
+ * @internal Something a task waits on (a sleep, a timeout, an interval tick), linked into that
+ * task's {@link TaskTimers} list through its own fields, so joining and leaving allocate nothing.
+ */
+export interface TaskWaiter {
+  taskPrev: TaskWaiter | null;
+  taskNext: TaskWaiter | null;
+  taskGroup: TaskTimers | null;
+  /** The task was cancelled; the waiter is already unlinked when this is called. */
+  onTaskCancelled(): void;
+}
+
+/** A waiter that runs a function: for callers that keep a closure rather than being a waiter. */
+class FnWaiter implements TaskWaiter {
+  taskPrev: TaskWaiter | null = null;
+  taskNext: TaskWaiter | null = null;
+  taskGroup: TaskTimers | null = null;
+  constructor(readonly fn: () => void) {}
+  onTaskCancelled(): void {
+    this.fn();
+  }
+  readonly remove = (): void => {
+    const g = this.taskGroup;
+    if (g !== null) g.remove(this);
+  };
+}
+
+/** @internal The timers one task waits on, cancelled together if the task is cancelled (one hook per task). */
+export class TaskTimers {
+  head: TaskWaiter | null = null;
+  unhook: (() => void) | null = null;
+  /** True once the group ran or emptied; a dead group is never reused. */
+  dead = false;
+  constructor(
+    readonly task: object,
+    readonly driver: TimerDriver,
+  ) {}
+
+  add(w: TaskWaiter): void {
+    const head = this.head;
+    w.taskGroup = this;
+    w.taskPrev = null;
+    w.taskNext = head;
+    if (head !== null) head.taskPrev = w;
+    this.head = w;
+  }
+
+  remove(w: TaskWaiter): void {
+    if (w.taskGroup !== this) return;
+    const prev = w.taskPrev;
+    const next = w.taskNext;
+    if (prev === null) this.head = next;
+    else prev.taskNext = next;
+    if (next !== null) next.taskPrev = prev;
+    w.taskPrev = w.taskNext = null;
+    w.taskGroup = null;
+    if (this.head === null) {
+      // The task waits on no timer any more: release its hook so a long-lived task that sleeps
+      // in a loop does not collect one hook per sleep.
+      this.dead = true;
+      const u = this.unhook;
+      this.unhook = null;
+      this.driver._dropGroup(this);
+      if (u !== null) u();
+    }
+  }
+
+  cancelAll(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.unhook = null; // the task drops its own hooks when it runs them
+    this.driver._dropGroup(this);
+    let w = this.head;
+    this.head = null;
+    while (w !== null) {
+      const next = w.taskNext;
+      w.taskPrev = w.taskNext = null;
+      w.taskGroup = null;
+      try {
+        w.onTaskCancelled();
+      } catch {
+        /* a timer's cancellation must not keep the others from being cancelled */
+      }
+      w = next;
+    }
+  }
+}
+
 /** The reason the driver aborts a wake-up it no longer needs; never seen by users. */
 const DISARMED = new Error('timer wake-up disarmed');
 
@@ -49,6 +137,8 @@ export class TimerDriver implements RuntimePlugin {
   private _wakeups = 0;
   private _arms = 0;
   private _fallbackWarned = false;
+  private readonly _groups = new Map<object, TaskTimers>();
+  private _lastGroup: TaskTimers | null = null;
   /** @internal Recycled sleep entries (see sleep.ts). */
   readonly _pool: SleepTimer[] = [];
 
@@ -80,10 +170,41 @@ export class TimerDriver implements RuntimePlugin {
   /**
    * @internal Registers `fn` to run if the task running right now (synchronously) is cancelled.
    * Returns the function that unregisters it, or null outside a task's synchronous code.
+   *
+   * The runtime's own `task.onCancel` keeps an array and unregisters with indexOf + splice, which
+   * is O(hooks): a task waiting on 100,000 sleeps spent seconds unregistering them as they fired.
+   * So the driver registers ONE hook per task and keeps that task's timers in an intrusive
+   * doubly-linked list: registering and unregistering a timer are O(1); the task's hook is
+   * released when its last timer goes.
    */
   _onTaskCancel(fn: () => void): (() => void) | null {
+    const w = new FnWaiter(fn);
+    return this._joinTask(w) ? w.remove : null;
+  }
+
+  /**
+   * @internal Links `w` into the list of the task running right now (synchronously); false
+   * outside a task. `w.taskGroup.remove(w)` takes it out again.
+   */
+  _joinTask(w: TaskWaiter): boolean {
     const t = this.runtime.currentTask;
-    return t === null ? null : t.onCancel(fn);
+    if (t === null) return false;
+    let g = this._lastGroup !== null && this._lastGroup.task === t ? this._lastGroup : this._groups.get(t);
+    if (g === undefined) {
+      const group = new TaskTimers(t, this);
+      group.unhook = t.onCancel(() => group.cancelAll());
+      this._groups.set(t, group);
+      g = group;
+    }
+    this._lastGroup = g;
+    g.add(w);
+    return true;
+  }
+
+  /** @internal A task's group emptied or ran: forget it. */
+  _dropGroup(g: TaskTimers): void {
+    if (this._groups.get(g.task) === g) this._groups.delete(g.task);
+    if (this._lastGroup === g) this._lastGroup = null;
   }
 
   stats(): TimerStats {
@@ -104,6 +225,8 @@ export class TimerDriver implements RuntimePlugin {
     this._disarm();
     this.wheel.clear(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime shut down while the timer was pending'));
     this._pool.length = 0;
+    this._groups.clear();
+    this._lastGroup = null;
     forgetDriver(this);
   }
 

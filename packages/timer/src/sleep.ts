@@ -1,5 +1,5 @@
 import { CancelledError, InvalidArgumentError } from '@miniss/core';
-import { abortReason, currentDriver, type TimerDriver } from './driver.js';
+import { abortReason, currentDriver, type TaskTimers, type TaskWaiter, type TimerDriver } from './driver.js';
 import { checkDelay } from './validate.js';
 import type { TimerId } from './wheel.js';
 
@@ -16,13 +16,16 @@ const POOL_MAX = 1024;
  * abort listener (`handleEvent`), so a sleep allocates its promise and nothing else; states are
  * recycled through the driver's pool once settled.
  */
-export class SleepTimer {
+export class SleepTimer implements TaskWaiter {
   id: TimerId = -1;
   resolve: (() => void) | null = null;
   reject: ((err: unknown) => void) | null = null;
   signal: AbortSignal | null = null;
-  unhook: (() => void) | null = null;
   driver: TimerDriver | null = null;
+  // Links in the list of timers its task waits on (see TaskTimers in driver.ts).
+  taskPrev: TaskWaiter | null = null;
+  taskNext: TaskWaiter | null = null;
+  taskGroup: TaskTimers | null = null;
 
   /** The deadline was reached (called by the wheel). */
   fire(): void {
@@ -47,7 +50,6 @@ export class SleepTimer {
   /** The task that called sleep() was cancelled. */
   onTaskCancelled(): void {
     if (this.reject === null) return;
-    this.unhook = null; // the task has already dropped its hooks
     this.driver!.wheel.cancel(this.id);
     this._settleWith(new CancelledError('sleep was cancelled because its task was cancelled'));
   }
@@ -65,11 +67,8 @@ export class SleepTimer {
       this.signal = null;
       signal.removeEventListener('abort', this);
     }
-    const unhook = this.unhook;
-    if (unhook !== null) {
-      this.unhook = null;
-      unhook();
-    }
+    const g = this.taskGroup;
+    if (g !== null) g.remove(this);
     this.resolve = null;
     this.reject = null;
     this.id = -1;
@@ -121,7 +120,7 @@ export function sleep(ms: number, opts?: SleepOptions): Promise<void> {
     e.signal = signal;
     signal.addEventListener('abort', e);
   }
-  if (d.runtime.currentTask !== null) e.unhook = d._onTaskCancel(() => e.onTaskCancelled());
+  if (d.runtime.currentTask !== null) d._joinTask(e);
   return p;
 }
 
