@@ -1,0 +1,22 @@
+{
+  # The io_uring backend is Linux-only. On any other OS package.json's "miniss.nativeOs" makes
+  # miniss-build-native skip the build, and this file compiles nothing as a second guard (the
+  # target has no sources there, so node-gyp produces no addon and isSupported() says why).
+  "targets": [
+    {
+      "target_name": "miniss_iouring",
+      "conditions": [
+        ["OS=='linux'", {
+          "sources": [
+            "native/binding.cc",
+            "native/io_uring.cc"
+          ],
+          "include_dirs": ["<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")"],
+          "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-cast-function-type"],
+          "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+          "defines": ["_GNU_SOURCE"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,574 @@
+// The only file of this addon that knows V8/nan. It decodes operation descriptors from memory
+// shared with JS, pins their buffers, joins the ring to Node's event loop with one uv_poll_t on
+// the ring's registered eventfd, and tears everything down on close(), garbage collection or
+// environment (worker thread) exit. The ring itself is plain C++ in io_uring.{h,cc}.
+#include <nan.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "io_uring.h"
+
+namespace miniss {
+namespace {
+
+// Shared-memory layout, mirrored in src/index.ts. Descriptor i is kSqInts int32 words at
+// sq_i[i * kSqInts] = (op, fd, a, b, c, -, -, -) and kSqDoubles float64 words at
+// sq_f[i * kSqDoubles] = (id, offset, ms-or-target). The batch's buffers/strings travel in one
+// JS array whose element i belongs to descriptor i. A completion is three float64 words
+// (id, result, cqe flags).
+constexpr size_t kSqInts = 8;
+constexpr size_t kSqDoubles = 3;
+constexpr size_t kCqDoubles = 3;
+// How long close() waits for the kernel to hand buffers back before pinning them for good.
+constexpr int kShutdownWaitMs = 2000;
+
+class Backend;
+
+struct Instance {
+  uv_poll_t poll;
+  std::unique_ptr<Engine> engine;
+  node::AsyncCleanupHookHandle hook;
+  void (*hook_done)(void*) = nullptr;
+  void* hook_arg = nullptr;
+  Nan::Callback on_ready;
+  std::unique_ptr<Nan::AsyncResource> async;
+  Backend* wrap = nullptr;
+  bool closing = false;
+  bool refd = false;
+  bool in_callback = false;
+  bool js_hold = false;  // JS holds work that needs another loop turn (queued ops, local completions)
+  std::shared_ptr<v8::BackingStore> sq_store;
+  std::shared_ptr<v8::BackingStore> cq_store;
+  int32_t* sq_i = nullptr;
+  double* sq_f = nullptr;
+  size_t sq_cap = 0;
+  double* cq = nullptr;
+  size_t cq_cap = 0;
+  std::unique_ptr<Completion[]> scratch;
+
+  // The poll handle keeps the loop alive only while something is pending.
+  void UpdateRef() {
+    const bool want = !closing && engine && (engine->in_flight() > 0 || js_hold);
+    if (want == refd) return;
+    refd = want;
+    if (want) {
+      uv_ref(reinterpret_cast<uv_handle_t*>(&poll));
+    } else {
+      uv_unref(reinterpret_cast<uv_handle_t*>(&poll));
+    }
+  }
+};
+
+void OnClosed(uv_handle_t* handle);
+
+// Stops polling (the uv_poll_t is stopped and removed from epoll before its fd is closed),
+// cancels what is in flight, waits for the kernel to release buffers and closes the ring. The
+// Instance itself is freed in OnClosed. `now`: false inside GC finalizers, where
+// the engine is shut down later in OnClosed.
+void BeginClose(Instance* inst, bool now) {
+  if (inst->closing) return;
+  inst->closing = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&inst->poll), OnClosed);
+  if (now && inst->engine) inst->engine->Shutdown(kShutdownWaitMs);
+}
+
+class Backend : public Nan::ObjectWrap {
+ public:
+  static void Init(v8::Local<v8::Object> target);
+
+  explicit Backend(Instance* inst) : inst_(inst) { inst->wrap = this; }
+  ~Backend() override {
+    // Collected without close(): only stop polling here (this may run inside GC, where no V8
+    // call is allowed); OnClosed shuts the engine down and releases the handles.
+    if (inst_ != nullptr) {
+      inst_->wrap = nullptr;
+      BeginClose(inst_, false);
+    }
+  }
+
+  Instance* inst_;
+
+ private:
+  static NAN_METHOD(New);
+  static NAN_METHOD(Flush);
+  static NAN_METHOD(Reap);
+  static NAN_METHOD(Wake);
+  static NAN_METHOD(InFlight);
+  static NAN_METHOD(EventFd);
+  static NAN_METHOD(Stats);
+  static NAN_METHOD(Close);
+
+  static Instance* Live(const Nan::FunctionCallbackInfo<v8::Value>& info) {
+    Backend* self = Nan::ObjectWrap::Unwrap<Backend>(info.Holder());
+    if (self == nullptr || self->inst_ == nullptr || self->inst_->closing) return nullptr;
+    return self->inst_;
+  }
+};
+
+void OnClosed(uv_handle_t* handle) {
+  Instance* inst = static_cast<Instance*>(handle->data);
+  Nan::HandleScope scope;
+  if (inst->engine) inst->engine->Shutdown(kShutdownWaitMs);  // a no-op after close()
+  inst->engine.reset();
+  inst->async.reset();
+  inst->on_ready.Reset();
+  inst->sq_store.reset();
+  inst->cq_store.reset();
+  if (inst->wrap != nullptr) inst->wrap->inst_ = nullptr;
+  void (*done)(void*) = inst->hook_done;
+  void* done_arg = inst->hook_arg;
+  // A no-op when the hook is the one running right now.
+  if (inst->hook) node::RemoveEnvironmentCleanupHook(std::move(inst->hook));
+  delete inst;
+  if (done != nullptr) done(done_arg);
+}
+
+// Runs when the environment (the main thread at exit, or a worker being terminated) shuts down.
+void CleanupHook(void* arg, void (*done)(void*), void* done_arg) {
+  Instance* inst = static_cast<Instance*>(arg);
+  inst->hook_done = done;
+  inst->hook_arg = done_arg;
+  BeginClose(inst, true);  // when close() already began it, OnClosed is pending and calls done
+}
+
+void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
+  Instance* inst = static_cast<Instance*>(handle->data);
+  if (inst->closing || !inst->engine || status < 0) return;
+  Engine* engine = inst->engine.get();
+  engine->DrainEventFd();
+  // Deferred task work (DEFER_TASKRUN) only turns into CQEs when this thread enters the kernel
+  // with GETEVENTS; do it once here (submitting anything still queued in the same call) so the
+  // JS callback finds the completions in the CQ ring.
+  if (engine->HasUnsubmitted() || engine->ring().KernelHasCompletions()) engine->SubmitPrepared(true);
+  Nan::HandleScope scope;
+  if (!inst->on_ready.IsEmpty() && inst->async) {
+    // Through the async resource, so the callback has an async context and the microtasks it
+    // queues (promise continuations, which submit the next operations and flush) run before
+    // control comes back here.
+    inst->in_callback = true;
+    v8::Local<v8::Object> target = Nan::New<v8::Object>();
+    inst->async->runInAsyncScope(target, inst->on_ready.GetFunction(), 0, nullptr);
+    inst->in_callback = false;
+  }
+  if (inst->closing || !inst->engine || engine->closed()) return;
+  // Flushes made during the callback only filled the SQ ring: submit them all with one
+  // io_uring_enter now.
+  if (engine->HasUnsubmitted()) engine->SubmitPrepared(false);
+  // Completions still waiting in the kernel without a new eventfd signal (deferred task work
+  // beyond one batch, CQ overflow): come back on the next loop turn.
+  if (engine->ring().CqReady() == 0 && engine->ring().KernelHasCompletions()) engine->Wake();
+  inst->UpdateRef();
+}
+
+// new IoUringBackend(sq, cq, sqCap, cqCap, entries, mode, sqpoll, sqIdleMs, onReady)
+NAN_METHOD(Backend::New) {
+  if (!info.IsConstructCall()) {
+    Nan::ThrowTypeError("IoUringBackend must be called with new");
+    return;
+  }
+  if (info.Length() < 9 || !info[0]->IsArrayBuffer() || !info[1]->IsArrayBuffer() || !info[2]->IsUint32() ||
+      !info[3]->IsUint32() || !info[4]->IsUint32() || !info[5]->IsUint32() || !info[6]->IsBoolean() ||
+      !info[7]->IsUint32() || !info[8]->IsFunction()) {
+    Nan::ThrowTypeError(
+        "IoUringBackend(sq: ArrayBuffer, cq: ArrayBuffer, sqCap, cqCap, entries, mode, sqpoll, sqIdleMs, onReady)");
+    return;
+  }
+  v8::Local<v8::ArrayBuffer> sq = info[0].As<v8::ArrayBuffer>();
+  v8::Local<v8::ArrayBuffer> cq = info[1].As<v8::ArrayBuffer>();
+  const size_t sq_cap = Nan::To<uint32_t>(info[2]).FromJust();
+  const size_t cq_cap = Nan::To<uint32_t>(info[3]).FromJust();
+  if (sq_cap == 0 || cq_cap == 0 || sq->ByteLength() < sq_cap * (kSqInts * 4 + kSqDoubles * 8) ||
+      cq->ByteLength() < cq_cap * kCqDoubles * 8) {
+    Nan::ThrowRangeError("submission/completion buffers are smaller than their capacities");
+    return;
+  }
+  EngineOptions options;
+  options.entries = Nan::To<uint32_t>(info[4]).FromJust();
+  options.mode = static_cast<int>(Nan::To<uint32_t>(info[5]).FromJust());
+  options.sqpoll = Nan::To<bool>(info[6]).FromJust();
+  options.sq_idle_ms = Nan::To<uint32_t>(info[7]).FromJust();
+  int err = 0;
+  const char* syscall_name = "io_uring_setup";
+  std::unique_ptr<Engine> engine = Engine::Create(options, &err, &syscall_name);
+  if (!engine) {
+    Nan::ThrowError(Nan::ErrnoException(-err, syscall_name, "cannot create the io_uring backend"));
+    return;
+  }
+  auto inst = std::make_unique<Instance>();
+  uv_loop_t* loop = Nan::GetCurrentEventLoop();
+  int r = uv_poll_init(loop, &inst->poll, engine->poll_fd());
+  if (r != 0) {
+    Nan::ThrowError(Nan::ErrnoException(-r, "uv_poll_init", uv_strerror(r)));
+    return;
+  }
+  // From here on the handle is initialised and may be freed only in its close callback.
+  inst->poll.data = inst.get();
+  inst->engine = std::move(engine);
+  inst->sq_store = sq->GetBackingStore();
+  inst->cq_store = cq->GetBackingStore();
+  inst->sq_i = static_cast<int32_t*>(inst->sq_store->Data());
+  inst->sq_f = reinterpret_cast<double*>(static_cast<char*>(inst->sq_store->Data()) + sq_cap * kSqInts * 4);
+  inst->sq_cap = sq_cap;
+  inst->cq = static_cast<double*>(inst->cq_store->Data());
+  inst->cq_cap = cq_cap;
+  inst->scratch.reset(new Completion[cq_cap]);
+  inst->on_ready.Reset(info[8].As<v8::Function>());
+  inst->async = std::make_unique<Nan::AsyncResource>("miniss:IoUringBackend");
+  Instance* raw = inst.release();
+  uv_unref(reinterpret_cast<uv_handle_t*>(&raw->poll));
+  r = uv_poll_start(&raw->poll, UV_READABLE, OnPoll);
+  raw->hook = node::AddEnvironmentCleanupHook(info.GetIsolate(), CleanupHook, raw);
+  Backend* self = new Backend(raw);
+  self->Wrap(info.This());
+  if (r != 0) {
+    BeginClose(raw, true);
+    Nan::ThrowError(Nan::ErrnoException(-r, "uv_poll_start", uv_strerror(r)));
+    return;
+  }
+  info.GetReturnValue().Set(info.This());
+}
+
+// Points `data`/`len` at the first `len` bytes of a Uint8Array (len < 0: all of it) and pins
+// its backing store. False when the view is not one, is detached, or is shorter than `len`.
+bool BindBuffer(v8::Local<v8::Value> value, int64_t len, void** data, size_t* out_len, std::shared_ptr<void>* pin) {
+  if (!value->IsArrayBufferView()) return false;
+  v8::Local<v8::ArrayBufferView> view = value.As<v8::ArrayBufferView>();
+  const size_t have = view->ByteLength();  // 0 once detached
+  const size_t want = len < 0 ? have : static_cast<size_t>(len);
+  if (want > have) return false;
+  std::shared_ptr<v8::BackingStore> store = view->Buffer()->GetBackingStore();
+  char* base = static_cast<char*>(store->Data());
+  if (base == nullptr && want > 0) return false;
+  *data = base == nullptr ? nullptr : base + view->ByteOffset();
+  *out_len = want;
+  *pin = std::move(store);
+  return true;
+}
+
+bool StringOf(v8::Local<v8::Value> v, std::string* out) {
+  if (!v->IsString()) return false;
+  Nan::Utf8String s(v);
+  if (*s == nullptr) return false;
+  out->assign(*s, static_cast<size_t>(s.length()));
+  return true;
+}
+
+// flush(count, objects, hold): turns `count` descriptors into SQEs and submits them with one
+// io_uring_enter (deferred to the end of the ready callback when called from inside it).
+// Returns how many descriptors were taken; the rest did not fit and stay queued in JS. `hold`
+// says whether JS still holds queued work after this call (keeps the loop alive).
+NAN_METHOD(Backend::Flush) {
+  Instance* inst = Live(info);
+  if (inst == nullptr) {
+    Nan::ThrowError("the backend is closed");
+    return;
+  }
+  if (!info[0]->IsUint32() || !info[1]->IsArray()) {
+    Nan::ThrowTypeError("flush(count: number, objects: unknown[], hold: boolean)");
+    return;
+  }
+  const size_t count = Nan::To<uint32_t>(info[0]).FromJust();
+  if (count > inst->sq_cap) {
+    Nan::ThrowRangeError("flush: count is larger than the submission buffer");
+    return;
+  }
+  v8::Local<v8::Array> objs = info[1].As<v8::Array>();
+  v8::Local<v8::Context> context = Nan::GetCurrentContext();
+  Engine* engine = inst->engine.get();
+  size_t taken = 0;
+  OpDesc d;
+  for (; taken < count; ++taken) {
+    const int32_t* w = inst->sq_i + taken * kSqInts;
+    const double* f = inst->sq_f + taken * kSqDoubles;
+    d.op = w[0];
+    d.fd = w[1];
+    d.a = w[2];
+    d.b = w[3];
+    d.c = w[4];
+    d.id = static_cast<uint64_t>(f[0]);
+    d.offset = std::isfinite(f[1]) && f[1] >= 0 ? static_cast<int64_t>(f[1]) : -1;
+    d.ms = f[2];
+    d.target = d.op == kOpCancel ? static_cast<uint64_t>(f[2]) : 0;
+    d.data = nullptr;
+    d.len = 0;
+    d.prep_error = 0;
+    bool ok = true;
+    switch (d.op) {
+      case kOpRead:
+      case kOpWrite:
+      case kOpRecv:
+      case kOpSend: {
+        v8::Local<v8::Value> v;
+        ok = objs->Get(context, static_cast<uint32_t>(taken)).ToLocal(&v) && BindBuffer(v, d.a, &d.data, &d.len, &d.pin);
+        break;
+      }
+      case kOpReadv:
+      case kOpWritev: {
+        v8::Local<v8::Value> v;
+        ok = objs->Get(context, static_cast<uint32_t>(taken)).ToLocal(&v) && v->IsArray();
+        if (!ok) break;
+        v8::Local<v8::Array> arr = v.As<v8::Array>();
+        const uint32_t n = arr->Length();
+        if (n > 1024) {
+          ok = false;
+          break;
+        }
+        d.iov.resize(n);
+        d.pins.resize(n);
+        for (uint32_t j = 0; ok && j < n; ++j) {
+          v8::Local<v8::Value> b;
+          ok = arr->Get(context, j).ToLocal(&b) && BindBuffer(b, -1, &d.iov[j].iov_base, &d.iov[j].iov_len, &d.pins[j]);
+        }
+        break;
+      }
+      case kOpOpen:
+      case kOpListen:
+      case kOpConnect: {
+        v8::Local<v8::Value> v;
+        ok = objs->Get(context, static_cast<uint32_t>(taken)).ToLocal(&v) && StringOf(v, &d.str);
+        if (ok && d.op == kOpOpen && d.str.find('\0') != std::string::npos) ok = false;
+        break;
+      }
+      default:
+        if (d.op < 0 || d.op >= kOpCount) d.prep_error = EINVAL;
+        break;
+    }
+    // A buffer detached (transferred) or shrunk since submit: fail the operation rather than
+    // touch memory that is not there.
+    if (!ok) d.prep_error = EFAULT;
+    if (!engine->Prepare(static_cast<uint32_t>(d.id & ((1ULL << 22) - 1)), d)) break;
+    d.pin.reset();
+    d.pins.clear();
+    d.iov.clear();
+  }
+  d.pin.reset();
+  d.pins.clear();
+  if (!inst->in_callback) engine->SubmitPrepared(false);
+  inst->js_hold = info[2]->IsTrue();
+  inst->UpdateRef();
+  info.GetReturnValue().Set(static_cast<uint32_t>(taken));
+}
+
+// reap(waitMs, hold): writes up to cqCap completions into the completion buffer, blocking up to
+// waitMs (0: never) for the first one. Returns how many.
+NAN_METHOD(Backend::Reap) {
+  Instance* inst = Live(info);
+  if (inst == nullptr) {
+    info.GetReturnValue().Set(0);
+    return;
+  }
+  int wait_ms = 0;
+  if (info[0]->IsNumber()) {
+    const double t = Nan::To<double>(info[0]).FromJust();
+    wait_ms = t > 0 ? static_cast<int>(std::min(t, 2147483647.0)) : 0;
+  }
+  Completion* tmp = inst->scratch.get();
+  const size_t n = inst->engine->Reap(tmp, inst->cq_cap, wait_ms);
+  double* out = inst->cq;
+  for (size_t i = 0; i < n; ++i) {
+    out[i * kCqDoubles] = static_cast<double>(tmp[i].id);
+    out[i * kCqDoubles + 1] = tmp[i].res;
+    out[i * kCqDoubles + 2] = tmp[i].flags;
+  }
+  inst->js_hold = info[1]->IsTrue();
+  inst->UpdateRef();
+  info.GetReturnValue().Set(static_cast<uint32_t>(n));
+}
+
+// wake(hold): makes the loop call onReady on its next turn (work JS completed or queued itself).
+NAN_METHOD(Backend::Wake) {
+  Instance* inst = Live(info);
+  if (inst == nullptr) return;
+  inst->js_hold = info[0]->IsTrue();
+  inst->engine->Wake();
+  inst->UpdateRef();
+}
+
+NAN_METHOD(Backend::InFlight) {
+  Instance* inst = Live(info);
+  info.GetReturnValue().Set(static_cast<double>(inst == nullptr ? 0 : inst->engine->user_in_flight()));
+}
+
+NAN_METHOD(Backend::EventFd) {
+  Instance* inst = Live(info);
+  info.GetReturnValue().Set(inst == nullptr ? -EBADF : inst->engine->NewEventFd());
+}
+
+// stats(): [enters, sqes submitted, cqes reaped, in flight, setup flags, kernel features, sq entries, cq entries]
+NAN_METHOD(Backend::Stats) {
+  Instance* inst = Live(info);
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(8);
+  if (inst != nullptr) {
+    Engine* e = inst->engine.get();
+    const double v[8] = {static_cast<double>(e->enters()),         static_cast<double>(e->sqes_submitted()),
+                         static_cast<double>(e->cqes_reaped()),    static_cast<double>(e->in_flight()),
+                         static_cast<double>(e->ring().setup_flags()), static_cast<double>(e->ring().kernel_features()),
+                         static_cast<double>(e->ring().sq_entries()), static_cast<double>(e->ring().cq_entries())};
+    for (uint32_t i = 0; i < 8; ++i) Nan::Set(out, i, Nan::New<v8::Number>(v[i]));
+  }
+  info.GetReturnValue().Set(out);
+}
+
+// close(): cancels everything in flight, waits for the kernel to release buffers, closes the
+// ring, the eventfds and the poll handle. Idempotent.
+NAN_METHOD(Backend::Close) {
+  Backend* self = Nan::ObjectWrap::Unwrap<Backend>(info.Holder());
+  if (self == nullptr || self->inst_ == nullptr) return;
+  BeginClose(self->inst_, true);
+}
+
+void Backend::Init(v8::Local<v8::Object> target) {
+  v8::Local<v8::FunctionTemplate> tpl = Nan::New<v8::FunctionTemplate>(New);
+  tpl->SetClassName(Nan::New("IoUringBackend").ToLocalChecked());
+  tpl->InstanceTemplate()->SetInternalFieldCount(1);
+  Nan::SetPrototypeMethod(tpl, "flush", Flush);
+  Nan::SetPrototypeMethod(tpl, "reap", Reap);
+  Nan::SetPrototypeMethod(tpl, "wake", Wake);
+  Nan::SetPrototypeMethod(tpl, "inFlight", InFlight);
+  Nan::SetPrototypeMethod(tpl, "eventfd", EventFd);
+  Nan::SetPrototypeMethod(tpl, "stats", Stats);
+  Nan::SetPrototypeMethod(tpl, "close", Close);
+  Nan::Set(target, Nan::New("IoUringBackend").ToLocalChecked(), Nan::GetFunction(tpl).ToLocalChecked());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Module functions (no backend instance needed)
+
+// probe(): [0 | -errno, reason]
+NAN_METHOD(Probe) {
+  std::string detail;
+  const int r = ProbeIoUring(&detail);
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(2);
+  Nan::Set(out, 0, Nan::New(r));
+  Nan::Set(out, 1, Nan::New(detail).ToLocalChecked());
+  info.GetReturnValue().Set(out);
+}
+
+// address(fd, peer): [family, port, host] or -errno.
+NAN_METHOD(Address) {
+  if (!info[0]->IsInt32()) {
+    info.GetReturnValue().Set(-EBADF);
+    return;
+  }
+  const int fd = Nan::To<int32_t>(info[0]).FromJust();
+  const bool peer = Nan::To<bool>(info[1]).FromJust();
+  sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  memset(&ss, 0, sizeof(ss));
+  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+                     : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (r != 0) {
+    info.GetReturnValue().Set(-errno);
+    return;
+  }
+  char host[INET6_ADDRSTRLEN] = {0};
+  int port = 0;
+  int family = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+    family = 4;
+  } else if (ss.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    port = ntohs(a->sin6_port);
+    family = 6;
+  } else {
+    info.GetReturnValue().Set(-EAFNOSUPPORT);
+    return;
+  }
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(3);
+  Nan::Set(out, 0, Nan::New(family));
+  Nan::Set(out, 1, Nan::New(port));
+  Nan::Set(out, 2, Nan::New(host).ToLocalChecked());
+  info.GetReturnValue().Set(out);
+}
+
+void FreeAligned(void* data, size_t /*length*/, void* /*deleter_data*/) { free(data); }
+
+// allocateBuffer(capacity, alignment): zeroed native memory at an `alignment`-aligned address,
+// freed by the ArrayBuffer's deleter when it is collected.
+NAN_METHOD(AllocateBuffer) {
+  if (!info[0]->IsNumber() || !info[1]->IsNumber()) {
+    Nan::ThrowTypeError("allocateBuffer(capacity: number, alignment: number)");
+    return;
+  }
+  const double cap_d = Nan::To<double>(info[0]).FromJust();
+  const double align_d = Nan::To<double>(info[1]).FromJust();
+  if (!(cap_d >= 0) || cap_d > 1024.0 * 1024 * 1024 * 4 || std::floor(cap_d) != cap_d) {
+    Nan::ThrowRangeError("allocateBuffer: capacity must be an integer between 0 and 4 GiB");
+    return;
+  }
+  size_t align = align_d >= static_cast<double>(sizeof(void*)) ? static_cast<size_t>(align_d) : sizeof(void*);
+  if ((align & (align - 1)) != 0 || align > (1u << 21)) {
+    Nan::ThrowRangeError("allocateBuffer: alignment must be a power of two up to 2 MiB");
+    return;
+  }
+  const size_t cap = static_cast<size_t>(cap_d);
+  void* mem = nullptr;
+  if (posix_memalign(&mem, align, cap > 0 ? cap : 1) != 0 || mem == nullptr) {
+    Nan::ThrowError(Nan::ErrnoException(ENOMEM, "posix_memalign", "cannot allocate an aligned buffer"));
+    return;
+  }
+  memset(mem, 0, cap);
+  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(mem, cap, FreeAligned, nullptr);
+  v8::Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(info.GetIsolate(), std::move(store));
+  info.GetReturnValue().Set(v8::Uint8Array::New(ab, 0, cap));
+}
+
+// signalFd(fd): adds 1 to an eventfd; thread-safe. 0 or -errno.
+NAN_METHOD(SignalFd) {
+  if (!info[0]->IsInt32()) {
+    info.GetReturnValue().Set(-EBADF);
+    return;
+  }
+  const int fd = Nan::To<int32_t>(info[0]).FromJust();
+  uint64_t one = 1;
+  ssize_t r;
+  do {
+    r = write(fd, &one, sizeof(one));
+  } while (r < 0 && errno == EINTR);
+  // EAGAIN: the counter is at its maximum, so the fd is readable already.
+  info.GetReturnValue().Set(r == static_cast<ssize_t>(sizeof(one)) || errno == EAGAIN ? 0 : -errno);
+}
+
+// setAffinity(cpu): pins the calling thread. 0 or -errno.
+NAN_METHOD(SetAffinity) {
+  if (!info[0]->IsInt32() || Nan::To<int32_t>(info[0]).FromJust() < 0 ||
+      Nan::To<int32_t>(info[0]).FromJust() >= CPU_SETSIZE) {
+    info.GetReturnValue().Set(-EINVAL);
+    return;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(Nan::To<int32_t>(info[0]).FromJust(), &set);
+  // pid 0 is the calling thread (sched_setaffinity acts on a thread id, not the process).
+  info.GetReturnValue().Set(sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -errno);
+}
+
+NAN_MODULE_INIT(InitModule) {
+  Backend::Init(target);
+  Nan::SetMethod(target, "probe", Probe);
+  Nan::SetMethod(target, "address", Address);
+  Nan::SetMethod(target, "allocateBuffer", AllocateBuffer);
+  Nan::SetMethod(target, "signalFd", SignalFd);
+  Nan::SetMethod(target, "setAffinity", SetAffinity);
+}
+
+}  // namespace
+}  // namespace miniss
+
+NAN_MODULE_WORKER_ENABLED(miniss_iouring, miniss::InitModule)

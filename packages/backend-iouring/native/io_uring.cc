@@ -1,0 +1,693 @@
+// Plain C++ io_uring engine: see io_uring.h. No liburing, no V8.
+#include "io_uring.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+
+namespace miniss {
+namespace {
+
+int sys_io_uring_setup(unsigned entries, io_uring_params* p) {
+  return static_cast<int>(syscall(__NR_io_uring_setup, entries, p));
+}
+
+int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags, const void* arg,
+                       size_t argsz) {
+  return static_cast<int>(syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz));
+}
+
+int sys_io_uring_register(int fd, unsigned opcode, const void* arg, unsigned nr_args) {
+  return static_cast<int>(syscall(__NR_io_uring_register, fd, opcode, arg, nr_args));
+}
+
+// Slot index inside an id: ids are `generation * 2^22 + slot` (see src/index.ts).
+constexpr uint64_t kSlotMask = (1ULL << 22) - 1;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Ring
+
+Ring::~Ring() { Close(); }
+
+void Ring::Unmap() {
+  if (sqes_ != nullptr) munmap(sqes_, sqes_size_);
+  if (cq_ptr_ != nullptr && cq_ptr_ != sq_ptr_) munmap(cq_ptr_, cq_size_);
+  if (sq_ptr_ != nullptr) munmap(sq_ptr_, sq_size_);
+  sqes_ = nullptr;
+  cq_ptr_ = nullptr;
+  sq_ptr_ = nullptr;
+}
+
+void Ring::Close() {
+  Unmap();
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+}
+
+int Ring::Setup(unsigned entries, unsigned cq_entries, unsigned flags, unsigned sq_idle_ms) {
+  io_uring_params p;
+  memset(&p, 0, sizeof(p));
+  p.flags = flags;
+  p.cq_entries = cq_entries;
+  p.sq_thread_idle = sq_idle_ms;
+  int fd = sys_io_uring_setup(entries, &p);
+  if (fd < 0) return -errno;
+
+  fd_ = fd;
+  flags_ = flags;
+  features_ = p.features;
+  sq_entries_ = p.sq_entries;
+  cq_entries_ = p.cq_entries;
+  sq_size_ = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  cq_size_ = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe);
+  const bool single = (p.features & IORING_FEAT_SINGLE_MMAP) != 0;
+  if (single) sq_size_ = cq_size_ = std::max(sq_size_, cq_size_);
+  void* sq = mmap(nullptr, sq_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+  if (sq == MAP_FAILED) {
+    int err = errno;
+    Close();
+    return -err;
+  }
+  sq_ptr_ = sq;
+  void* cq = sq;
+  if (!single) {
+    cq = mmap(nullptr, cq_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+    if (cq == MAP_FAILED) {
+      int err = errno;
+      Close();
+      return -err;
+    }
+  }
+  cq_ptr_ = cq;
+  sqes_size_ = p.sq_entries * sizeof(io_uring_sqe);
+  void* sqes = mmap(nullptr, sqes_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+  if (sqes == MAP_FAILED) {
+    int err = errno;
+    Close();
+    return -err;
+  }
+  sqes_ = static_cast<io_uring_sqe*>(sqes);
+  char* sqb = static_cast<char*>(sq_ptr_);
+  sq_head_ = reinterpret_cast<unsigned*>(sqb + p.sq_off.head);
+  sq_tail_ = reinterpret_cast<unsigned*>(sqb + p.sq_off.tail);
+  sq_flags_ = reinterpret_cast<unsigned*>(sqb + p.sq_off.flags);
+  sq_mask_ = *reinterpret_cast<unsigned*>(sqb + p.sq_off.ring_mask);
+  sq_array_ = reinterpret_cast<unsigned*>(sqb + p.sq_off.array);
+  char* cqb = static_cast<char*>(cq_ptr_);
+  cq_head_ = reinterpret_cast<unsigned*>(cqb + p.cq_off.head);
+  cq_tail_ = reinterpret_cast<unsigned*>(cqb + p.cq_off.tail);
+  cq_mask_ = *reinterpret_cast<unsigned*>(cqb + p.cq_off.ring_mask);
+  cqes_ = reinterpret_cast<io_uring_cqe*>(cqb + p.cq_off.cqes);
+  sqe_head_ = sqe_tail_ = *sq_tail_;
+  return 0;
+}
+
+int Ring::Init(unsigned entries, unsigned cq_entries, int mode, bool sqpoll, unsigned sq_idle_ms) {
+  // CQSIZE: a CQ larger than twice the SQ, so bursts of completions (multishot accept, many
+  // small reads) fit without overflowing into the kernel's list. CLAMP: huge `entries` are
+  // clamped instead of refused. SUBMIT_ALL (5.18): an SQE that fails to prepare does not stop
+  // the rest of the batch, so one bad descriptor never strands the others in the SQ.
+  const unsigned base = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL;
+  std::vector<unsigned> ladder;
+  if (sqpoll) {
+    // DEFER_TASKRUN requires the submitting task to reap; with SQPOLL the kernel thread submits,
+    // so the kernel refuses that pair. COOP_TASKRUN is accepted with SQPOLL.
+    ladder = {base | IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN |
+                  IORING_SETUP_TASKRUN_FLAG,
+              base | IORING_SETUP_SQPOLL};
+  } else {
+    if (mode == 0) {
+      ladder.push_back(base | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
+    }
+    if (mode <= 1) {
+      ladder.push_back(base | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
+      ladder.push_back(base | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
+    }
+    ladder.push_back(base);
+  }
+  // Kernels before 5.18 refuse SUBMIT_ALL and before 5.6 CQSIZE with EINVAL: the last rung.
+  ladder.push_back(0);
+  int r = -EINVAL;
+  for (unsigned flags : ladder) {
+    r = Setup(entries, cq_entries, flags, sq_idle_ms);
+    if (r == 0) return 0;
+    // Only EINVAL means "try fewer flags"; ENOSYS, EPERM, ENOMEM, EMFILE are final.
+    if (r != -EINVAL) return r;
+  }
+  return r;
+}
+
+unsigned Ring::SqSpace() const { return sq_entries_ - (sqe_tail_ - __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE)); }
+
+io_uring_sqe* Ring::GetSqe() {
+  if (SqSpace() == 0) return nullptr;
+  io_uring_sqe* sqe = &sqes_[sqe_tail_ & sq_mask_];
+  ++sqe_tail_;
+  memset(sqe, 0, sizeof(*sqe));
+  return sqe;
+}
+
+int Ring::Submit(bool getevents, unsigned wait_nr, const __kernel_timespec* timeout) {
+  // Publish the SQEs filled since the last call (in order, so the index array is the identity).
+  unsigned tail = *sq_tail_;
+  while (sqe_head_ != sqe_tail_) {
+    sq_array_[tail & sq_mask_] = sqe_head_ & sq_mask_;
+    ++tail;
+    ++sqe_head_;
+  }
+  __atomic_store_n(sq_tail_, tail, __ATOMIC_RELEASE);
+  const unsigned to_submit = tail - __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE);
+  unsigned flags = 0;
+  if (sqpoll()) {
+    // The SQ thread picks the entries up by itself; it only needs a kick once it went idle.
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (to_submit > 0 && (__atomic_load_n(sq_flags_, __ATOMIC_RELAXED) & IORING_SQ_NEED_WAKEUP)) {
+      flags |= IORING_ENTER_SQ_WAKEUP;
+    }
+    if (!getevents && flags == 0) return static_cast<int>(to_submit);
+  }
+  if (getevents) flags |= IORING_ENTER_GETEVENTS;
+  if (to_submit == 0 && flags == 0) return 0;
+  io_uring_getevents_arg arg;
+  memset(&arg, 0, sizeof(arg));
+  const void* argp = nullptr;
+  size_t argsz = 0;
+  if (timeout != nullptr) {
+    arg.sigmask = 0;
+    arg.sigmask_sz = _NSIG / 8;
+    arg.ts = reinterpret_cast<uint64_t>(timeout);
+    flags |= IORING_ENTER_EXT_ARG;
+    argp = &arg;
+    argsz = sizeof(arg);
+  }
+  for (;;) {
+    int r = sys_io_uring_enter(fd_, sqpoll() ? 0 : to_submit, wait_nr, flags, argp, argsz);
+    if (r >= 0) return sqpoll() ? static_cast<int>(to_submit) : r;
+    if (errno == EINTR) {
+      // Interrupted while waiting: do not resubmit, just report what the kernel took so far.
+      if (wait_nr > 0) return 0;
+      continue;
+    }
+    return -errno;
+  }
+}
+
+bool Ring::KernelHasCompletions() const {
+  const unsigned f = __atomic_load_n(sq_flags_, __ATOMIC_RELAXED);
+  return (f & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
+}
+
+unsigned Ring::CqReady() const { return __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE) - *cq_head_; }
+
+const io_uring_cqe* Ring::CqAt(unsigned i) const { return &cqes_[(*cq_head_ + i) & cq_mask_]; }
+
+void Ring::CqAdvance(unsigned n) { __atomic_store_n(cq_head_, *cq_head_ + n, __ATOMIC_RELEASE); }
+
+int Ring::Register(unsigned opcode, const void* arg, unsigned nr_args) {
+  int r = sys_io_uring_register(fd_, opcode, arg, nr_args);
+  return r < 0 ? -errno : r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine
+
+std::unique_ptr<Engine> Engine::Create(const EngineOptions& options, int* err, const char** syscall_name) {
+  std::unique_ptr<Engine> e(new Engine());
+  unsigned entries = std::max(1u, std::min(options.entries, 32768u));
+  // Completions are reaped once per loop turn, so the CQ holds a few turns' worth.
+  unsigned cq_entries = std::max(entries * 4, 1024u);
+  int r = e->ring_.Init(entries, cq_entries, options.mode, options.sqpoll, options.sq_idle_ms);
+  if (r < 0) {
+    *err = r;
+    *syscall_name = "io_uring_setup";
+    return nullptr;
+  }
+  e->event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (e->event_fd_ < 0) {
+    *err = -errno;
+    *syscall_name = "eventfd";
+    return nullptr;
+  }
+  // Every CQE posted (and, with DEFER_TASKRUN, every batch of deferred task work queued) makes
+  // the eventfd readable: that is what Node's loop polls.
+  r = e->ring_.Register(IORING_REGISTER_EVENTFD, &e->event_fd_, 1);
+  if (r < 0) {
+    *err = r;
+    *syscall_name = "io_uring_register";
+    return nullptr;
+  }
+  return e;
+}
+
+Engine::~Engine() { Shutdown(0); }
+
+Slot& Engine::SlotAt(uint32_t slot) {
+  if (slot >= slots_.size()) slots_.resize(std::max<size_t>(slot + 1, slots_.size() * 2));
+  return slots_[slot];
+}
+
+void Engine::Release(Slot& s) {
+  s.live = false;
+  s.multishot = false;
+  s.has_sync_result = false;
+  s.pin.reset();
+  s.pins.clear();
+  s.iov.clear();
+  s.path.clear();
+}
+
+int Engine::Enter(bool getevents, unsigned wait_nr, const __kernel_timespec* ts) {
+  ++enters_;
+  int r = ring_.Submit(getevents, wait_nr, ts);
+  if (r > 0) sqes_submitted_ += static_cast<uint64_t>(r);
+  return r;
+}
+
+bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
+  if (closed_) return false;
+  // A close takes two linked SQEs; make sure both fit before touching either.
+  const unsigned need = d.op == kOpClose ? 2 : 1;
+  if (ring_.SqSpace() < need) {
+    // SQ ring full: hand what it holds to the kernel first (SQPOLL: the thread may be behind).
+    if (Enter(false, 0, nullptr) < 0 || ring_.SqSpace() < need) return false;
+  }
+  io_uring_sqe* sqe = ring_.GetSqe();
+  io_uring_sqe* sqe2 = need == 2 ? ring_.GetSqe() : nullptr;
+
+  if (d.op == kOpCancel) {
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->addr = d.target;
+    sqe->user_data = kInternalUserData;
+    ++in_flight_;
+    return true;
+  }
+  if (d.op == kOpCloseQuiet) {
+    sqe->opcode = IORING_OP_CLOSE;
+    sqe->fd = d.fd;
+    sqe->user_data = kInternalUserData;
+    ++in_flight_;
+    return true;
+  }
+
+  Slot& s = SlotAt(slot_index);
+  s.id = d.id;
+  s.live = true;
+  s.op = d.op;
+  s.multishot = false;
+  s.has_sync_result = false;
+  sqe->user_data = d.id;
+  ++in_flight_;
+  ++user_in_flight_;
+
+  auto sync_result = [&](int32_t res) {
+    sqe->opcode = IORING_OP_NOP;
+    s.has_sync_result = true;
+    s.sync_result = res;
+  };
+  if (d.prep_error != 0) {
+    sync_result(-d.prep_error);
+    return true;
+  }
+
+  switch (d.op) {
+    case kOpNop:
+      sqe->opcode = IORING_OP_NOP;
+      break;
+    case kOpTimeout: {
+      const double ms = d.ms < 0 ? 0 : d.ms;
+      const double secs = ms / 1000.0;
+      s.ts.tv_sec = static_cast<int64_t>(secs);
+      s.ts.tv_nsec = static_cast<long long>((ms - static_cast<double>(s.ts.tv_sec) * 1000.0) * 1e6);
+      if (s.ts.tv_nsec < 0) s.ts.tv_nsec = 0;
+      if (s.ts.tv_nsec > 999999999) s.ts.tv_nsec = 999999999;
+      sqe->opcode = IORING_OP_TIMEOUT;
+      sqe->fd = -1;
+      sqe->addr = reinterpret_cast<uint64_t>(&s.ts);
+      sqe->len = 1;
+      sqe->off = 0;  // a pure timer: not "after N completions"
+      break;
+    }
+    case kOpRead:
+    case kOpWrite:
+      s.pin = std::move(d.pin);
+      sqe->opcode = d.op == kOpRead ? IORING_OP_READ : IORING_OP_WRITE;
+      sqe->fd = d.fd;
+      sqe->addr = reinterpret_cast<uint64_t>(d.data);
+      sqe->len = static_cast<uint32_t>(d.len);
+      // (u64)-1 is "use and advance the file position" (IORING_FEAT_RW_CUR_POS, 5.6).
+      sqe->off = d.offset < 0 ? ~0ULL : static_cast<uint64_t>(d.offset);
+      break;
+    case kOpRecv:
+    case kOpSend:
+      s.pin = std::move(d.pin);
+      sqe->opcode = d.op == kOpRecv ? IORING_OP_RECV : IORING_OP_SEND;
+      sqe->fd = d.fd;
+      sqe->addr = reinterpret_cast<uint64_t>(d.data);
+      sqe->len = static_cast<uint32_t>(d.len);
+      // A peer that went away must give EPIPE, not kill the process with SIGPIPE.
+      sqe->msg_flags = d.op == kOpSend ? MSG_NOSIGNAL : 0;
+      break;
+    case kOpReadv:
+    case kOpWritev:
+      s.iov = std::move(d.iov);
+      s.pins = std::move(d.pins);
+      sqe->opcode = d.op == kOpReadv ? IORING_OP_READV : IORING_OP_WRITEV;
+      sqe->fd = d.fd;
+      sqe->addr = reinterpret_cast<uint64_t>(s.iov.data());
+      sqe->len = static_cast<uint32_t>(s.iov.size());
+      sqe->off = d.offset < 0 ? ~0ULL : static_cast<uint64_t>(d.offset);
+      break;
+    case kOpFsync:
+      sqe->opcode = IORING_OP_FSYNC;
+      sqe->fd = d.fd;
+      sqe->fsync_flags = d.a != 0 ? IORING_FSYNC_DATASYNC : 0;
+      break;
+    case kOpOpen:
+      s.path = std::move(d.str);
+      sqe->opcode = IORING_OP_OPENAT;
+      sqe->fd = AT_FDCWD;
+      sqe->addr = reinterpret_cast<uint64_t>(s.path.c_str());
+      sqe->len = static_cast<uint32_t>(d.b);
+      sqe->open_flags = static_cast<uint32_t>(d.a) | O_CLOEXEC;
+      break;
+    case kOpClose:
+      // Closing an fd does not stop requests that already hold its file (a multishot accept on a
+      // listener would keep accepting forever, a recv would wait for data that never comes), so
+      // first cancel every request on the fd, hard-linked so the close runs whatever the cancel
+      // returns (ENOENT when nothing was pending). The cancelled ones complete with ECANCELED.
+      sqe->opcode = IORING_OP_ASYNC_CANCEL;
+      sqe->fd = d.fd;
+      sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+      sqe->flags = IOSQE_IO_HARDLINK;
+      sqe->user_data = kInternalUserData;
+      ++in_flight_;
+      sqe2->opcode = IORING_OP_CLOSE;
+      sqe2->fd = d.fd;
+      sqe2->user_data = d.id;
+      break;
+    case kOpSocket: {
+      // Synchronous (cheap, never blocks); completed through a NOP so the result arrives in
+      // order with everything else.
+      int fd = socket(d.a == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (fd < 0) {
+        sync_result(-errno);
+        break;
+      }
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      sync_result(fd);
+      break;
+    }
+    case kOpListen: {
+      sockaddr_storage ss;
+      socklen_t len = 0;
+      if (ParseAddress(d.str, d.a, &ss, &len) != 0) {
+        sync_result(-EINVAL);
+        break;
+      }
+      int one = 1;
+      if (setsockopt(d.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+          (d.c != 0 && setsockopt(d.fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+          bind(d.fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(d.fd, d.b > 0 ? d.b : 511) != 0) {
+        sync_result(-errno);
+        break;
+      }
+      sync_result(0);
+      break;
+    }
+    case kOpAccept:
+    case kOpAcceptMulti:
+      sqe->opcode = IORING_OP_ACCEPT;
+      sqe->fd = d.fd;
+      sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+      if (d.op == kOpAcceptMulti) {
+        sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+        s.multishot = true;
+      }
+      break;
+    case kOpConnect: {
+      socklen_t len = 0;
+      if (ParseAddress(d.str, d.a, &s.addr, &len) != 0) {
+        sync_result(-EINVAL);
+        break;
+      }
+      sqe->opcode = IORING_OP_CONNECT;
+      sqe->fd = d.fd;
+      sqe->addr = reinterpret_cast<uint64_t>(&s.addr);
+      sqe->off = len;
+      break;
+    }
+    case kOpShutdown:
+      sqe->opcode = IORING_OP_SHUTDOWN;
+      sqe->fd = d.fd;
+      sqe->len = static_cast<uint32_t>(d.a);
+      break;
+    default:
+      sync_result(-EINVAL);
+      break;
+  }
+  return true;
+}
+
+int Engine::SubmitPrepared(bool getevents) {
+  if (closed_) return 0;
+  if (ring_.Unsubmitted() == 0 && !getevents) return 0;
+  return Enter(getevents, 0, nullptr);
+}
+
+bool Engine::MoreReady() const { return !closed_ && (ring_.CqReady() > 0 || ring_.KernelHasCompletions()); }
+
+size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
+  if (closed_) return 0;
+  size_t n = 0;
+  auto consume = [&]() {
+    const unsigned ready = ring_.CqReady();
+    unsigned i = 0;
+    for (; i < ready && n < max; ++i) {
+      const io_uring_cqe* cqe = ring_.CqAt(i);
+      ++cqes_reaped_;
+      const uint64_t ud = cqe->user_data;
+      const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+      if (ud & kInternalUserData) {
+        if (!more && in_flight_ > 0) --in_flight_;
+        continue;
+      }
+      const uint32_t idx = static_cast<uint32_t>(ud & kSlotMask);
+      if (idx >= slots_.size() || !slots_[idx].live || slots_[idx].id != ud) continue;
+      Slot& s = slots_[idx];
+      int32_t res = s.has_sync_result ? s.sync_result : cqe->res;
+      if (s.op == kOpTimeout && res == -ETIME) res = 0;
+      // Shutting down: nobody will ever see this completion, so an fd it made (open, accept,
+      // socket) belongs to no one. Close it here or it leaks for the life of the process.
+      if (shutting_down_ && res >= 0 &&
+          (s.op == kOpOpen || s.op == kOpAccept || s.op == kOpAcceptMulti || s.op == kOpSocket)) {
+        close(res);
+      }
+      out[n++] = Completion{ud, res, cqe->flags};
+      if (!more) {
+        Release(s);
+        if (in_flight_ > 0) --in_flight_;
+        if (user_in_flight_ > 0) --user_in_flight_;
+      }
+    }
+    ring_.CqAdvance(i);
+  };
+  for (int round = 0; round < 8 && n < max; ++round) {
+    // Deferred task work (DEFER_TASKRUN), cooperative task work (COOP_TASKRUN) and CQ overflow
+    // only reach the CQ ring when this thread enters the kernel with GETEVENTS.
+    if (ring_.CqReady() == 0 && ring_.KernelHasCompletions()) {
+      if (Enter(true, 0, nullptr) < 0) break;
+    }
+    if (ring_.CqReady() == 0) break;
+    consume();
+  }
+  if (n == 0 && wait_ms > 0 && in_flight_ > 0) {
+    __kernel_timespec ts;
+    ts.tv_sec = wait_ms / 1000;
+    ts.tv_nsec = static_cast<long long>(wait_ms % 1000) * 1000000LL;
+    int r = Enter(true, 1, &ts);
+    if (r >= 0 || r == -ETIME) consume();
+  }
+  return n;
+}
+
+void Engine::DrainEventFd() {
+  uint64_t v;
+  while (read(event_fd_, &v, sizeof(v)) == static_cast<ssize_t>(sizeof(v))) {
+  }
+}
+
+void Engine::Wake() {
+  uint64_t one = 1;
+  ssize_t r = write(event_fd_, &one, sizeof(one));
+  (void)r;  // EAGAIN only when the counter is saturated: then it is readable anyway.
+}
+
+int Engine::NewEventFd() {
+  if (closed_) return -EBADF;
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return -errno;
+  extra_fds_.push_back(fd);
+  return fd;
+}
+
+void Engine::Shutdown(int wait_ms) {
+  if (closed_) return;
+  closed_ = true;
+  if (ring_.fd() >= 0) {
+    if (in_flight_ > 0) {
+      // One request cancels everything this ring has in flight.
+      io_uring_sqe* sqe = ring_.GetSqe();
+      if (sqe == nullptr && Enter(false, 0, nullptr) >= 0) sqe = ring_.GetSqe();
+      if (sqe != nullptr) {
+        sqe->opcode = IORING_OP_ASYNC_CANCEL;
+        sqe->cancel_flags = IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL;
+        sqe->user_data = kInternalUserData;
+        ++in_flight_;
+      }
+      // Wait for the kernel to give every buffer back. A cancelled socket operation completes at
+      // once; a file read already running in an io-wq worker finishes its copy first.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+      std::vector<Completion> sink(256);
+      closed_ = false;  // let Reap run
+      shutting_down_ = true;
+      while (in_flight_ > 0) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) break;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count();
+        __kernel_timespec ts;
+        ts.tv_sec = 0;
+        ts.tv_nsec = std::min<long long>(left, 10) * 1000000LL;
+        int r = Enter(true, 1, &ts);
+        if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN) break;
+        while (Reap(sink.data(), sink.size(), 0) > 0) {
+        }
+      }
+      closed_ = true;
+      if (in_flight_ > 0) {
+        // The kernel still owns some buffers (a request it could not cancel in time). Never free
+        // memory it may write into: keep those pins for the life of the process.
+        auto* keep = new std::vector<std::shared_ptr<void>>();
+        for (Slot& s : slots_) {
+          if (!s.live) continue;
+          if (s.pin) keep->push_back(s.pin);
+          for (auto& p : s.pins) keep->push_back(p);
+          // The iovec array, path and sockaddr live inside the slot: leak the slot table too.
+        }
+        new std::vector<Slot>(std::move(slots_));
+      }
+    }
+    ring_.Close();
+  }
+  slots_.clear();
+  if (event_fd_ >= 0) close(event_fd_);
+  event_fd_ = -1;
+  for (int fd : extra_fds_) close(fd);
+  extra_fds_.clear();
+  in_flight_ = 0;
+  user_in_flight_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probe and helpers
+
+int ProbeIoUring(std::string* detail) {
+  if (FILE* f = fopen("/proc/sys/kernel/io_uring_disabled", "r")) {
+    int v = 0;
+    if (fscanf(f, "%d", &v) == 1 && v == 2) {
+      fclose(f);
+      *detail = "io_uring is disabled system-wide (/proc/sys/kernel/io_uring_disabled = 2)";
+      return -EPERM;
+    }
+    fclose(f);
+  }
+  utsname u;
+  if (uname(&u) == 0) {
+    int major = 0, minor = 0;
+    if (sscanf(u.release, "%d.%d", &major, &minor) == 2 && (major < 5 || (major == 5 && minor < 19))) {
+      *detail = std::string("kernel ") + u.release +
+                " is older than 5.19 (needed for multishot accept and cancel-by-fd)";
+      return -ENOSYS;
+    }
+  }
+  Ring ring;
+  int r = ring.Init(4, 8, 2, false, 0);
+  if (r < 0) {
+    if (r == -ENOSYS) {
+      *detail = "io_uring_setup failed with ENOSYS: this kernel was built without io_uring";
+    } else if (r == -EPERM) {
+      *detail =
+          "io_uring_setup failed with EPERM: blocked by a seccomp profile (Docker's default, for example), "
+          "by io_uring_disabled = 1 for this user's group, or by an LSM";
+    } else if (r == -ENOMEM) {
+      *detail = "io_uring_setup failed with ENOMEM: the locked-memory limit (ulimit -l) is too low for the ring";
+    } else {
+      *detail = std::string("io_uring_setup failed: ") + strerror(-r);
+    }
+    return r;
+  }
+  // Every opcode the backend uses must be there.
+  const size_t sz = sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op);
+  std::vector<char> buf(sz, 0);
+  auto* probe = reinterpret_cast<io_uring_probe*>(buf.data());
+  r = ring.Register(IORING_REGISTER_PROBE, probe, 256);
+  if (r < 0) {
+    *detail = std::string("IORING_REGISTER_PROBE failed: ") + strerror(-r);
+    return r;
+  }
+  static const struct {
+    int op;
+    const char* name;
+  } kNeeded[] = {
+      {IORING_OP_NOP, "NOP"},         {IORING_OP_READV, "READV"},     {IORING_OP_WRITEV, "WRITEV"},
+      {IORING_OP_FSYNC, "FSYNC"},     {IORING_OP_TIMEOUT, "TIMEOUT"}, {IORING_OP_ACCEPT, "ACCEPT"},
+      {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"}, {IORING_OP_CONNECT, "CONNECT"}, {IORING_OP_OPENAT, "OPENAT"},
+      {IORING_OP_CLOSE, "CLOSE"},     {IORING_OP_READ, "READ"},       {IORING_OP_WRITE, "WRITE"},
+      {IORING_OP_SEND, "SEND"},       {IORING_OP_RECV, "RECV"},       {IORING_OP_SHUTDOWN, "SHUTDOWN"},
+  };
+  for (const auto& n : kNeeded) {
+    if (n.op > probe->last_op || !(probe->ops[n.op].flags & IO_URING_OP_SUPPORTED)) {
+      *detail = std::string("this kernel's io_uring lacks IORING_OP_") + n.name;
+      return -ENOSYS;
+    }
+  }
+  return 0;
+}
+
+int ParseAddress(const std::string& host, int port, sockaddr_storage* out, socklen_t* len) {
+  memset(out, 0, sizeof(*out));
+  if (port < 0 || port > 65535) return EINVAL;
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  auto* v4 = reinterpret_cast<sockaddr_in*>(out);
+  if (inet_pton(AF_INET, h.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    *len = sizeof(sockaddr_in);
+    return 0;
+  }
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(out);
+  if (inet_pton(AF_INET6, h.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    *len = sizeof(sockaddr_in6);
+    return 0;
+  }
+  return EINVAL;
+}
+
+}  // namespace miniss

@@ -1,0 +1,265 @@
+// A plain C++ io_uring engine over the raw system calls (no liburing, no V8).
+//
+// Two layers:
+//  - Ring: the mmapped submission and completion queues of one io_uring instance, set up with the
+//    best flags this kernel accepts, plus io_uring_enter/io_uring_register.
+//  - Engine: one Ring, one registered eventfd and a table of operation slots. It turns
+//    operation descriptors (see OpDesc) into SQEs, keeps every buffer an operation uses pinned
+//    until its completion has been reaped, and reaps completions in batches.
+//
+// The header <linux/io_uring.h> installed here is the 6.1 one; constants added later are
+// defined below under their kernel names when the header lacks them.
+#ifndef MINISS_IOURING_IO_URING_H_
+#define MINISS_IOURING_IO_URING_H_
+
+#include <linux/io_uring.h>
+#include <linux/time_types.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#ifndef IORING_SETUP_NO_SQARRAY
+#define IORING_SETUP_NO_SQARRAY (1U << 16) /* 6.6 */
+#endif
+#ifndef IORING_ACCEPT_MULTISHOT
+#define IORING_ACCEPT_MULTISHOT (1U << 0) /* 5.19 */
+#endif
+
+namespace miniss {
+
+// Operation codes shared with src/index.ts (OPCODES there).
+enum OpCode : int32_t {
+  kOpNop = 0,
+  kOpTimeout = 1,
+  kOpRead = 2,
+  kOpWrite = 3,
+  kOpReadv = 4,
+  kOpWritev = 5,
+  kOpFsync = 6,
+  kOpOpen = 7,
+  kOpClose = 8,
+  kOpSocket = 9,
+  kOpListen = 10,
+  kOpAccept = 11,
+  kOpConnect = 12,
+  kOpRecv = 13,
+  kOpSend = 14,
+  kOpShutdown = 15,
+  // Internal operations (never visible as an IoOperation).
+  kOpCancel = 16,       // async cancel of the operation whose id is `target`
+  kOpAcceptMulti = 17,  // multishot accept: many completions, one per connection
+  kOpCloseQuiet = 18,   // close an fd nobody owns (queued accepted sockets); no completion reported
+  kOpCount = 19,
+};
+
+// user_data of SQEs whose completions are consumed inside the engine (cancels, quiet closes).
+constexpr uint64_t kInternalUserData = 1ULL << 62;
+
+// One decoded descriptor; the binding fills it from shared memory and the batch's JS array.
+struct OpDesc {
+  int32_t op = 0;
+  int32_t fd = -1;
+  int32_t a = 0;  // len / flags / family / how / datasync / port / target slot
+  int32_t b = 0;  // mode / backlog
+  int32_t c = 0;  // reusePort
+  uint64_t id = 0;      // user_data (the JS handle id); 0 for quiet internal ops
+  int64_t offset = 0;   // -1: the file's current position
+  double ms = 0;        // timeout
+  uint64_t target = 0;  // kOpCancel: id of the operation to cancel
+  // Memory the operation reads or writes, already validated against its ArrayBuffer's length.
+  void* data = nullptr;
+  size_t len = 0;
+  std::shared_ptr<void> pin;               // keeps `data` alive until the completion is reaped
+  std::vector<iovec> iov;                  // readv/writev
+  std::vector<std::shared_ptr<void>> pins;  // one per iovec
+  std::string str;                          // open: path; listen/connect: numeric host
+  int prep_error = 0;                       // > 0: fail the operation with -prep_error, no syscall
+};
+
+// Completion as handed to JS: the operation's id, its result (>= 0 or -errno) and CQE flags.
+struct Completion {
+  uint64_t id;
+  int32_t res;
+  uint32_t flags;
+};
+
+class Ring {
+ public:
+  Ring() = default;
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // Sets the ring up. `mode`: 0 = best available (SINGLE_ISSUER|DEFER_TASKRUN, then
+  // SINGLE_ISSUER|COOP_TASKRUN, then COOP_TASKRUN, then none), 1 = start at COOP_TASKRUN,
+  // 2 = no task-run flags at all. With `sqpoll` a kernel thread polls the SQ (DEFER_TASKRUN is
+  // not allowed with it). Returns 0 or -errno of the last attempt.
+  int Init(unsigned entries, unsigned cq_entries, int mode, bool sqpoll, unsigned sq_idle_ms);
+  void Close();
+
+  int fd() const { return fd_; }
+  unsigned setup_flags() const { return flags_; }
+  unsigned kernel_features() const { return features_; }
+  unsigned sq_entries() const { return sq_entries_; }
+  unsigned cq_entries() const { return cq_entries_; }
+  bool defer_taskrun() const { return (flags_ & IORING_SETUP_DEFER_TASKRUN) != 0; }
+  bool sqpoll() const { return (flags_ & IORING_SETUP_SQPOLL) != 0; }
+
+  // A free SQE (zeroed), or nullptr when the SQ ring is full of unsubmitted entries.
+  io_uring_sqe* GetSqe();
+  // Free SQEs in the SQ ring.
+  unsigned SqSpace() const;
+  // SQEs filled that the kernel has not consumed yet (published or not).
+  unsigned Unsubmitted() const { return sqe_tail_ - __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE); }
+  // Publishes filled SQEs and enters the kernel: submits them and, with `getevents`, runs
+  // pending task work and waits for `wait_nr` completions (up to `timeout`, if given).
+  // Returns the number of SQEs the kernel consumed, or -errno. EINTR is retried.
+  int Submit(bool getevents, unsigned wait_nr, const __kernel_timespec* timeout);
+  // True when completions may be waiting in the kernel rather than in the CQ ring: deferred or
+  // cooperative task work is pending (IORING_SQ_TASKRUN) or the CQ overflowed into the kernel.
+  bool KernelHasCompletions() const;
+
+  unsigned CqReady() const;
+  const io_uring_cqe* CqAt(unsigned i) const;
+  void CqAdvance(unsigned n);
+
+  int Register(unsigned opcode, const void* arg, unsigned nr_args);
+
+ private:
+  int Setup(unsigned entries, unsigned cq_entries, unsigned flags, unsigned sq_idle_ms);
+  void Unmap();
+
+  int fd_ = -1;
+  unsigned flags_ = 0;
+  unsigned features_ = 0;
+  unsigned sq_entries_ = 0;
+  unsigned cq_entries_ = 0;
+  // SQ ring.
+  void* sq_ptr_ = nullptr;
+  size_t sq_size_ = 0;
+  unsigned* sq_head_ = nullptr;
+  unsigned* sq_tail_ = nullptr;
+  unsigned* sq_flags_ = nullptr;
+  unsigned* sq_array_ = nullptr;
+  unsigned sq_mask_ = 0;
+  io_uring_sqe* sqes_ = nullptr;
+  size_t sqes_size_ = 0;
+  unsigned sqe_head_ = 0;  // first SQE not yet published
+  unsigned sqe_tail_ = 0;  // next SQE to hand out
+  // CQ ring.
+  void* cq_ptr_ = nullptr;
+  size_t cq_size_ = 0;
+  unsigned* cq_head_ = nullptr;
+  unsigned* cq_tail_ = nullptr;
+  unsigned cq_mask_ = 0;
+  io_uring_cqe* cqes_ = nullptr;
+};
+
+// Per-slot state of an operation in flight: exactly what the kernel may still touch.
+struct Slot {
+  uint64_t id = 0;
+  bool live = false;
+  bool multishot = false;
+  bool has_sync_result = false;
+  int32_t sync_result = 0;
+  int32_t op = 0;
+  std::shared_ptr<void> pin;
+  std::vector<iovec> iov;
+  std::vector<std::shared_ptr<void>> pins;
+  std::string path;
+  sockaddr_storage addr{};
+  __kernel_timespec ts{};
+};
+
+struct EngineOptions {
+  unsigned entries = 256;
+  int mode = 0;
+  bool sqpoll = false;
+  unsigned sq_idle_ms = 50;
+};
+
+class Engine {
+ public:
+  // Creates the ring and its eventfd; nullptr and *err = -errno (and *syscall) on failure.
+  static std::unique_ptr<Engine> Create(const EngineOptions& options, int* err, const char** syscall);
+  ~Engine();
+
+  // The fd Node's loop watches (the eventfd registered with the ring).
+  int poll_fd() const { return event_fd_; }
+  const Ring& ring() const { return ring_; }
+  bool closed() const { return closed_; }
+
+  // Operations handed to the kernel whose final completion has not been reaped (including the
+  // engine's own cancels), i.e. what keeps memory pinned.
+  size_t in_flight() const { return in_flight_; }
+  size_t user_in_flight() const { return user_in_flight_; }
+
+  // Turns `desc` into SQE(s) for slot `slot`. Returns false when the SQ ring has no room even
+  // after submitting what it holds (the caller keeps the descriptor for the next flush).
+  // The descriptor's buffers are moved into the slot, pinned until the completion is reaped.
+  bool Prepare(uint32_t slot, OpDesc& desc);
+  // Publishes and submits everything prepared. With `getevents`, also runs deferred task work.
+  int SubmitPrepared(bool getevents);
+  // True when Prepare'd entries wait for SubmitPrepared.
+  bool HasUnsubmitted() const { return ring_.Unsubmitted() > 0; }
+
+  // Reaps up to `max` completions into `out`, entering the kernel first if completions wait
+  // there (deferred task work, CQ overflow). With `wait_ms` > 0 and nothing ready, blocks for up
+  // to that long for one completion. Returns the number written.
+  size_t Reap(Completion* out, size_t max, int wait_ms);
+  // True when another reap could find more without the eventfd firing again.
+  bool MoreReady() const;
+
+  // Clears the eventfd after it polled readable.
+  void DrainEventFd();
+  // Makes the eventfd readable so the loop calls us back (work queued in JS, local completions).
+  void Wake();
+
+  // A non-blocking eventfd owned by the engine (closed by Shutdown), or -errno.
+  int NewEventFd();
+
+  // Cancels everything in flight, waits (up to `wait_ms`) for the kernel to release every
+  // buffer, and closes the ring and every fd the engine owns. Buffers the kernel still holds
+  // after that are deliberately leaked (kept pinned forever), never freed under it. Idempotent.
+  void Shutdown(int wait_ms);
+
+  // Counters for stats(): io_uring_enter calls, SQEs submitted, CQEs reaped.
+  uint64_t enters() const { return enters_; }
+  uint64_t sqes_submitted() const { return sqes_submitted_; }
+  uint64_t cqes_reaped() const { return cqes_reaped_; }
+
+ private:
+  Engine() = default;
+  Slot& SlotAt(uint32_t slot);
+  void Release(Slot& s);
+  int Enter(bool getevents, unsigned wait_nr, const __kernel_timespec* ts);
+
+  Ring ring_;
+  int event_fd_ = -1;
+  std::vector<int> extra_fds_;
+  std::vector<Slot> slots_;
+  size_t in_flight_ = 0;
+  size_t user_in_flight_ = 0;
+  bool closed_ = false;
+  bool shutting_down_ = false;  // Reap closes the fds of completions nobody will see
+  uint64_t enters_ = 0;
+  uint64_t sqes_submitted_ = 0;
+  uint64_t cqes_reaped_ = 0;
+};
+
+// Side-effect-free probe: sets a small ring up and tears it down. Returns 0 or -errno and fills
+// `detail` with what was refused (for isSupported()'s reason).
+int ProbeIoUring(std::string* detail);
+
+// Parses a numeric IPv4/IPv6 host and port into `out`. Returns 0 or EINVAL.
+int ParseAddress(const std::string& host, int port, sockaddr_storage* out, socklen_t* len);
+
+}  // namespace miniss
+
+#endif  // MINISS_IOURING_IO_URING_H_

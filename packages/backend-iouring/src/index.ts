@@ -1,0 +1,554 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  InvalidArgumentError,
+  NO_COMPLETIONS,
+  RuntimeError,
+  bytesOf,
+  ioErrorFromErrno,
+  validateOperation,
+  type BackendModule,
+  type BackendOptions,
+  type BufferHandle,
+  type IoBackend,
+  type IoBackendFeatures,
+  type IoCompletion,
+  type IoHandleId,
+  type IoOperation,
+  type SocketAddress,
+} from '@miniss/core';
+import type { NativeIoUringAddon, NativeIoUringBackend } from './native.js';
+
+/**
+ * `@miniss/backend-iouring`: the completion-model backend for Linux.
+ *
+ * Operations are queued in JS by {@link IoUringBackend.submit}, written as fixed-size
+ * descriptors into one `ArrayBuffer` shared with the addon (created once) and turned into SQEs
+ * by {@link IoUringBackend.flush} with one call into native code per batch; the buffers of the
+ * batch travel as one JS array in that call and stay pinned in native code until their
+ * completion is reaped. Submission itself is one `io_uring_enter` per batch (deferred to the end
+ * of the ready callback when the flush happens inside it). Completions are read from the CQ ring
+ * into a second shared buffer by one `reap` call and dispatched here.
+ *
+ * The ring is created with SINGLE_ISSUER|DEFER_TASKRUN when the kernel accepts it (completions
+ * are then made only when this thread enters with GETEVENTS, which the addon does when the
+ * registered eventfd polls readable), else SINGLE_ISSUER|COOP_TASKRUN, else COOP_TASKRUN.
+ * Without one of those the kernel interrupts the thread for every completion (~40% more CPU).
+ */
+
+// Keep in sync with enum OpCode in native/io_uring.h.
+const OPCODES = {
+  nop: 0,
+  timeout: 1,
+  read: 2,
+  write: 3,
+  readv: 4,
+  writev: 5,
+  fsync: 6,
+  open: 7,
+  close: 8,
+  socket: 9,
+  listen: 10,
+  accept: 11,
+  connect: 12,
+  recv: 13,
+  send: 14,
+  shutdown: 15,
+} as const satisfies Record<IoOperation['op'], number>;
+const OP_CANCEL = 16;
+
+/** Words per descriptor; mirrored in native/binding.cc. */
+const SQ_INTS = 8;
+const SQ_DOUBLES = 3;
+const CQ_DOUBLES = 3;
+/** Ids are `generation * 2^22 + slot`; native code finds the slot from the low bits. */
+const SLOT_BITS = 2 ** 22;
+const IORING_CQE_F_MORE = 2;
+const IORING_SETUP_SQPOLL = 2;
+const MAX_IO = 0x7ffff000;
+const ECANCELED = osConstants.errno.ECANCELED;
+
+/** Counters of one backend instance, for tests and benchmarks. */
+export interface IoUringStats {
+  /** io_uring_enter calls. */
+  enters: number;
+  /** SQEs the kernel consumed. */
+  sqesSubmitted: number;
+  /** CQEs reaped. */
+  cqesReaped: number;
+  /** Requests the kernel still holds (including internal cancels). */
+  inFlight: number;
+  /** IORING_SETUP_* flags the ring was created with. */
+  setupFlags: number;
+  /** IORING_FEAT_* flags the kernel reported. */
+  kernelFeatures: number;
+  sqEntries: number;
+  cqEntries: number;
+}
+
+/** Options of {@link createBackend}. */
+export interface IoUringBackendOptions extends BackendOptions {
+  /**
+   * Ring flags: 'best' (default) tries SINGLE_ISSUER|DEFER_TASKRUN, then SINGLE_ISSUER|COOP_TASKRUN,
+   * then COOP_TASKRUN; 'coop' starts at COOP_TASKRUN; 'plain' uses no task-run flag (for comparison only).
+   */
+  taskRun?: 'best' | 'coop' | 'plain';
+  /** With `sqpoll`: how long the kernel SQ thread spins idle before sleeping. Default 50 ms. */
+  sqIdleMs?: number;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Loading the addon
+
+const require = createRequire(import.meta.url);
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+const ADDON = 'miniss_iouring.node';
+let loaded: { addon: NativeIoUringAddon } | { error: string } | undefined;
+
+function loadAddon(): { addon: NativeIoUringAddon } | { error: string } {
+  if (loaded !== undefined) return loaded;
+  if (process.platform !== 'linux') {
+    loaded = { error: `io_uring is a Linux API and this is ${process.platform}; use the kqueue backend (macOS/BSD) or 'node'` };
+    return loaded;
+  }
+  const tried: string[] = [];
+  for (const p of [join(packageRoot, 'build', 'Release', ADDON), join(packageRoot, 'build', 'Debug', ADDON)]) {
+    if (!existsSync(p)) {
+      tried.push(`${p} (not found)`);
+      continue;
+    }
+    try {
+      loaded = { addon: require(p) as NativeIoUringAddon };
+      return loaded;
+    } catch (err) {
+      tried.push(`${p} (${(err as Error)?.message ?? String(err)})`);
+    }
+  }
+  loaded = {
+    error:
+      `the io_uring addon is not built or failed to load; tried ${tried.join('; ')}. ` +
+      `Build it with: npm run build -w @miniss/backend-iouring (needs python3, make and a C++ compiler)`,
+  };
+  return loaded;
+}
+
+/**
+ * Test hook: `MINISS_IOURING_SIMULATE_ERRNO=EPERM` (or `ENOSYS`) makes the probe report that
+ * refusal as if the kernel had said so, so fallback to the next backend can be tested on a
+ * kernel that has io_uring. Not for production use.
+ */
+function simulatedRefusal(): { errno: number; reason: string } | null {
+  const v = process.env['MINISS_IOURING_SIMULATE_ERRNO'];
+  if (v === undefined || v === '') return null;
+  if (v === 'EPERM') {
+    return {
+      errno: -osConstants.errno.EPERM,
+      reason: 'io_uring_setup failed with EPERM (simulated by MINISS_IOURING_SIMULATE_ERRNO=EPERM): blocked by seccomp, io_uring_disabled or an LSM',
+    };
+  }
+  if (v === 'ENOSYS') {
+    return {
+      errno: -osConstants.errno.ENOSYS,
+      reason: 'io_uring_setup failed with ENOSYS (simulated by MINISS_IOURING_SIMULATE_ERRNO=ENOSYS): this kernel was built without io_uring',
+    };
+  }
+  return { errno: -osConstants.errno.EINVAL, reason: `MINISS_IOURING_SIMULATE_ERRNO must be EPERM or ENOSYS, got ${JSON.stringify(v)}` };
+}
+
+/** Whether this OS, kernel and build can run the io_uring backend, and why not. Creates nothing that outlives the call. */
+export function isSupported(): { ok: boolean; reason?: string } {
+  const r = loadAddon();
+  if ('error' in r) return { ok: false, reason: r.error };
+  const sim = simulatedRefusal();
+  if (sim !== null) return { ok: false, reason: sim.reason };
+  const [code, detail] = r.addon.probe();
+  if (code < 0) return { ok: false, reason: detail !== '' ? detail : `io_uring probe failed: ${ioErrorFromErrno(code, 'io_uring_setup').code}` };
+  return { ok: true };
+}
+
+/** Creates one io_uring backend for the calling thread. Throws `BACKEND_UNAVAILABLE` with the reason when unsupported. */
+export function createBackend(options: IoUringBackendOptions = {}): IoUringBackend {
+  return new IoUringBackend(options);
+}
+
+function positiveInt(v: unknown, name: string, dflt: number, max: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
+    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${max}, got ${String(v)}`);
+  }
+  return v;
+}
+
+function int32OrBad(fd: number): number {
+  // An fd that does not fit in 32 bits is no fd at all: -1 makes the kernel say EBADF.
+  return (fd | 0) === fd ? fd : -1;
+}
+
+// -------------------------------------------------------------------------------------------------
+
+/** The io_uring {@link IoBackend}. One per thread (per runtime); see the module comment. */
+export class IoUringBackend implements IoBackend {
+  readonly name = 'io_uring' as const;
+  readonly features: IoBackendFeatures;
+  readonly maxBatchSize: number;
+
+  readonly #addon: NativeIoUringAddon;
+  readonly #native: NativeIoUringBackend;
+  readonly #sqI: Int32Array;
+  readonly #sqF: Float64Array;
+  readonly #cq: Float64Array;
+
+  /** Submitted, not yet handed to the ring (parallel arrays). Cancels are queued here too (op null). */
+  #qIds: number[] = [];
+  #qOps: (IoOperation | null)[] = [];
+  /** Every operation submitted and not yet finally returned by poll. */
+  readonly #live = new Map<IoHandleId, IoOperation>();
+  /** Ids whose cancellation was requested (one cancel SQE each). */
+  readonly #cancelled = new Set<IoHandleId>();
+  /** Completions made in JS (cancelled before they were flushed). */
+  #local: IoCompletion[] = [];
+  readonly #objs: unknown[] = [];
+  /** Free slot indexes, and the generation of each slot (so a reused slot gets a new id). */
+  readonly #free: number[] = [];
+  readonly #gen: number[] = [];
+  #nextSlot = 0;
+  #cb: (() => void) | null = null;
+  #fireScheduled = false;
+  #closed = false;
+
+  constructor(options: IoUringBackendOptions = {}) {
+    const loadedAddon = loadAddon();
+    if ('error' in loadedAddon) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'io_uring' is unavailable: ${loadedAddon.error}`);
+    const sim = simulatedRefusal();
+    if (sim !== null) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'io_uring' is unavailable: ${sim.reason}`);
+    this.#addon = loadedAddon.addon;
+    const entries = positiveInt(options.entries, 'entries', 256, 32768);
+    this.maxBatchSize = positiveInt(options.maxBatchSize, 'maxBatchSize', 128, 65536);
+    const sqIdleMs = positiveInt(options.sqIdleMs, 'sqIdleMs', 50, 60000);
+    const taskRun = options.taskRun ?? 'best';
+    if (taskRun !== 'best' && taskRun !== 'coop' && taskRun !== 'plain') {
+      throw new InvalidArgumentError(`taskRun must be 'best', 'coop' or 'plain', got ${String(taskRun)}`);
+    }
+    const mode = taskRun === 'best' ? 0 : taskRun === 'coop' ? 1 : 2;
+    const sqCap = this.maxBatchSize;
+    const cqCap = Math.max(entries * 2, this.maxBatchSize);
+    const sq = new ArrayBuffer(sqCap * (SQ_INTS * 4 + SQ_DOUBLES * 8));
+    const cq = new ArrayBuffer(cqCap * CQ_DOUBLES * 8);
+    this.#sqI = new Int32Array(sq, 0, sqCap * SQ_INTS);
+    this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
+    this.#cq = new Float64Array(cq);
+    const onReady = (): void => {
+      if (!this.#closed && this.#cb !== null) this.#cb();
+    };
+    try {
+      this.#native = new this.#addon.IoUringBackend(sq, cq, sqCap, cqCap, entries, mode, options.sqpoll === true, sqIdleMs, onReady);
+    } catch (err) {
+      const e = err as { message?: string };
+      throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'io_uring' could not start: ${e?.message ?? String(err)}`, { cause: err });
+    }
+    const flags = this.#native.stats()[4] ?? 0;
+    this.features = Object.freeze({ directIo: true, batchSubmit: true, vectoredIo: true, sqpoll: (flags & IORING_SETUP_SQPOLL) !== 0 });
+  }
+
+  get inFlight(): number {
+    return this.#live.size;
+  }
+
+  #newId(): number {
+    const slot = this.#free.length > 0 ? this.#free.pop()! : this.#nextSlot++;
+    if (slot >= SLOT_BITS) throw new RuntimeError('RESOURCE_EXHAUSTED', `io_uring backend: more than ${SLOT_BITS} operations in flight`);
+    const g = (this.#gen[slot] ?? 0) + 1;
+    this.#gen[slot] = g;
+    return g * SLOT_BITS + slot;
+  }
+
+  #release(id: number): void {
+    this.#live.delete(id);
+    this.#cancelled.delete(id);
+    this.#free.push(id % SLOT_BITS);
+  }
+
+  submit(op: IoOperation): IoHandleId {
+    if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the io_uring backend is closed: no more operations can be submitted');
+    validateOperation(op);
+    const id = this.#newId();
+    this.#live.set(id, op);
+    this.#qIds.push(id);
+    this.#qOps.push(op);
+    return id;
+  }
+
+  flush(): number {
+    if (this.#closed) return 0;
+    const total = this.#qIds.length;
+    if (total === 0) return 0;
+    const ids = this.#qIds;
+    const ops = this.#qOps;
+    let done = 0;
+    while (done < total) {
+      const n = Math.min(this.maxBatchSize, total - done);
+      const objs = this.#objs;
+      objs.length = 0;
+      for (let i = 0; i < n; i++) this.#encode(i, ids[done + i]!, ops[done + i]!);
+      const hold = done + n < total;
+      const taken = this.#native.flush(n, objs, hold);
+      objs.length = 0; // the addon pinned what it needs
+      done += taken;
+      if (taken < n) break; // SQ ring full even after submitting: the rest waits for completions
+    }
+    if (done === total) {
+      this.#qIds = [];
+      this.#qOps = [];
+    } else {
+      this.#qIds = ids.slice(done);
+      this.#qOps = ops.slice(done);
+      // Keep the loop alive and come back next turn to hand over the rest.
+      this.#native.wake(true);
+    }
+    return done;
+  }
+
+  #encode(slot: number, id: number, op: IoOperation | null): void {
+    const I = this.#sqI;
+    const F = this.#sqF;
+    const objs = this.#objs;
+    const b = slot * SQ_INTS;
+    const f = slot * SQ_DOUBLES;
+    I[b + 1] = -1;
+    I[b + 2] = 0;
+    I[b + 3] = 0;
+    I[b + 4] = 0;
+    F[f] = id;
+    F[f + 1] = -1;
+    F[f + 2] = 0;
+    objs[slot] = undefined;
+    if (op === null) {
+      // A cancel request for the operation `id`.
+      I[b] = OP_CANCEL;
+      F[f] = 0;
+      F[f + 2] = id;
+      return;
+    }
+    I[b] = OPCODES[op.op];
+    switch (op.op) {
+      case 'nop':
+        break;
+      case 'timeout':
+        F[f + 2] = op.ms;
+        break;
+      case 'read':
+      case 'write':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = Math.min(op.len, MAX_IO);
+        objs[slot] = bytesOf(op.buffer);
+        F[f + 1] = op.offset;
+        break;
+      case 'recv':
+      case 'send':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = Math.min(op.len, MAX_IO);
+        objs[slot] = bytesOf(op.buffer);
+        break;
+      case 'readv':
+      case 'writev':
+        I[b + 1] = int32OrBad(op.fd);
+        objs[slot] = op.buffers;
+        F[f + 1] = op.offset;
+        break;
+      case 'fsync':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = op.datasync === true ? 1 : 0;
+        break;
+      case 'open':
+        I[b + 2] = op.flags | 0;
+        I[b + 3] = op.mode | 0;
+        objs[slot] = op.path;
+        break;
+      case 'close':
+      case 'accept':
+        I[b + 1] = int32OrBad(op.fd);
+        break;
+      case 'socket':
+        I[b + 2] = op.family;
+        break;
+      case 'listen':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = op.addr.port;
+        I[b + 3] = Math.min(op.backlog, 0x7fffffff);
+        I[b + 4] = op.reusePort ? 1 : 0;
+        objs[slot] = op.addr.host;
+        break;
+      case 'connect':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = op.addr.port;
+        objs[slot] = op.addr.host;
+        break;
+      case 'shutdown':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = op.how;
+        break;
+    }
+  }
+
+  cancel(id: IoHandleId): boolean {
+    if (this.#closed) return false;
+    const op = this.#live.get(id);
+    if (op === undefined || this.#cancelled.has(id)) return false;
+    const queued = this.#qIds.indexOf(id);
+    if (queued >= 0 && this.#qOps[queued] !== null) {
+      // Not handed to the ring yet: it never reaches the kernel.
+      this.#qIds.splice(queued, 1);
+      this.#qOps.splice(queued, 1);
+      this.#cancelled.add(id);
+      this.#local.push({ handle: id, result: this.#error(op, -ECANCELED), buffer: handleOf(op) });
+      this.#scheduleFire();
+      return true;
+    }
+    // In the kernel: IORING_OP_ASYNC_CANCEL by user_data, flushed with the next batch. The
+    // operation then completes with ECANCELED (or with its result if it finished first).
+    this.#cancelled.add(id);
+    this.#qIds.push(id);
+    this.#qOps.push(null);
+    this.#scheduleFire();
+    return true;
+  }
+
+  poll(timeoutMs = 0): IoCompletion[] {
+    if (this.#closed) return NO_COMPLETIONS;
+    if (this.#qIds.length > 0) this.flush();
+    let out: IoCompletion[] | null = null;
+    if (this.#local.length > 0) {
+      out = this.#local;
+      this.#local = [];
+      for (const c of out) this.#release(c.handle);
+    }
+    const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
+    const n = this.#native.reap(wait, this.#qIds.length > 0);
+    if (n === 0) return out ?? NO_COMPLETIONS;
+    out ??= [];
+    const cq = this.#cq;
+    for (let i = 0; i < n; i++) {
+      const id = cq[CQ_DOUBLES * i]!;
+      const r = cq[CQ_DOUBLES * i + 1]!;
+      const flags = cq[CQ_DOUBLES * i + 2]!;
+      const op = this.#live.get(id);
+      if (op === undefined) continue;
+      if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
+      out.push({ handle: id, result: r >= 0 ? r : this.#error(op, r), buffer: handleOf(op) });
+    }
+    return out;
+  }
+
+  onReady(cb: (() => void) | null): void {
+    this.#cb = cb;
+  }
+
+  #scheduleFire(): void {
+    // Work made in JS (a cancellation, a queued cancel request) wakes the runtime from
+    // setImmediate, never synchronously.
+    if (this.#fireScheduled) return;
+    this.#fireScheduled = true;
+    setImmediate(this.#fire);
+  }
+
+  readonly #fire = (): void => {
+    this.#fireScheduled = false;
+    if (this.#closed) return;
+    if (this.#qIds.length > 0) this.flush();
+    if (this.#cb !== null) this.#cb();
+  };
+
+  #error(op: IoOperation, errno: number): Error {
+    switch (op.op) {
+      case 'open':
+        return ioErrorFromErrno(errno, 'open', { path: op.path });
+      case 'listen':
+      case 'connect':
+        return ioErrorFromErrno(errno, op.op, { address: op.addr.host, port: op.addr.port });
+      case 'nop':
+      case 'timeout':
+      case 'socket':
+        return ioErrorFromErrno(errno, op.op);
+      default:
+        return ioErrorFromErrno(errno, op.op, { fd: op.fd });
+    }
+  }
+
+  address(fd: number, which: 'local' | 'peer'): SocketAddress {
+    if (which !== 'local' && which !== 'peer') throw new InvalidArgumentError(`address: which must be 'local' or 'peer', got ${String(which)}`);
+    if (!Number.isInteger(fd)) throw new InvalidArgumentError(`address: fd must be an integer, got ${String(fd)}`);
+    const r = this.#addon.address(int32OrBad(fd), which === 'peer');
+    if (typeof r === 'number') throw ioErrorFromErrno(r, which === 'peer' ? 'getpeername' : 'getsockname', { fd });
+    return { family: r[0], port: r[1], host: r[2] };
+  }
+
+  /** Counters since creation (all zero after close). */
+  stats(): IoUringStats {
+    const s = this.#closed ? [] : this.#native.stats();
+    return {
+      enters: s[0] ?? 0,
+      sqesSubmitted: s[1] ?? 0,
+      cqesReaped: s[2] ?? 0,
+      inFlight: s[3] ?? 0,
+      setupFlags: s[4] ?? 0,
+      kernelFeatures: s[5] ?? 0,
+      sqEntries: s[6] ?? 0,
+      cqEntries: s[7] ?? 0,
+    };
+  }
+
+  allocateBuffer(capacity: number, alignment: number): Uint8Array {
+    if (!Number.isInteger(capacity) || capacity < 0 || capacity > 2 ** 30) {
+      throw new InvalidArgumentError(`allocateBuffer: capacity must be an integer between 0 and 1 GiB, got ${String(capacity)}`);
+    }
+    if (!Number.isInteger(alignment) || alignment < 1 || alignment > 2 ** 20 || (alignment & (alignment - 1)) !== 0) {
+      throw new InvalidArgumentError(`allocateBuffer: alignment must be a power of two up to 1 MiB, got ${String(alignment)}`);
+    }
+    return this.#addon.allocateBuffer(capacity, alignment);
+  }
+
+  eventfd(): number {
+    if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the io_uring backend is closed');
+    const r = this.#native.eventfd();
+    if (r < 0) throw ioErrorFromErrno(r, 'eventfd');
+    return r;
+  }
+
+  signalFd(fd: number): void {
+    if (!Number.isInteger(fd)) throw new InvalidArgumentError(`signalFd: fd must be an integer, got ${String(fd)}`);
+    const r = this.#addon.signalFd(int32OrBad(fd));
+    if (r < 0) throw ioErrorFromErrno(r, 'write', { fd });
+  }
+
+  setAffinity(cpu: number): void {
+    if (!Number.isInteger(cpu) || cpu < 0) throw new InvalidArgumentError(`setAffinity: cpu must be a non-negative integer, got ${String(cpu)}`);
+    const r = this.#addon.setAffinity(int32OrBad(cpu));
+    if (r < 0) throw ioErrorFromErrno(r, 'sched_setaffinity');
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#cb = null;
+    // Native close cancels what is in flight, waits for the kernel to give every buffer back
+    // (buffers it still holds after that are leaked on purpose, never freed under it) and
+    // closes the ring and its eventfds.
+    this.#native.close();
+    this.#qIds = [];
+    this.#qOps = [];
+    this.#local = [];
+    this.#live.clear();
+    this.#cancelled.clear();
+  }
+}
+
+function handleOf(op: IoOperation): BufferHandle | undefined {
+  if ('buffer' in op && !(op.buffer instanceof Uint8Array)) return op.buffer;
+  return undefined;
+}
+
+/** This package as a {@link BackendModule} (what core's loader checks for). */
+export const backendModule: BackendModule = { createBackend, isSupported };
