@@ -1,0 +1,39 @@
+{
+  # kqueue exists on macOS and the BSDs. On Linux this compiles nothing unless
+  # MINISS_KQUEUE_INCLUDE_DIR and MINISS_KQUEUE_LIB_DIR point at a libkqueue install (sys/event.h and
+  # libkqueue.so), in which case it builds against that emulation library.
+  # NOTE: native/binding.cc is not written yet; scripts/build.mjs does not call node-gyp until it exists.
+  "variables": {
+    "kq_inc": "<!(node -p \"process.env.MINISS_KQUEUE_INCLUDE_DIR || ''\")",
+    "kq_lib": "<!(node -p \"process.env.MINISS_KQUEUE_LIB_DIR || ''\")"
+  },
+  "targets": [
+    {
+      "target_name": "miniss_kqueue",
+      "conditions": [
+        ["OS=='mac' or OS=='freebsd' or OS=='openbsd' or OS=='netbsd' or (OS=='linux' and kq_inc!='' and kq_lib!='')", {
+          "sources": [
+            "native/binding.cc",
+            "native/kqueue.cc",
+            "native/op.cc",
+            "native/thread_pool.cc"
+          ],
+          "include_dirs": ["<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")"],
+          "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-cast-function-type"],
+          "cflags_cc!": ["-fno-exceptions"],
+          "xcode_settings": {
+            "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+            "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+            "MACOSX_DEPLOYMENT_TARGET": "11.0"
+          },
+          "libraries": ["-lpthread"]
+        }],
+        ["OS=='linux' and kq_inc!='' and kq_lib!=''", {
+          "include_dirs": ["<(kq_inc)"],
+          "defines": ["_GNU_SOURCE"],
+          "libraries": ["-L<(kq_lib)", "-Wl,-rpath,<(kq_lib)", "-lkqueue"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,141 @@
+// The kqueue reactor behind @miniss/backend-kqueue (macOS, FreeBSD, OpenBSD, NetBSD). Plain C++,
+// no V8. A port of the epoll reactor (packages/backend-epoll/native/epoll.h), same design:
+//
+// - Socket operations are tried with a non-blocking system call when submitted; only on EAGAIN
+//   (EINPROGRESS for connect) does the op join its fd's read-side or write-side FIFO.
+// - A waiting fd gets the filter of the side that waits (EVFILT_READ or EVFILT_WRITE), added once
+//   with EV_ADD|EV_CLEAR (edge-triggered) and EV_RECEIPT so the change reports its own error. Only
+//   the needed side is added: EVFILT_WRITE on a listening socket is refused on some systems. Safe for the same reason
+//   as on epoll: no readiness is remembered, an op only waits after an EAGAIN.
+// - close() removes an fd's knotes by itself, so an fd this reactor did not create may vanish
+//   from the set behind our back; it is re-added (EV_ADD on an existing knote just updates it)
+//   whenever a wait starts on it while idle.
+// - Files: the BSDs have no preadv2(RWF_NOWAIT), so every regular-file read, write, fsync, open
+//   and non-socket close runs on the thread pool.
+// - Pool completions wake the loop with EVFILT_USER/NOTE_TRIGGER (no eventfd); timeouts use one
+//   one-shot EVFILT_TIMER armed for the earliest deadline.
+//
+// STATUS: compile-checked on Linux against a shim <sys/event.h> only (test/shim); never run.
+#ifndef MINISS_KQUEUE_H_
+#define MINISS_KQUEUE_H_
+
+#include <sys/types.h>
+#include <sys/event.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "op.h"
+#include "thread_pool.h"
+
+namespace miniss {
+
+struct FdState {
+  Op* rhead = nullptr;  // read-side wait queue (accept, recv, read)
+  Op* rtail = nullptr;
+  Op* whead = nullptr;  // write-side wait queue (connect, send, write)
+  Op* wtail = nullptr;
+  bool rreg = false;  // EVFILT_READ added (as far as we know)
+  bool wreg = false;  // EVFILT_WRITE added
+  bool trusted = false;     // created by this reactor: its knotes cannot vanish silently
+  bool is_socket = false;   // created by socket()/accept(): close() is cheap and done inline
+  bool nosigpipe = false;   // SO_NOSIGPIPE set (macOS, where send() has no MSG_NOSIGNAL)
+};
+
+struct ReactorStats {
+  uint64_t submitted = 0;
+  uint64_t immediate = 0;
+  uint64_t waited = 0;
+  uint64_t pool = 0;
+  uint64_t kevent_changes = 0;  // kevent() calls that changed the set
+  uint64_t kevent_wait = 0;     // kevent() calls that waited
+};
+
+class KqueueReactor {
+ public:
+  struct Options {
+    int max_events = 256;
+    int pool_threads = 2;
+  };
+
+  static std::unique_ptr<KqueueReactor> Create(const Options& options, int* err);
+  ~KqueueReactor();
+  KqueueReactor(const KqueueReactor&) = delete;
+  KqueueReactor& operator=(const KqueueReactor&) = delete;
+
+  // The kqueue fd: Node's loop polls it (a kqueue fd is readable when events are pending).
+  int fd() const { return kq_; }
+
+  Op* NewOp();
+  void Discard(Op* op);
+  void Submit(Op* op);
+  void Fail(Op* op, int64_t result);
+  bool Cancel(uint64_t id);
+  size_t Process(int timeout_ms);
+  size_t Reap(double* out, size_t cap);
+  size_t ready() const { return done_.size() - done_head_; }
+  size_t in_flight() const { return live_count_; }
+  void Shutdown();
+  bool closed() const { return closed_; }
+  const ReactorStats& stats() const { return stats_; }
+
+ private:
+  explicit KqueueReactor(const Options& options);
+  int Init();
+
+  bool IsInternal(int fd) const { return fd == kq_; }
+  FdState* Find(int fd);
+  FdState* Ensure(int fd);
+  void Adopt(int fd, bool is_socket);
+
+  void SubmitInner(Op* op);
+  void Complete(Op* op, int64_t result);
+  void ToPool(Op* op);
+  void StartRead(Op* op);
+  void StartWrite(Op* op);
+  void StartSocketOp(Op* op, bool read_side);
+  void StartClose(Op* op);
+  void StartTimer(Op* op);
+  void StartSyncSocketCall(Op* op);
+
+  int64_t Attempt(Op* op);
+  int Register(int fd, bool read_side);
+  void Wait(Op* op, bool read_side);
+  void RunQueue(FdState* st, bool read_side);
+  void FailQueues(FdState* st, int64_t result);
+  static void Enqueue(FdState* st, Op* op, bool read_side);
+  static bool Unqueue(FdState* st, Op* op, bool read_side);
+
+  void ArmTimer();
+  void FireTimers();
+  void DrainPool();
+
+  void Link(Op* op);
+  void Unlink(Op* op);
+  void Release(Op* op);
+
+  Options options_;
+  ReactorStats stats_;
+  int kq_ = -1;
+  bool closed_ = false;
+  std::vector<struct kevent> events_;
+  std::vector<std::unique_ptr<FdState>> fds_;
+  std::set<std::pair<uint64_t, Op*>> timers_;
+  uint64_t armed_ns_ = 0;
+  std::unique_ptr<ThreadPool> pool_;
+  std::vector<Op*> pool_done_;
+
+  std::vector<Op*> done_;
+  size_t done_head_ = 0;
+  Op* live_ = nullptr;
+  size_t live_count_ = 0;
+  std::vector<Op*> free_;
+};
+
+}  // namespace miniss
+
+#endif  // MINISS_KQUEUE_H_
