@@ -1,0 +1,212 @@
+/**
+ * The message ring between one ordered pair of cores: a bounded, lock-free, single-producer
+ * single-consumer queue of variable-length records in a SharedArrayBuffer (Lamport's SPSC queue,
+ * with the index caching of Rigtorp's and FastForward's designs).
+ *
+ * Layout: three 64-byte cache lines of header, then `size` bytes of data (`size` a power of two).
+ *
+ *   line 0: tail  written by the producer only (bytes published, a free-running uint32)
+ *   line 1: head  written by the consumer only (bytes consumed, a free-running uint32)
+ *   line 2: wait  set by a producer that has messages it could not fit (back-pressure): the
+ *                 consumer rings the producer's doorbell after it frees space
+ *
+ * Head and tail sit on separate cache lines so that the two cores never write the same line
+ * (false sharing would turn every message into a cache-line ping-pong). Each side also keeps a
+ * private copy of the other side's index and re-reads the shared one only when the copy says
+ * the ring is full (producer) or empty (consumer), so a burst costs one shared read per side.
+ *
+ * Publication is batched: the producer writes records with plain stores and makes them visible
+ * with one `Atomics.store` of the tail per batch ({@link RingWriter.publish}); the consumer reads
+ * the tail with one `Atomics.load`, processes every record up to it, and frees them with one
+ * `Atomics.store` of the head ({@link RingReader.release}). Atomics in JavaScript are sequentially
+ * consistent, so the store of the tail is a release of the record bytes written before it and the
+ * load that observes it is the matching acquire (ECMA-262 memory model, "synchronizes-with").
+ *
+ * Records are 8-byte aligned: `[u32 length][u8 type][u8 flags][u16 kind][u32 id][u32 aux][body]`.
+ * A record never straddles the end of the data area: when it does not fit before the end, the
+ * producer writes a WRAP marker there and continues at offset 0. A record larger than half the
+ * ring is split into fragments by the caller (flag FRAG_MORE), so any message fits eventually.
+ */
+
+export const RING_HEADER_BYTES = 192;
+const TAIL = 0;
+const HEAD = 16;
+const WAITING = 32;
+
+export const RECORD_HEADER = 16;
+const WRAP = 0xffffffff;
+
+/** Bytes of ring per message of `crossCpuChannelCapacity`: room for a small task or result. */
+export const BYTES_PER_MESSAGE = 64;
+
+export function ringDataBytes(capacityMessages: number): number {
+  let size = 256;
+  const want = capacityMessages * BYTES_PER_MESSAGE;
+  while (size < want) size *= 2;
+  return size;
+}
+
+export function createRing(capacityMessages: number): SharedArrayBuffer {
+  return new SharedArrayBuffer(RING_HEADER_BYTES + ringDataBytes(capacityMessages));
+}
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+export class RingWriter {
+  readonly i32: Int32Array;
+  readonly u8: Uint8Array;
+  readonly dv: DataView;
+  readonly size: number;
+  private readonly mask: number;
+  /** Largest record (header included) written in one piece; bigger messages are fragmented. */
+  readonly maxRecord: number;
+  private tail: number;
+  private published: number;
+  private cachedHead: number;
+
+  constructor(sab: SharedArrayBuffer) {
+    this.i32 = new Int32Array(sab, 0, RING_HEADER_BYTES / 4);
+    this.size = sab.byteLength - RING_HEADER_BYTES;
+    this.u8 = new Uint8Array(sab, RING_HEADER_BYTES, this.size);
+    this.dv = new DataView(sab, RING_HEADER_BYTES, this.size);
+    this.mask = this.size - 1;
+    this.maxRecord = this.size / 2;
+    this.tail = Atomics.load(this.i32, TAIL) >>> 0;
+    this.published = this.tail;
+    this.cachedHead = Atomics.load(this.i32, HEAD) >>> 0;
+  }
+
+  /**
+   * Reserves a record of `bodyLen` body bytes and writes its header. Returns the byte offset of
+   * the body in `u8`/`dv`, or -1 when the ring has no room (nothing is written then).
+   */
+  begin(type: number, flags: number, kind: number, id: number, aux: number, bodyLen: number): number {
+    const len = RECORD_HEADER + bodyLen;
+    const n = align8(len);
+    let pos = this.tail & this.mask;
+    const toEnd = this.size - pos;
+    const need = n <= toEnd ? n : n + toEnd;
+    if (this.size - ((this.tail - this.cachedHead) >>> 0) < need) {
+      this.cachedHead = Atomics.load(this.i32, HEAD) >>> 0;
+      if (this.size - ((this.tail - this.cachedHead) >>> 0) < need) return -1;
+    }
+    const dv = this.dv;
+    if (n > toEnd) {
+      dv.setUint32(pos, WRAP, true);
+      this.tail = (this.tail + toEnd) >>> 0;
+      pos = 0;
+    }
+    dv.setUint32(pos, len, true);
+    dv.setUint8(pos + 4, type);
+    dv.setUint8(pos + 5, flags);
+    dv.setUint16(pos + 6, kind, true);
+    dv.setUint32(pos + 8, id, true);
+    dv.setUint32(pos + 12, aux, true);
+    this.tail = (this.tail + n) >>> 0;
+    return pos + RECORD_HEADER;
+  }
+
+  /** True when records were written since the last publish. */
+  get dirty(): boolean {
+    return this.tail !== this.published;
+  }
+
+  /** Makes every record written so far visible to the consumer (one atomic store). */
+  publish(): boolean {
+    if (this.tail === this.published) return false;
+    Atomics.store(this.i32, TAIL, this.tail | 0);
+    this.published = this.tail;
+    return true;
+  }
+
+  /** Bytes written and not yet consumed (published or not), as this side last saw the head. */
+  get used(): number {
+    return (this.tail - (Atomics.load(this.i32, HEAD) >>> 0)) >>> 0;
+  }
+
+  /** Asks the consumer to ring this producer's doorbell when it frees space. */
+  setWaiting(on: boolean): void {
+    Atomics.store(this.i32, WAITING, on ? 1 : 0);
+  }
+}
+
+export class RingReader {
+  readonly i32: Int32Array;
+  readonly u8: Uint8Array;
+  readonly dv: DataView;
+  readonly size: number;
+  private readonly mask: number;
+  private head: number;
+  private released: number;
+  private cachedTail: number;
+
+  // The record last returned by next().
+  type = 0;
+  flags = 0;
+  kind = 0;
+  id = 0;
+  aux = 0;
+  bodyOffset = 0;
+  bodyLen = 0;
+
+  constructor(sab: SharedArrayBuffer) {
+    this.i32 = new Int32Array(sab, 0, RING_HEADER_BYTES / 4);
+    this.size = sab.byteLength - RING_HEADER_BYTES;
+    this.u8 = new Uint8Array(sab, RING_HEADER_BYTES, this.size);
+    this.dv = new DataView(sab, RING_HEADER_BYTES, this.size);
+    this.mask = this.size - 1;
+    this.head = Atomics.load(this.i32, HEAD) >>> 0;
+    this.released = this.head;
+    this.cachedTail = Atomics.load(this.i32, TAIL) >>> 0;
+  }
+
+  /** True when a published record is waiting (one atomic load when the cached tail says empty). */
+  hasData(): boolean {
+    if (this.head !== this.cachedTail) return true;
+    this.cachedTail = Atomics.load(this.i32, TAIL) >>> 0;
+    return this.head !== this.cachedTail;
+  }
+
+  /**
+   * Advances to the next published record and fills in its fields; false when there is none.
+   * The record's bytes stay valid until {@link release}.
+   */
+  next(): boolean {
+    if (this.head === this.cachedTail) {
+      this.cachedTail = Atomics.load(this.i32, TAIL) >>> 0;
+      if (this.head === this.cachedTail) return false;
+    }
+    const dv = this.dv;
+    let pos = this.head & this.mask;
+    let len = dv.getUint32(pos, true);
+    if (len === WRAP) {
+      this.head = (this.head + (this.size - pos)) >>> 0;
+      pos = 0;
+      len = dv.getUint32(0, true);
+    }
+    this.type = dv.getUint8(pos + 4);
+    this.flags = dv.getUint8(pos + 5);
+    this.kind = dv.getUint16(pos + 6, true);
+    this.id = dv.getUint32(pos + 8, true);
+    this.aux = dv.getUint32(pos + 12, true);
+    this.bodyOffset = pos + RECORD_HEADER;
+    this.bodyLen = len - RECORD_HEADER;
+    this.head = (this.head + align8(len)) >>> 0;
+    return true;
+  }
+
+  /** Frees every record read so far (one atomic store). Returns true if the producer asked to be told. */
+  release(): boolean {
+    if (this.head === this.released) return false;
+    Atomics.store(this.i32, HEAD, this.head | 0);
+    this.released = this.head;
+    return Atomics.load(this.i32, WAITING) === 1;
+  }
+
+  /** Published bytes not consumed yet. */
+  get occupancy(): number {
+    return ((Atomics.load(this.i32, TAIL) >>> 0) - this.head) >>> 0;
+  }
+}

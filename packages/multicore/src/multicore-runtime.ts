@@ -1,0 +1,298 @@
+/* eslint-disable @typescript-eslint/no-explicit-any -- shipped functions take (...args, signal): typed loosely on purpose */
+import { availableParallelism } from 'node:os';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { Runtime, RuntimeError, type RuntimeConfig, type ShutdownOptions } from '@miniss/core';
+import { createRing } from './byte-ring.js';
+import { CoreNode } from './core-node.js';
+import type { CoreTaskHandle } from './handle.js';
+import {
+  ACTIVE,
+  BACKLOG,
+  COMPLETED,
+  CoreState,
+  GLOBAL_SHUTDOWN,
+  MSGS_IN,
+  MSGS_OUT,
+  OPEN_RESOURCES,
+  PIN_CPU,
+  PIN_ERRNO,
+  PIN_FAILED,
+  SLEEPS,
+  STATE,
+  TASKS_ACTIVE,
+  WAKEUPS,
+  coreBase,
+  createControlBlock,
+} from './layout.js';
+import { setCurrentCore } from './current.js';
+import { pinThread } from './pin.js';
+import type { WorkerInit } from './worker.js';
+
+export interface MultiCoreConfig extends RuntimeConfig {
+  cores?: number;
+  /** Pin core i to CPU i through the native backend's setAffinity (default true). */
+  pin?: boolean;
+  /** How long an idle core keeps polling its rings before it sleeps on its doorbell, ms (default cpuThreadTimeoutMs = 10... capped at 1). */
+  spinMs?: number;
+}
+
+export interface CoreStat {
+  core: number;
+  state: 'starting' | 'running' | 'stopping' | 'exited' | 'crashed';
+  /** The CPU the core is pinned to, or null (not asked, no native backend, beyond the CPUs, or refused). */
+  pinnedCpu: number | null;
+  pinErrno: number | null;
+  /** Tasks other cores placed here and not settled (the load measure's remote part). */
+  tasksFromOtherCores: number;
+  tasksCompletedForOtherCores: number;
+  /** The core runtime's own tasksActive and openResources (workers publish them every 20 ms). */
+  tasksActive: number;
+  openResources: number;
+  sleeps: number;
+  wakeups: number;
+  backlog: number;
+  crash?: { message: string; stack?: string };
+}
+
+const STATE_NAMES = ['starting', 'running', 'stopping', 'exited', 'crashed'] as const;
+
+const WORKER_URL = new URL('./worker.js', import.meta.url);
+
+function parseConfig(arg: number | MultiCoreConfig | undefined): MultiCoreConfig {
+  if (arg === undefined) return {};
+  if (typeof arg === 'number') return { cores: arg };
+  if (typeof arg !== 'object' || arg === null) {
+    throw new RuntimeError('INVALID_CONFIG', `MultiCoreRuntime expects a core count or a config object, got ${String(arg)}`);
+  }
+  return arg;
+}
+
+/**
+ * A shared-nothing multicore runtime: core 0 is the calling thread, cores 1..n-1 are worker
+ * threads, each with its own {@link Runtime}. Cores talk only through bounded SPSC rings in
+ * shared memory (see {@link CoreNode} for the loop, doorbell and back-pressure).
+ */
+export class MultiCoreRuntime {
+  readonly cores: number;
+  private readonly control: SharedArrayBuffer;
+  private readonly ctl: Int32Array;
+  private readonly runtime0: Runtime;
+  private readonly node0: CoreNode;
+  private readonly workers: Array<Worker | null> = [null];
+  private readonly exited: Array<Promise<void>> = [];
+  private readonly crashes = new Map<number, Error>();
+  private shutdownPromise: Promise<void> | null = null;
+  /** Called when a core crashes (an uncaught error on its thread). */
+  onCoreCrash: ((core: number, err: Error) => void) | null = null;
+
+  constructor(arg?: number | MultiCoreConfig) {
+    const cfg = parseConfig(arg);
+    const n = cfg.cores ?? availableParallelism();
+    if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0) {
+      throw new RuntimeError('INVALID_CONFIG', `cores must be a positive integer, got ${String(n)} (e.g. new MultiCoreRuntime(4))`);
+    }
+    const capacity = cfg.crossCpuChannelCapacity ?? 1000;
+    if (!Number.isInteger(capacity) || capacity <= 0) {
+      throw new RuntimeError('INVALID_CONFIG', `crossCpuChannelCapacity must be a positive integer, got ${String(capacity)}`);
+    }
+    this.cores = n;
+    const pin = cfg.pin ?? true;
+    const cpus = availableParallelism();
+    const spinMs = cfg.spinMs ?? Math.min(1, cfg.cpuThreadTimeoutMs ?? 10);
+    const { cores: _c, pin: _p, spinMs: _s, ...rest } = cfg;
+    void _c;
+    void _p;
+    void _s;
+    const coreConfig: RuntimeConfig = { ...rest, features: (cfg.features ?? []).filter((f) => f !== 'multicore') };
+
+    this.control = createControlBlock(n);
+    this.ctl = new Int32Array(this.control);
+    const rings: Array<SharedArrayBuffer | null> = [];
+    for (let from = 0; from < n; from++) for (let to = 0; to < n; to++) rings.push(from === to ? null : createRing(capacity));
+    // ports[a][b]: a's end of the channel between a and b (SharedArrayBuffers travel by port).
+    const ports: Array<Array<MessagePort | null>> = [];
+    for (let a = 0; a < n; a++) ports.push(new Array<MessagePort | null>(n).fill(null));
+    for (let a = 0; a < n; a++) {
+      for (let b = a + 1; b < n; b++) {
+        const ch = new MessageChannel();
+        ports[a]![b] = ch.port1;
+        ports[b]![a] = ch.port2;
+      }
+    }
+
+    this.runtime0 = new Runtime(coreConfig);
+    setCurrentCore(0);
+    this.node0 = new CoreNode({ core: 0, cores: n, control: this.control, rings, ports: ports[0]!, runtime: this.runtime0, spinMs });
+    for (let c = 1; c < n; c++) {
+      const init: WorkerInit = {
+        core: c,
+        cores: n,
+        control: this.control,
+        rings,
+        ports: ports[c]!,
+        config: coreConfig,
+        spinMs,
+        pinCpu: pin && c < cpus ? c : -1,
+      };
+      const w = new Worker(WORKER_URL, { workerData: init, transferList: ports[c]!.filter((p): p is MessagePort => p !== null) });
+      this.workers.push(w);
+      this.exited.push(
+        new Promise<void>((resolve) => {
+          w.on('error', (err) => this.onCrash(c, err));
+          w.on('exit', () => {
+            const b = coreBase(c);
+            const st = Atomics.load(this.ctl, b + STATE);
+            if (st !== CoreState.Exited && st !== CoreState.Crashed) {
+              this.onCrash(c, new RuntimeError('CORE_CRASHED', `core ${c} exited unexpectedly`));
+            }
+            resolve();
+          });
+        }),
+      );
+    }
+    // Pin core 0 after the workers exist: threads inherit their creator's affinity mask.
+    pinThread(this.runtime0, pin ? 0 : -1, this.ctl, coreBase(0));
+    Atomics.store(this.ctl, coreBase(0) + STATE, CoreState.Running);
+    this.node0.start();
+  }
+
+  private onCrash(core: number, err: Error): void {
+    if (this.crashes.has(core)) return;
+    const b = coreBase(core);
+    if (Atomics.load(this.ctl, b + STATE) === CoreState.Exited) return;
+    Atomics.store(this.ctl, b + STATE, CoreState.Crashed);
+    this.crashes.set(core, err);
+    const lost = new RuntimeError('CORE_CRASHED', `core ${core} crashed: ${err?.message ?? String(err)}; its tasks are lost`, { cause: err });
+    this.node0.coreLost(core, lost);
+    for (let c = 1; c < this.cores; c++) if (c !== core) this.node0.sendCoreLost(c, core);
+    try {
+      this.onCoreCrash?.(core, err);
+    } catch {
+      /* a logging hook must not break crash handling */
+    }
+    if (this.onCoreCrash === null) {
+      process.emitWarning(`miniss core ${core} crashed: ${err?.stack ?? String(err)}`, { type: 'MinissCoreCrash' });
+    }
+  }
+
+  /** The runtime of core 0 (the calling thread). */
+  get runtime(): Runtime {
+    return this.runtime0;
+  }
+
+  /** Runs `fn` as the root task on core 0, then shuts every core down. */
+  async blockOn<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    const keepAlive = setInterval(() => {}, 1 << 30);
+    try {
+      return await this.runtime0.spawn(fn as () => Awaited<T>);
+    } finally {
+      clearInterval(keepAlive);
+      await this.shutdown();
+    }
+  }
+
+  /** Runs `fn(...args, signal)` on the least-loaded core (see README: load measure). */
+  spawn<T, A extends unknown[]>(fn: (...args: any[]) => T | PromiseLike<T>, ...args: A): CoreTaskHandle<Awaited<T>> {
+    return this.node0.spawn(fn as (...a: unknown[]) => T, args);
+  }
+
+  /** Runs `fn(...args, signal)` on core `core`. */
+  spawnOn<T, A extends unknown[]>(core: number, fn: (...args: any[]) => T | PromiseLike<T>, ...args: A): CoreTaskHandle<Awaited<T>> {
+    return this.node0.spawnOn(core, fn as (...a: unknown[]) => T, args);
+  }
+
+  /** Runs `fn(...args, signal)` once on every core; results by core. */
+  broadcast<T, A extends unknown[]>(fn: (...args: any[]) => T | PromiseLike<T>, ...args: A): Promise<Array<Awaited<T>>> {
+    return this.node0.broadcast(fn as (...a: unknown[]) => T, args);
+  }
+
+  /**
+   * Stops new spawns (`RUNTIME_SHUTDOWN`) on every core, lets running tasks finish for `graceMs`
+   * (listeners close at once on every core, as each core runtime's shutdown does), cancels the
+   * rest, closes every backend and waits for every worker to exit.
+   */
+  shutdown(opts: ShutdownOptions = {}): Promise<void> {
+    if (this.shutdownPromise !== null) return this.shutdownPromise;
+    const graceMs = opts.graceMs ?? 0;
+    if (typeof graceMs !== 'number' || !(graceMs >= 0)) {
+      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a non-negative number, got ${String(graceMs)}`));
+    }
+    this.shutdownPromise = this.doShutdown(graceMs);
+    return this.shutdownPromise;
+  }
+
+  private async doShutdown(graceMs: number): Promise<void> {
+    Atomics.store(this.ctl, GLOBAL_SHUTDOWN, 1);
+    Atomics.store(this.ctl, coreBase(0) + STATE, CoreState.Stopping);
+    this.node0.refuse();
+    for (let c = 1; c < this.cores; c++) this.node0.sendShutdown(c, graceMs);
+    this.node0.detachBackend();
+    let shutdownErr: unknown = null;
+    try {
+      await this.runtime0.shutdown({ graceMs });
+    } catch (err) {
+      shutdownErr = err;
+    }
+    // Workers get their grace plus time to report; a worker that does not exit is terminated.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const all = Promise.all(this.exited);
+    const done = await Promise.race([all.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs + 5000)))]);
+    clearTimeout(timer);
+    if (!done) {
+      for (const w of this.workers) if (w) await w.terminate();
+    }
+    // The workers' last results are published in the rings before they exit: read them all.
+    while (this.node0.poll() > 0) {
+      /* keep draining */
+    }
+    Atomics.store(this.ctl, coreBase(0) + STATE, CoreState.Exited);
+    this.node0.stop(new RuntimeError('RUNTIME_SHUTDOWN', 'the multicore runtime shut down'));
+    setCurrentCore(undefined);
+    if (shutdownErr !== null) throw shutdownErr;
+  }
+
+  /** Per-core progress, for gracefulShutdown's reports. */
+  coreStats(): Array<{ core: number; tasksActive: number; openResources: number }> {
+    return this.perCore().map((s) => ({ core: s.core, tasksActive: s.tasksActive, openResources: s.openResources }));
+  }
+
+  /** Whole-runtime stats: per-core state, pinning, load and transport counters, crashes. */
+  stats(): { cores: number; pinned: boolean; shuttingDown: boolean; perCore: CoreStat[]; core0: ReturnType<Runtime['stats']> } {
+    const perCore = this.perCore();
+    return {
+      cores: this.cores,
+      pinned: perCore.every((c) => c.pinnedCpu !== null),
+      shuttingDown: this.shutdownPromise !== null,
+      perCore,
+      core0: this.runtime0.stats(),
+    };
+  }
+
+  private perCore(): CoreStat[] {
+    const out: CoreStat[] = [];
+    const s0 = this.runtime0.stats();
+    for (let c = 0; c < this.cores; c++) {
+      const b = coreBase(c);
+      const pc = Atomics.load(this.ctl, b + PIN_CPU);
+      const crash = this.crashes.get(c);
+      const st: CoreStat = {
+        core: c,
+        state: STATE_NAMES[Atomics.load(this.ctl, b + STATE)] ?? 'crashed',
+        pinnedCpu: pc >= 0 ? pc : null,
+        pinErrno: pc === PIN_FAILED ? Atomics.load(this.ctl, b + PIN_ERRNO) : null,
+        tasksFromOtherCores: Atomics.load(this.ctl, b + ACTIVE),
+        tasksCompletedForOtherCores: Atomics.load(this.ctl, b + COMPLETED),
+        tasksActive: c === 0 ? s0.tasksActive : Atomics.load(this.ctl, b + TASKS_ACTIVE),
+        openResources: c === 0 ? s0.openResources : Atomics.load(this.ctl, b + OPEN_RESOURCES),
+        sleeps: Atomics.load(this.ctl, b + SLEEPS),
+        wakeups: Atomics.load(this.ctl, b + WAKEUPS),
+        backlog: Atomics.load(this.ctl, b + BACKLOG),
+      };
+      if (crash !== undefined) st.crash = { message: crash.message, ...(crash.stack !== undefined ? { stack: crash.stack } : {}) };
+      out.push(st);
+      void MSGS_IN;
+      void MSGS_OUT;
+    }
+    return out;
+  }
+}
