@@ -1,0 +1,323 @@
+import { execFile, spawn as spawnChild, type ChildProcess } from 'node:child_process';
+import { connect, type Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const main = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+
+async function supported(pkg: string): Promise<{ ok: boolean; reason?: string }> {
+  try {
+    const m = (await import(pkg)) as { isSupported?: () => { ok: boolean; reason?: string } };
+    return m.isSupported ? m.isSupported() : { ok: false, reason: `${pkg} has no isSupported()` };
+  } catch (err) {
+    return { ok: false, reason: `${pkg} does not load: ${(err as Error).message.split('\n')[0]}` };
+  }
+}
+
+const backends: Array<{ name: string; ok: boolean; reason?: string }> = [
+  { name: 'node', ok: true },
+  { name: 'epoll', ...(await supported('@miniss/backend-epoll')) },
+  { name: 'io_uring', ...(await supported('@miniss/backend-iouring')) },
+];
+for (const b of backends) if (!b.ok) console.log(`skipping backend ${b.name}: ${b.reason}`);
+
+const curl = await new Promise<string | null>((resolve) => execFile('which', ['curl'], (err, out) => resolve(err ? null : out.trim())));
+if (curl === null) console.log('skipping the curl tests: curl is not installed');
+
+interface Server {
+  child: ChildProcess;
+  port: number;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: string | null }>;
+}
+
+async function start(args: string[]): Promise<Server> {
+  const child = spawnChild(process.execPath, [main, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const m = /listening on http:\/\/127\.0\.0\.1:(\d+) \(backend (\S+), cores 1\)/.exec(out);
+    if (m) return { child, port: Number(m[1]), output: () => out, exited };
+    if (Date.now() > deadline || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error(`server did not start:\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A raw-socket client: collects everything the server sends. */
+interface Client {
+  sock: Socket;
+  data: () => string;
+  closed: Promise<void>;
+  isClosed: () => boolean;
+}
+
+function client(port: number): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(port, '127.0.0.1');
+    let data = '';
+    let closed = false;
+    sock.on('data', (d) => (data += d.toString('latin1')));
+    const closedP = new Promise<void>((r) =>
+      sock.on('close', () => {
+        closed = true;
+        r();
+      }),
+    );
+    sock.on('error', () => undefined);
+    sock.once('connect', () => resolve({ sock, data: () => data, closed: closedP, isClosed: () => closed }));
+    sock.once('error', reject);
+  });
+}
+
+async function until(cond: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Splits a byte stream into complete responses (status + body), Content-Length framed. */
+function responses(s: string): Array<{ status: number; headers: string; body: string }> {
+  const out: Array<{ status: number; headers: string; body: string }> = [];
+  let at = 0;
+  for (;;) {
+    const he = s.indexOf('\r\n\r\n', at);
+    if (he < 0) return out;
+    const head = s.slice(at, he);
+    const len = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? '0');
+    if (s.length < he + 4 + len) return out;
+    out.push({ status: Number(head.slice(9, 12)), headers: head, body: s.slice(he + 4, he + 4 + len) });
+    at = he + 4 + len;
+  }
+}
+
+function runCurl(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(curl!, ['-s', '--max-time', '5', ...args], { encoding: 'latin1' }, (err, out) => (err ? reject(err) : resolve(out))),
+  );
+}
+
+describe.each(backends)('apps/http-echo on $name', ({ name, ok }) => {
+  let s: Server;
+  const opened: Client[] = [];
+  const open = async (): Promise<Client> => {
+    const c = await client(s.port);
+    opened.push(c);
+    return c;
+  };
+
+  beforeAll(async () => {
+    if (ok) s = await start(['--port', '0', '--backend', name, '--idle-ms', '400']);
+  });
+  afterAll(async () => {
+    for (const c of opened) c.sock.destroy();
+    if (!ok) return;
+    if (s.child.exitCode === null) s.child.kill('SIGKILL');
+    await s.exited;
+  });
+
+  it.runIf(ok)('prints the URL, backend and cores on one line', () => {
+    expect(s.output()).toMatch(new RegExp(`^listening on http://127\\.0\\.0\\.1:\\d+ \\(backend ${name}, cores 1\\)$`, 'm'));
+  });
+
+  it.runIf(ok && curl !== null)('curl: GET /, POST /echo (Content-Length and chunked), 404', async () => {
+    const base = `http://127.0.0.1:${s.port}`;
+    expect(await runCurl([`${base}/`])).toBe('Hello, World!');
+    expect(await runCurl(['-X', 'POST', '--data-binary', 'echo me', `${base}/echo`])).toBe('echo me');
+    expect(await runCurl(['-H', 'Transfer-Encoding: chunked', '--data-binary', 'chunked body', `${base}/echo`])).toBe('chunked body');
+    expect(await runCurl(['-o', '/dev/null', '-w', '%{http_code}', `${base}/nope`])).toBe('404');
+    // Over 1 KiB curl sends `Expect: 100-continue` and waits for the 100 (1 s) before the body.
+    const big = 'b'.repeat(100_000);
+    const t0 = Date.now();
+    expect(await runCurl(['-X', 'POST', '-H', 'Content-Type: text/plain', '--data-binary', big, `${base}/echo`])).toBe(big);
+    expect(Date.now() - t0).toBeLessThan(900);
+    // curl reuses one connection for several URLs on the command line (keep-alive).
+    const v = await runCurl(['-v', `${base}/`, `${base}/`]).catch((e: Error) => e.message);
+    expect(v).toBe('Hello, World!Hello, World!');
+  });
+
+  it.runIf(ok)('keep-alive: several requests, one after another, on one connection', async () => {
+    const c = await open();
+    for (let i = 1; i <= 3; i++) {
+      c.sock.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+      await until(() => responses(c.data()).length === i, `response ${i}`);
+    }
+    expect(responses(c.data()).map((r) => [r.status, r.body])).toEqual(Array(3).fill([200, 'Hello, World!']));
+    expect(c.isClosed()).toBe(false);
+  });
+
+  it.runIf(ok)('pipelining: every request in one write is answered, in order', async () => {
+    const c = await open();
+    c.sock.write(
+      'GET / HTTP/1.1\r\n\r\n' +
+        'POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd' +
+        'GET /missing HTTP/1.1\r\n\r\n' +
+        'POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n' +
+        'GET / HTTP/1.1\r\n\r\n',
+    );
+    await until(() => responses(c.data()).length === 5, '5 responses');
+    expect(responses(c.data()).map((r) => [r.status, r.body])).toEqual([
+      [200, 'Hello, World!'],
+      [200, 'abcd'],
+      [404, 'Not Found'],
+      [200, 'xy'],
+      [200, 'Hello, World!'],
+    ]);
+  });
+
+  it.runIf(ok)('a chunked body arriving in small fragments is echoed whole', async () => {
+    const c = await open();
+    const req = 'POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n';
+    for (let i = 0; i < req.length; i += 7) {
+      c.sock.write(req.slice(i, i + 7));
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await until(() => responses(c.data()).length === 1, 'the echo');
+    expect(responses(c.data())[0]!.body).toBe('hello world');
+  });
+
+  it.runIf(ok)('a 1 MiB body is echoed; one byte more is a 413 and the connection closes', async () => {
+    const c = await open();
+    const body = Buffer.alloc(1024 * 1024, 'z');
+    c.sock.write(`POST /echo HTTP/1.1\r\nContent-Length: ${body.length}\r\n\r\n`);
+    c.sock.write(body);
+    await until(() => responses(c.data()).length === 1, 'the 1 MiB echo', 10_000);
+    expect(responses(c.data())[0]!.body.length).toBe(body.length);
+    const d = await open();
+    d.sock.write(`POST /echo HTTP/1.1\r\nContent-Length: ${body.length + 1}\r\n\r\n`);
+    await d.closed;
+    expect(responses(d.data()).map((r) => r.status)).toEqual([413]);
+  });
+
+  it.runIf(ok)('a body in tiny chunks whose framing outgrows the buffer is a 413, not a hang', async () => {
+    const c = await open();
+    c.sock.write('POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n');
+    // 1 MiB of body in 1-byte chunks is 6 MiB on the wire; stop writing once the server answers.
+    const piece = '1\r\nx\r\n'.repeat(10_000);
+    for (let i = 0; i < 200 && !c.isClosed(); i++) {
+      if (!c.sock.write(piece)) await new Promise((r) => setTimeout(r, 5));
+    }
+    await c.closed;
+    expect(responses(c.data()).map((r) => r.status)).toEqual([413]);
+  });
+
+  it.runIf(ok)('a header block over 16 KiB is a 431 and the connection closes', async () => {
+    const c = await open();
+    c.sock.write('GET / HTTP/1.1\r\nX-Big: ' + 'a'.repeat(17 * 1024) + '\r\n\r\n');
+    await c.closed;
+    expect(responses(c.data()).map((r) => r.status)).toEqual([431]);
+  });
+
+  it.runIf(ok)('a malformed request is a 400 and closes; requests before it are answered', async () => {
+    const c = await open();
+    c.sock.write('GET / HTTP/1.1\r\n\r\nGET / HTTP/9.9\r\n\r\nGET / HTTP/1.1\r\n\r\n');
+    await c.closed;
+    expect(responses(c.data()).map((r) => r.status)).toEqual([200, 400]);
+    const d = await open();
+    d.sock.write('GET / HTTP/1.1\r\nBad Header\r\n\r\n');
+    await d.closed;
+    expect(responses(d.data()).map((r) => r.status)).toEqual([400]);
+  });
+
+  it.runIf(ok)('Connection: close is honoured (and HTTP/1.0 closes by default)', async () => {
+    const c = await open();
+    c.sock.write('GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n');
+    await c.closed;
+    const rs = responses(c.data());
+    expect(rs.length).toBe(1);
+    expect(rs[0]!.headers).toMatch(/^Connection: close$/im);
+    const d = await open();
+    d.sock.write('GET / HTTP/1.0\r\n\r\n');
+    await d.closed;
+    expect(responses(d.data()).map((r) => r.body)).toEqual(['Hello, World!']);
+  });
+
+  it.runIf(ok)('an idle connection is closed after --idle-ms; an active one is not', async () => {
+    const idle = await open();
+    const active = await open();
+    const t0 = Date.now();
+    const keep = setInterval(() => active.sock.write('GET / HTTP/1.1\r\n\r\n'), 100);
+    try {
+      await idle.closed;
+      const waited = Date.now() - t0;
+      expect(waited).toBeGreaterThanOrEqual(300);
+      expect(waited).toBeLessThan(5_000);
+      expect(active.isClosed()).toBe(false);
+    } finally {
+      clearInterval(keep);
+    }
+    expect(responses(active.data()).length).toBeGreaterThan(0);
+  });
+
+  it.runIf(ok)('one bad client does not disturb another', async () => {
+    const good = await open();
+    good.sock.write('GET / HTTP/1.1\r\n\r\n');
+    await until(() => responses(good.data()).length === 1, 'first answer');
+    // Garbage, a half request that is then reset, and a client that vanishes mid-body.
+    const bad1 = await open();
+    bad1.sock.write(Buffer.from([0, 1, 2, 255, 13, 10, 13, 10]));
+    const bad2 = await open();
+    bad2.sock.write('POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc');
+    await new Promise((r) => setTimeout(r, 20));
+    bad2.sock.resetAndDestroy();
+    const bad3 = await open();
+    bad3.sock.write('GET / HTTP/1.1\r\n\r\n'.repeat(200));
+    bad3.sock.destroy();
+    await bad1.closed;
+    expect(responses(bad1.data()).map((r) => r.status)).toEqual([400]);
+    good.sock.write('POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nok');
+    await until(() => responses(good.data()).length === 2, 'second answer');
+    expect(responses(good.data())[1]!.body).toBe('ok');
+    expect(good.isClosed()).toBe(false);
+    expect(s.child.exitCode).toBe(null);
+  });
+
+  it.runIf(ok)('SIGTERM drains and exits 0', async () => {
+    const c = await open();
+    c.sock.write('GET / HTTP/1.1\r\n\r\n');
+    await until(() => responses(c.data()).length === 1, 'answer');
+    s.child.kill('SIGTERM');
+    const exit = await s.exited;
+    expect(exit).toEqual({ code: 0, signal: null });
+    await c.closed;
+    expect(s.output()).toMatch(/drained after \d+ connections, \d+ requests/);
+  });
+});
+
+describe('apps/http-echo command line', () => {
+  it('refuses --cores > 1 with a reason while @miniss/multicore cannot serve', async () => {
+    const child = spawnChild(process.execPath, [main, '--port', '0', '--cores', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    expect(code).toBe(1);
+    expect(out).toMatch(/--cores 2 needs @miniss\/multicore, but .+; run with --cores 1/);
+  });
+
+  it.runIf(availableParallelism() > 1)('--cores 0 (all) serves on one core with a warning while @miniss/multicore cannot serve', async () => {
+    const s = await start(['--port', '0', '--cores', '0', '--backend', 'node']);
+    try {
+      expect(s.output()).toMatch(/serving on 1 core instead of \d+: @miniss\/multicore is needed, but .+/);
+    } finally {
+      s.child.kill('SIGTERM');
+      expect((await s.exited).code).toBe(0);
+    }
+  });
+
+  it('rejects bad options with usage', async () => {
+    const child = spawnChild(process.execPath, [main, '--port', 'x'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    expect(code).toBe(2);
+    expect(out).toContain('--port needs a non-negative integer');
+  });
+});
