@@ -25,6 +25,7 @@ import {
   readlinkSync,
   rmSync,
   symlinkSync,
+  writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -76,6 +77,8 @@ mkdirSync(copy);
 mkdirSync(logs);
 let exitCode = 1;
 const summary = [];
+// Counts for a caller that merges this job into its own `N passed, N failed` line (tools/scripts/test.mjs).
+const counts = { passed: 0, failed: 0, skipped: 0, asanReports: 0, buildFailed: false, error: undefined };
 try {
   const excludes = ['node_modules', '.nx', 'build', 'dist', '.git', 'test-results.json', '*.tsbuildinfo'];
   const tar = `tar -C ${JSON.stringify(root)} ${excludes.map((e) => `--exclude=${JSON.stringify(e)}`).join(' ')} -cf - . | tar -C ${JSON.stringify(copy)} -xf -`;
@@ -171,6 +174,7 @@ try {
     skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
     failedFiles = (r.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).length === 0).length;
   }
+  Object.assign(counts, { passed, failed: failed + failedFiles + (run.status !== 0 && failed + failedFiles === 0 ? 1 : 0), skipped, buildFailed });
   summary.push(`vitest: exit ${run.status ?? run.signal}, ${passed} passed, ${failed} failed, ${skipped} skipped, ${failedFiles} files failed to load`);
 
   const reports = readdirSync(logs).filter((f) => f.startsWith('asan'));
@@ -178,9 +182,11 @@ try {
     process.stderr.write(`\n===== ASan report ${f} =====\n${readFileSync(join(logs, f), 'utf8')}\n`);
   }
   summary.push(`ASan reports: ${reports.length}`);
+  counts.asanReports = reports.length;
   exitCode = !buildFailed && run.status === 0 && failed === 0 && failedFiles === 0 && reports.length === 0 ? 0 : 1;
 } catch (e) {
   summary.push(`error: ${e instanceof Error ? e.message : String(e)}`);
+  counts.error = e instanceof Error ? e.message : String(e);
   exitCode = 1;
 } finally {
   if (process.env.MINISS_ASAN_KEEP) log(`kept ${work}`);
@@ -189,4 +195,5 @@ try {
 console.log(`\nASan job summary (${((Date.now() - t0) / 1000).toFixed(0)} s):`);
 for (const line of summary) console.log(`  ${line}`);
 console.log(exitCode === 0 ? 'ASan job: PASS' : 'ASan job: FAIL');
+if (process.env.MINISS_ASAN_SUMMARY) writeFileSync(process.env.MINISS_ASAN_SUMMARY, JSON.stringify({ ...counts, exitCode }));
 process.exit(exitCode);

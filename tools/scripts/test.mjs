@@ -2,6 +2,11 @@
 // `npm test`: builds what changed (nx, cached), then runs every vitest test once and ends with the
 // plain line `N passed, N failed` (skips are counted on the line before). Exits non-zero when a test failed or vitest did.
 // Extra arguments go to vitest (e.g. `npm test -- packages/core`).
+//
+// In CI (CI set and not "false"/"0") or with MINISS_ASAN=1, it then runs the AddressSanitizer job
+// (tools/scripts/asan.mjs: native addons rebuilt with -fsanitize=address, the same tests again with
+// the ASan runtime preloaded) and the final line counts both runs; every ASan report counts as a
+// failure. MINISS_ASAN=0 skips that job even in CI.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -43,5 +48,31 @@ if (existsSync(report)) {
 }
 if (run.status !== 0 && failed === 0) failed = 1;
 console.log(`(${skipped} skipped: backends or tools not available here, each test names its reason)`);
+
+const ci = process.env.CI !== undefined && !['', '0', 'false'].includes(process.env.CI.toLowerCase());
+const asan = process.env.MINISS_ASAN === '1' || (ci && process.env.MINISS_ASAN !== '0');
+if (asan) {
+  console.log(`plain run: ${passed} passed, ${failed} failed`);
+  const summaryFile = join(root, 'test-results-asan.json');
+  rmSync(summaryFile, { force: true });
+  const job = spawnSync(process.execPath, [join(root, 'tools', 'scripts', 'asan.mjs'), ...process.argv.slice(2)], {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...process.env, MINISS_ASAN_SUMMARY: summaryFile },
+  });
+  let asanPassed = 0;
+  let asanFailed = 1; // no summary means the job died before running the tests
+  if (existsSync(summaryFile)) {
+    const c = JSON.parse(readFileSync(summaryFile, 'utf8'));
+    asanPassed = c.passed ?? 0;
+    asanFailed = (c.failed ?? 0) + (c.asanReports ?? 0) + (c.buildFailed ? 1 : 0) + (c.error ? 1 : 0);
+  }
+  if (job.status !== 0 && asanFailed === 0) asanFailed = 1;
+  console.log(`AddressSanitizer run: ${asanPassed} passed, ${asanFailed} failed (ASan reports count as failures)`);
+  passed += asanPassed;
+  failed += asanFailed;
+} else {
+  console.log('(AddressSanitizer run skipped: it runs in CI, or locally with MINISS_ASAN=1)');
+}
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed > 0 || run.status !== 0 ? 1 : 0);
