@@ -1,8 +1,9 @@
 {
   # kqueue exists on macOS and the BSDs. On Linux this compiles nothing unless
-  # MINISS_KQUEUE_INCLUDE_DIR and MINISS_KQUEUE_LIB_DIR point at a libkqueue install (sys/event.h and
-  # libkqueue.so), in which case it builds against that emulation library.
-  # NOTE: native/binding.cc is not written yet; scripts/build.mjs does not call node-gyp until it exists.
+  # MINISS_KQUEUE_INCLUDE_DIR and MINISS_KQUEUE_LIB_DIR point at a kqueue emulation library
+  # (sys/event.h and libkqueue.so: libkqueue, or test/kqemu via scripts/build-kqemu.mjs), in which
+  # case it builds against it. core's miniss-build-native lets the build run on Linux when both are
+  # set (package.json "miniss.nativeEnv").
   "variables": {
     "kq_inc": "<!(node -p \"process.env.MINISS_KQUEUE_INCLUDE_DIR || ''\")",
     "kq_lib": "<!(node -p \"process.env.MINISS_KQUEUE_LIB_DIR || ''\")"

@@ -13,8 +13,16 @@
 #include <cmath>
 #include <cstring>
 
-// STATUS: compile-checked on Linux against test/shim/sys/event.h (g++ -fsyntax-only); never run
-// on macOS, a BSD, or libkqueue. Read it as carefully written, untested code.
+// STATUS: run on Linux only, against kqemu (test/kqemu, this package's test-only kqueue emulation
+// on epoll: core's conformance suite and the package's tests pass, also under AddressSanitizer),
+// and compile-checked against test/shim/sys/event.h. Never run on macOS, a BSD or libkqueue.
+
+#ifndef EVFILT_USER
+// Pool completions wake the loop through a user event. Every system this targets has it in
+// current releases (macOS since 10.6, FreeBSD since 8.1, NetBSD since 10); fail the build
+// clearly rather than compile a backend that would never see its file completions.
+#error "the miniss kqueue backend needs EVFILT_USER, which this <sys/event.h> does not define"
+#endif
 
 namespace miniss {
 
@@ -24,6 +32,10 @@ namespace {
 // namespaces (they are not fds), so they cannot collide with socket knotes.
 constexpr uintptr_t kWakeIdent = 1;
 constexpr uintptr_t kTimerIdent = 2;
+
+// The udata of every change: none. A plain 0, not nullptr: udata is `void*` on macOS, FreeBSD
+// and NetBSD >= 10 but `intptr_t` on NetBSD 9, and 0 converts to both.
+#define kNoUdata 0
 
 #ifdef MSG_NOSIGNAL
 // FreeBSD, OpenBSD, NetBSD (and Linux with libkqueue): a vanished peer is EPIPE, not SIGPIPE.
@@ -126,8 +138,8 @@ int KqueueReactor::Init() {
   int fdfl = fcntl(kq_, F_GETFD);
   if (fdfl < 0 || fcntl(kq_, F_SETFD, fdfl | FD_CLOEXEC) < 0) return -errno;
   struct kevent ch;
-  struct kevent rc;
-  EV_SET(&ch, kWakeIdent, EVFILT_USER, EV_ADD | EV_CLEAR | EV_RECEIPT, 0, 0, nullptr);
+  struct kevent rc {};
+  EV_SET(&ch, kWakeIdent, EVFILT_USER, EV_ADD | EV_CLEAR | EV_RECEIPT, 0, 0, kNoUdata);
   int r = ApplyChanges(kq_, &ch, 1, &rc);
   if (r < 0) return r;
   if ((rc.flags & EV_ERROR) && rc.data != 0) return -static_cast<int>(rc.data);
@@ -136,7 +148,7 @@ int KqueueReactor::Init() {
     // Called by pool threads; kevent() on a kqueue is thread-safe. The kqueue outlives the pool:
     // Shutdown joins the pool before closing it. NOTE_TRIGGER on an EV_CLEAR user event coalesces.
     struct kevent t;
-    EV_SET(&t, kWakeIdent, EVFILT_USER, 0, NOTE_TRIGGER, 0, nullptr);
+    EV_SET(&t, kWakeIdent, EVFILT_USER, 0, NOTE_TRIGGER, 0, kNoUdata);
     int w;
     do {
       w = kevent(kq, &t, 1, nullptr, 0, nullptr);
@@ -419,31 +431,55 @@ void KqueueReactor::StartTimer(Op* op) {
 }
 
 void KqueueReactor::ArmTimer() {
-  if (timers_.empty()) return;  // a stale expiry just finds nothing to fire
-  const uint64_t first = timers_.begin()->first;
-  if (first == armed_ns_) return;
-  // A one-shot relative EVFILT_TIMER in milliseconds: the unit every kqueue has (NOTE_NSECONDS
-  // is not on OpenBSD). EV_ADD on the existing ident replaces the previous arming.
-  const uint64_t now = NowNs();
-  const uint64_t ms = first > now ? (first - now + 999999) / 1000000 : 0;
-  struct kevent ch;
-  struct kevent rc;
-  EV_SET(&ch, kTimerIdent, EVFILT_TIMER, EV_ADD | EV_ONESHOT | EV_RECEIPT, 0,
-         static_cast<intptr_t>(std::min<uint64_t>(ms, 0x7fffffff)), nullptr);
-  stats_.kevent_changes++;
-  int r = ApplyChanges(kq_, &ch, 1, &rc);
-  if (r >= 0 && !((rc.flags & EV_ERROR) && rc.data != 0)) armed_ns_ = first;
-}
-
-void KqueueReactor::FireTimers() {
-  armed_ns_ = 0;
+  // Deadlines already reached complete now: a zero-length EVFILT_TIMER is refused (EINVAL) by
+  // some kqueues, and there is nothing to wait for anyway.
   const uint64_t now = NowNs();
   while (!timers_.empty() && timers_.begin()->first <= now) {
     Op* op = timers_.begin()->second;
     timers_.erase(timers_.begin());
     Complete(op, 0);
   }
-  ArmTimer();
+  if (timers_.empty()) return;  // a stale expiry just finds nothing to fire
+  const uint64_t first = timers_.begin()->first;
+  if (first == armed_ns_) return;
+  // A one-shot relative EVFILT_TIMER in milliseconds (at least 1): the unit every kqueue has
+  // (NOTE_NSECONDS is not on OpenBSD). EV_ADD on the existing ident replaces the previous arming.
+  const uint64_t ms = std::max<uint64_t>(1, (first - now + 999999) / 1000000);
+  struct kevent ch;
+  struct kevent rc {};
+  EV_SET(&ch, kTimerIdent, EVFILT_TIMER, EV_ADD | EV_ONESHOT | EV_RECEIPT, 0,
+         static_cast<intptr_t>(std::min<uint64_t>(ms, 0x7fffffff)), kNoUdata);
+  stats_.kevent_changes++;
+  int r = ApplyChanges(kq_, &ch, 1, &rc);
+  if (r >= 1 && (rc.flags & EV_ERROR) && rc.data != 0) r = -static_cast<int>(rc.data);
+  if (r >= 0) {
+    armed_ns_ = first;
+    return;
+  }
+  // The timer could not be armed: nothing would ever wake these ops, so fail them rather than
+  // let them hang.
+  while (!timers_.empty()) {
+    Op* op = timers_.begin()->second;
+    timers_.erase(timers_.begin());
+    Complete(op, r);
+  }
+}
+
+// Deletes the armed EVFILT_TIMER when no timeout is left, so an idle backend has no kernel timer
+// (and no wake-up) pending. ENOENT (it fired meanwhile) is fine.
+void KqueueReactor::DisarmTimer() {
+  if (armed_ns_ == 0) return;
+  armed_ns_ = 0;
+  struct kevent ch;
+  struct kevent rc {};
+  EV_SET(&ch, kTimerIdent, EVFILT_TIMER, EV_DELETE | EV_RECEIPT, 0, 0, kNoUdata);
+  stats_.kevent_changes++;
+  ApplyChanges(kq_, &ch, 1, &rc);
+}
+
+void KqueueReactor::FireTimers() {
+  armed_ns_ = 0;
+  ArmTimer();  // completes every due timer, then arms for the next one
 }
 
 void KqueueReactor::StartRead(Op* op) {
@@ -630,14 +666,7 @@ int64_t KqueueReactor::Attempt(Op* op) {
       return r < 0 && errno == EWOULDBLOCK ? -EAGAIN : Ret(r);
     }
     case kSend: {
-      if (kSendFlags == 0) {
-        FdState* st = Ensure(op->fd);
-        if (!st->nosigpipe) {
-          int e = SetNoSigPipe(op->fd);
-          if (e < 0) return e;
-          st->nosigpipe = true;
-        }
-      }
+      if (int e = EnsureNoSigPipe(op->fd); e < 0) return e;
       ssize_t r;
       do {
         r = send(op->fd, op->iov1.iov_base, op->iov1.iov_len, MSG_DONTWAIT | kSendFlags);
@@ -676,14 +705,7 @@ int64_t KqueueReactor::Attempt(Op* op) {
       ssize_t r;
       if (op->kind == kKindSocket) {
         if (op->offset >= 0) return -ESPIPE;
-        if (kSendFlags == 0) {
-          FdState* st = Ensure(op->fd);
-          if (!st->nosigpipe) {
-            int e = SetNoSigPipe(op->fd);
-            if (e < 0) return e;
-            st->nosigpipe = true;
-          }
-        }
+        if (int e = EnsureNoSigPipe(op->fd); e < 0) return e;
         struct msghdr msg {};
         msg.msg_iov = const_cast<struct iovec*>(op->iov());
         msg.msg_iovlen = op->iovcnt();
@@ -702,14 +724,26 @@ int64_t KqueueReactor::Attempt(Op* op) {
   }
 }
 
+// macOS: send() has no MSG_NOSIGNAL, so the socket itself must say SO_NOSIGPIPE before its first
+// send. Sockets this reactor created or accepted have it already. For any other fd the option is
+// set before every send: the number may have been closed and reused behind our back, and caching
+// it per fd number would skip a new socket. (Node ignores SIGPIPE anyway; this is the second guard.)
+// setsockopt() runs before anything is allocated for the fd, so a bogus fd costs only its EBADF.
+int KqueueReactor::EnsureNoSigPipe(int fd) {
+  if (kSendFlags != 0) return 0;
+  FdState* st = Find(fd);
+  if (st != nullptr && st->trusted && st->nosigpipe) return 0;
+  return SetNoSigPipe(fd);
+}
+
 // Adds the filter of one side (EVFILT_READ or EVFILT_WRITE, EV_CLEAR) for fd. EV_RECEIPT makes
 // kevent() return the change's result in the event list (EV_ERROR set, data = errno or 0) rather
 // than an error return or a pending event, so it is checked here. Returns 0 or -errno.
 int KqueueReactor::Register(int fd, bool read_side) {
   struct kevent ch;
-  struct kevent rc;
+  struct kevent rc {};
   EV_SET(&ch, static_cast<uintptr_t>(fd), read_side ? EVFILT_READ : EVFILT_WRITE, EV_ADD | EV_CLEAR | EV_RECEIPT, 0, 0,
-         nullptr);
+         kNoUdata);
   stats_.kevent_changes++;
   int n = ApplyChanges(kq_, &ch, 1, &rc);
   if (n < 0) return n;
@@ -844,6 +878,7 @@ bool KqueueReactor::Cancel(uint64_t id) {
     case Where::kTimer:
       timers_.erase({op->deadline_ns, op});
       Complete(op, -ECANCELED);
+      if (timers_.empty()) DisarmTimer();  // else an early expiry just re-arms for the next one
       return true;
     case Where::kPool:
       if (pool_ && pool_->Withdraw(op)) {

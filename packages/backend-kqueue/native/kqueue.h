@@ -15,7 +15,8 @@
 // - Pool completions wake the loop with EVFILT_USER/NOTE_TRIGGER (no eventfd); timeouts use one
 //   one-shot EVFILT_TIMER armed for the earliest deadline.
 //
-// STATUS: compile-checked on Linux against a shim <sys/event.h> only (test/shim); never run.
+// STATUS: run on Linux against kqemu (test/kqemu, a test-only emulation on epoll) and
+// compile-checked against test/shim; never run on macOS, a BSD or libkqueue. See README.md.
 #ifndef MINISS_KQUEUE_H_
 #define MINISS_KQUEUE_H_
 
@@ -43,7 +44,7 @@ struct FdState {
   bool wreg = false;  // EVFILT_WRITE added
   bool trusted = false;     // created by this reactor: its knotes cannot vanish silently
   bool is_socket = false;   // created by socket()/accept(): close() is cheap and done inline
-  bool nosigpipe = false;   // SO_NOSIGPIPE set (macOS, where send() has no MSG_NOSIGNAL)
+  bool nosigpipe = false;   // SO_NOSIGPIPE set by this reactor (macOS, where send() has no MSG_NOSIGNAL)
 };
 
 struct ReactorStats {
@@ -103,6 +104,7 @@ class KqueueReactor {
   void StartSyncSocketCall(Op* op);
 
   int64_t Attempt(Op* op);
+  int EnsureNoSigPipe(int fd);
   int Register(int fd, bool read_side);
   void Wait(Op* op, bool read_side);
   void RunQueue(FdState* st, bool read_side);
@@ -111,6 +113,7 @@ class KqueueReactor {
   static bool Unqueue(FdState* st, Op* op, bool read_side);
 
   void ArmTimer();
+  void DisarmTimer();
   void FireTimers();
   void DrainPool();
 

@@ -1,76 +1,474 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { RuntimeError, type BackendModule, type BackendOptions, type IoBackend } from '@miniss/core';
+import {
+  InvalidArgumentError,
+  NO_COMPLETIONS,
+  RuntimeError,
+  bytesOf,
+  ioErrorFromErrno,
+  validateOperation,
+  type BackendModule,
+  type BackendOptions,
+  type BufferHandle,
+  type IoBackend,
+  type IoBackendFeatures,
+  type IoCompletion,
+  type IoHandleId,
+  type IoOperation,
+  type SocketAddress,
+} from '@miniss/core';
+import type { NativeKqueueAddon, NativeKqueueBackend } from './native.js';
 
 /**
- * `@miniss/backend-kqueue`: the readiness-model backend for macOS and the BSDs (kevent(2)).
+ * `@miniss/backend-kqueue`: the readiness-model backend for macOS, FreeBSD, OpenBSD and NetBSD
+ * (kqueue(2)/kevent(2)). The same JS driver as `@miniss/backend-epoll`, over a kevent reactor.
  *
- * State of this version (say it plainly): the kevent reactor (native/kqueue.{h,cc}) is written
- * and compile-checked on Linux against a shim header only; the Node binding (native/binding.cc)
- * and the JS driver are NOT written yet. The package installs cleanly everywhere, compiles
- * nothing, and {@link isSupported} always returns `ok: false` with the precise reason, so core's
- * `auto` ladder skips it and `miniss doctor` shows why. {@link createBackend} throws
- * `BACKEND_UNAVAILABLE` with the same reason. See README.md.
+ * Operations are queued in JS by {@link KqueueBackend.submit}, written as fixed-size descriptors
+ * into one `ArrayBuffer` shared with the addon (created once), and started by
+ * {@link KqueueBackend.flush} with one call into native code per batch; the buffers of the batch
+ * travel as one JS array in that call. Native code tries each socket operation right away with a
+ * non-blocking system call and waits for EVFILT_READ/EVFILT_WRITE readiness only on EAGAIN; every
+ * regular-file operation goes to a small native thread pool, whose completions wake the kqueue
+ * through an EVFILT_USER event (see native/kqueue.h and the README). Finished operations are
+ * written as (id, result) pairs into a second shared buffer by one `reap` call.
+ *
+ * Where this has run: see README.md ("What has been run"). On Linux it loads only when the addon
+ * was built against a kqueue emulation library (MINISS_KQUEUE_INCLUDE_DIR/MINISS_KQUEUE_LIB_DIR).
  */
 
-const BSD_PLATFORMS: readonly string[] = ['darwin', 'freebsd', 'openbsd', 'netbsd'];
-const pkgDir = join(dirname(fileURLToPath(import.meta.url)), '..');
-const ADDON_PATHS = [join(pkgDir, 'build', 'Release', 'miniss_kqueue.node'), join(pkgDir, 'build', 'Debug', 'miniss_kqueue.node')];
+// Keep in sync with enum OpCode in native/op.h.
+const OPCODES = {
+  nop: 0,
+  timeout: 1,
+  read: 2,
+  write: 3,
+  readv: 4,
+  writev: 5,
+  fsync: 6,
+  open: 7,
+  close: 8,
+  socket: 9,
+  listen: 10,
+  accept: 11,
+  connect: 12,
+  recv: 13,
+  send: 14,
+  shutdown: 15,
+} as const satisfies Record<IoOperation['op'], number>;
 
-let cached: { ok: boolean; reason?: string; addon?: unknown } | undefined;
+/** Words per descriptor; mirrored in native/binding.cc. */
+const SQ_INTS = 8;
+const SQ_DOUBLES = 2;
+/**
+ * Larger lengths are clamped (a short result, which callers loop on): read(2)/write(2) take at
+ * most INT_MAX bytes on macOS (EINVAL above it) and 0x7ffff000 on Linux.
+ */
+const MAX_IO = 0x7ffff000;
+const ECANCELED = osConstants.errno.ECANCELED;
 
-function probe(): { ok: boolean; reason?: string; addon?: unknown } {
+/** Counters of one backend instance, for tests and benchmarks. */
+export interface KqueueStats {
+  /** Operations handed to native code. */
+  submitted: number;
+  /** Finished by the first system call, without waiting (includes errors such as EBADF). */
+  immediate: number;
+  /** Had to wait for kqueue readiness (EAGAIN / EINPROGRESS first). */
+  waited: number;
+  /** Ran on the native thread pool (every regular-file read/write, fsync, open, non-socket close). */
+  pool: number;
+  /** kevent() calls that changed the set (filter adds, timer arming): about one per connection and side. */
+  keventChanges: number;
+  /** kevent() calls that collected events. */
+  keventWait: number;
+}
+
+/** Options of {@link createBackend}: the shared {@link BackendOptions} plus the thread pool size. */
+export interface KqueueBackendOptions extends BackendOptions {
+  /** Threads of the native pool that runs blocking file operations (started on first use). Default 2. */
+  poolThreads?: number;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Loading the addon
+
+const require = createRequire(import.meta.url);
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+const ADDON = 'miniss_kqueue.node';
+const ADDON_PATHS = [join(packageRoot, 'build', 'Release', ADDON), join(packageRoot, 'build', 'Debug', ADDON)];
+/** Where kqueue is the kernel's own API. */
+const KQUEUE_PLATFORMS: readonly string[] = ['darwin', 'freebsd', 'openbsd', 'netbsd'];
+let loaded: { addon: NativeKqueueAddon } | { error: string } | undefined;
+
+function loadAddon(): { addon: NativeKqueueAddon } | { error: string } {
+  if (loaded !== undefined) return loaded;
   const platform = process.platform;
-  const inc = process.env.MINISS_KQUEUE_INCLUDE_DIR;
-  const lib = process.env.MINISS_KQUEUE_LIB_DIR;
-  if (!BSD_PLATFORMS.includes(platform) && !(platform === 'linux' && inc && lib)) {
-    return {
-      ok: false,
-      reason:
+  const nativeKqueue = KQUEUE_PLATFORMS.includes(platform);
+  const built = ADDON_PATHS.filter((p) => existsSync(p));
+  if (!nativeKqueue && (platform !== 'linux' || built.length === 0)) {
+    // Plain Linux (and every other OS): the install compiled nothing, on purpose.
+    loaded = {
+      error:
         `kqueue is a BSD/macOS API (kqueue(2)/kevent(2)) and this is ${platform}; use the 'epoll' or 'io_uring' backend here. ` +
-        'To exercise the kqueue code on Linux, install libkqueue and rebuild with MINISS_KQUEUE_INCLUDE_DIR=<dir with sys/event.h> ' +
-        'MINISS_KQUEUE_LIB_DIR=<dir with libkqueue.so> npm rebuild @miniss/backend-kqueue',
+        'To exercise the kqueue code on Linux, build it against a kqueue emulation library (libkqueue): ' +
+        'MINISS_KQUEUE_INCLUDE_DIR=<dir with sys/event.h> MINISS_KQUEUE_LIB_DIR=<dir with libkqueue.so> npm rebuild @miniss/backend-kqueue',
     };
+    return loaded;
   }
-  if (!existsSync(join(pkgDir, 'native', 'binding.cc'))) {
-    return {
-      ok: false,
-      reason:
-        '@miniss/backend-kqueue 0.1.0 is incomplete: the kevent reactor (native/kqueue.cc) exists but its Node binding ' +
-        `(native/binding.cc) and JS driver are not written, so nothing was compiled on ${platform}; use backend 'node' (auto falls back to it)`,
-    };
-  }
-  const require = createRequire(import.meta.url);
-  const errors: string[] = [];
+  const tried: string[] = [];
   for (const p of ADDON_PATHS) {
     if (!existsSync(p)) {
-      errors.push(`${p}: not built`);
+      tried.push(`${p} (not found)`);
       continue;
     }
     try {
-      return { ok: true, addon: require(p) as unknown };
+      loaded = { addon: require(p) as NativeKqueueAddon };
+      return loaded;
     } catch (err) {
-      errors.push(`${p}: ${(err as Error)?.message ?? String(err)}`);
+      tried.push(`${p} (${(err as Error)?.message ?? String(err)})`);
     }
   }
-  return { ok: false, reason: `the kqueue addon did not load; tried ${errors.join('; ')}. Rebuild with: npm rebuild @miniss/backend-kqueue` };
+  loaded = {
+    error:
+      `the kqueue addon is not built or failed to load; tried ${tried.join('; ')}. ` +
+      (nativeKqueue
+        ? 'Build it with: npm rebuild @miniss/backend-kqueue (needs python3, make and a C++ compiler)'
+        : 'It was built against a kqueue emulation library that no longer loads; rebuild with MINISS_KQUEUE_INCLUDE_DIR/MINISS_KQUEUE_LIB_DIR set, or delete its build/ directory'),
+  };
+  return loaded;
 }
 
-/** Whether kqueue can be used here, and if not exactly why (never throws, no lasting side effects). */
+/** Whether this OS and build can run the kqueue backend, and why not. Creates nothing that outlives the call. */
 export function isSupported(): { ok: boolean; reason?: string } {
-  cached ??= probe();
-  return cached.ok ? { ok: true } : { ok: false, reason: cached.reason };
+  const r = loadAddon();
+  if ('error' in r) return { ok: false, reason: r.error };
+  const probe = r.addon.probe();
+  if (probe < 0) {
+    return { ok: false, reason: `kqueue() failed here: ${ioErrorFromErrno(probe, 'kqueue').code}` };
+  }
+  return { ok: true };
 }
 
-/** Creates a kqueue backend; throws `RuntimeError` `BACKEND_UNAVAILABLE` with the reason where it cannot. */
-export function createBackend(_options?: BackendOptions): IoBackend {
-  const s = isSupported();
-  if (!s.ok) throw new RuntimeError('BACKEND_UNAVAILABLE', `kqueue backend unavailable: ${s.reason}`);
-  // Only reachable once native/kqueue.cc exists and loads; the JS side that drives it (a copy of
-  // backend-epoll's src/index.ts) is written together with it.
-  throw new RuntimeError('BACKEND_UNAVAILABLE', 'kqueue backend unavailable: the JS driver for the native addon is not written yet');
+/** Creates one kqueue backend for the calling thread. Throws `BACKEND_UNAVAILABLE` with the reason when unsupported. */
+export function createBackend(options: KqueueBackendOptions = {}): KqueueBackend {
+  return new KqueueBackend(options);
+}
+
+function positiveInt(v: unknown, name: string, dflt: number, max: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
+    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${max}, got ${String(v)}`);
+  }
+  return v;
+}
+
+function int32OrBad(fd: number): number {
+  // An fd that does not fit in 32 bits is no fd at all: -1 makes the kernel say EBADF.
+  return (fd | 0) === fd ? fd : -1;
+}
+
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * The kqueue {@link IoBackend}. One per thread (per runtime); see the module comment.
+ *
+ * `directIo` is false: macOS has no `O_DIRECT` (its `F_NOCACHE` is not wired up) and O_DIRECT on
+ * the BSDs has never been exercised by this package. `allocateBuffer` still gives aligned native
+ * memory to the runtime's buffer pool.
+ */
+export class KqueueBackend implements IoBackend {
+  readonly name = 'kqueue' as const;
+  readonly features: IoBackendFeatures = Object.freeze({ directIo: false, batchSubmit: true, vectoredIo: true, sqpoll: false });
+  readonly maxBatchSize: number;
+
+  readonly #addon: NativeKqueueAddon;
+  readonly #native: NativeKqueueBackend;
+  readonly #sqI: Int32Array;
+  readonly #sqF: Float64Array;
+  readonly #cq: Float64Array;
+  readonly #cqCap: number;
+
+  /** Submitted, not yet flushed (parallel arrays). */
+  #qIds: number[] = [];
+  #qOps: IoOperation[] = [];
+  /** Every operation submitted and not yet returned by poll. */
+  readonly #live = new Map<IoHandleId, IoOperation>();
+  /** Completions made in JS (cancelled before they were flushed). */
+  #local: IoCompletion[] = [];
+  /** Buffers and strings of the batch being flushed. */
+  readonly #objs: unknown[] = [];
+  #nextId = 1;
+  #cb: (() => void) | null = null;
+  #fireScheduled = false;
+  #closed = false;
+
+  constructor(options: KqueueBackendOptions = {}) {
+    const loadedAddon = loadAddon();
+    if ('error' in loadedAddon) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'kqueue' is unavailable: ${loadedAddon.error}`);
+    this.#addon = loadedAddon.addon;
+    const entries = positiveInt(options.entries, 'entries', 256, 65536);
+    this.maxBatchSize = positiveInt(options.maxBatchSize, 'maxBatchSize', 128, 65536);
+    const poolThreads = positiveInt(options.poolThreads, 'poolThreads', 2, 64);
+    const sqCap = this.maxBatchSize;
+    this.#cqCap = Math.max(entries, this.maxBatchSize);
+    const sq = new ArrayBuffer(sqCap * (SQ_INTS * 4 + SQ_DOUBLES * 8));
+    const cq = new ArrayBuffer(this.#cqCap * 16);
+    this.#sqI = new Int32Array(sq, 0, sqCap * SQ_INTS);
+    this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
+    this.#cq = new Float64Array(cq);
+    const onEvent = (): void => {
+      if (!this.#closed && this.#cb !== null) this.#cb();
+    };
+    try {
+      this.#native = new this.#addon.KqueueBackend(sq, cq, sqCap, this.#cqCap, entries, poolThreads, onEvent);
+    } catch (err) {
+      const e = err as { errno?: number; syscall?: string; message?: string };
+      throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'kqueue' could not start: ${e?.message ?? String(err)}`, { cause: err });
+    }
+  }
+
+  get inFlight(): number {
+    return this.#live.size;
+  }
+
+  submit(op: IoOperation): IoHandleId {
+    if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the kqueue backend is closed: no more operations can be submitted');
+    validateOperation(op);
+    const id = this.#nextId++;
+    this.#live.set(id, op);
+    this.#qIds.push(id);
+    this.#qOps.push(op);
+    return id;
+  }
+
+  flush(): number {
+    if (this.#closed) return 0;
+    const ids = this.#qIds;
+    const ops = this.#qOps;
+    const total = ids.length;
+    if (total === 0) return 0;
+    // Take the queue first: nothing below calls back into user code, but keep it re-entrant.
+    this.#qIds = [];
+    this.#qOps = [];
+    let done = 0;
+    let ready = 0;
+    while (done < total) {
+      const n = Math.min(this.maxBatchSize, total - done);
+      const objs = this.#objs;
+      objs.length = 0;
+      for (let i = 0; i < n; i++) this.#encode(i, ids[done + i]!, ops[done + i]!);
+      ready = this.#native.flush(n, objs);
+      objs.length = 0; // the addon pinned what it needs
+      done += n;
+    }
+    if (ready > 0) this.#scheduleFire();
+    return total;
+  }
+
+  #encode(slot: number, id: number, op: IoOperation): void {
+    const I = this.#sqI;
+    const F = this.#sqF;
+    const objs = this.#objs;
+    const b = slot * SQ_INTS;
+    I[b] = OPCODES[op.op];
+    I[b + 1] = -1;
+    I[b + 2] = 0;
+    I[b + 3] = 0;
+    I[b + 4] = 0;
+    I[b + 5] = -1;
+    I[b + 6] = 0;
+    F[slot * SQ_DOUBLES] = id;
+    F[slot * SQ_DOUBLES + 1] = -1;
+    switch (op.op) {
+      case 'nop':
+        break;
+      case 'timeout':
+        F[slot * SQ_DOUBLES + 1] = op.ms;
+        break;
+      case 'read':
+      case 'write':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = Math.min(op.len, MAX_IO);
+        I[b + 5] = objs.push(bytesOf(op.buffer)) - 1;
+        F[slot * SQ_DOUBLES + 1] = op.offset;
+        break;
+      case 'recv':
+      case 'send':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = Math.min(op.len, MAX_IO);
+        I[b + 5] = objs.push(bytesOf(op.buffer)) - 1;
+        break;
+      case 'readv':
+      case 'writev':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 5] = objs.length;
+        I[b + 6] = op.buffers.length;
+        for (const buf of op.buffers) objs.push(buf);
+        F[slot * SQ_DOUBLES + 1] = op.offset;
+        break;
+      case 'fsync':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = op.datasync === true ? 1 : 0;
+        break;
+      case 'open':
+        I[b + 2] = op.flags | 0;
+        I[b + 3] = op.mode | 0;
+        I[b + 5] = objs.push(op.path) - 1;
+        break;
+      case 'close':
+      case 'accept':
+        I[b + 1] = int32OrBad(op.fd);
+        break;
+      case 'socket':
+        I[b + 2] = op.family;
+        break;
+      case 'listen':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = Math.min(op.backlog, 0x7fffffff);
+        I[b + 3] = op.addr.port;
+        I[b + 4] = op.reusePort ? 1 : 0;
+        I[b + 5] = objs.push(op.addr.host) - 1;
+        break;
+      case 'connect':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 3] = op.addr.port;
+        I[b + 5] = objs.push(op.addr.host) - 1;
+        break;
+      case 'shutdown':
+        I[b + 1] = int32OrBad(op.fd);
+        I[b + 2] = op.how;
+        break;
+    }
+  }
+
+  cancel(id: IoHandleId): boolean {
+    if (this.#closed) return false;
+    const op = this.#live.get(id);
+    if (op === undefined) return false;
+    const queued = this.#qIds.indexOf(id);
+    if (queued >= 0) {
+      // Not flushed yet: it never reaches the kernel.
+      this.#qIds.splice(queued, 1);
+      this.#qOps.splice(queued, 1);
+      this.#local.push({ handle: id, result: this.#error(op, -ECANCELED), buffer: handleOf(op) });
+      this.#scheduleFire();
+      return true;
+    }
+    if (this.#local.some((c) => c.handle === id)) return false;
+    const r = this.#native.cancel(id);
+    if (r) this.#scheduleFire();
+    return r;
+  }
+
+  poll(timeoutMs = 0): IoCompletion[] {
+    if (this.#closed) return NO_COMPLETIONS;
+    if (timeoutMs > 0 && this.#qIds.length > 0) this.flush();
+    let out: IoCompletion[] | null = null;
+    if (this.#local.length > 0) {
+      out = this.#local;
+      this.#local = [];
+      for (const c of out) this.#live.delete(c.handle);
+    }
+    const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
+    const n = this.#native.reap(wait);
+    if (n === 0) return out ?? NO_COMPLETIONS;
+    out ??= [];
+    const cq = this.#cq;
+    for (let i = 0; i < n; i++) {
+      const id = cq[2 * i]!;
+      const r = cq[2 * i + 1]!;
+      const op = this.#live.get(id);
+      if (op === undefined) continue; // cannot happen: ids are unique per instance
+      this.#live.delete(id);
+      out.push({ handle: id, result: r >= 0 ? r : this.#error(op, r), buffer: handleOf(op) });
+    }
+    return out;
+  }
+
+  onReady(cb: (() => void) | null): void {
+    this.#cb = cb;
+  }
+
+  #scheduleFire(): void {
+    // Completions that exist right after flush()/cancel() (a send that went through at once, a
+    // cancellation) wake the runtime from setImmediate, never synchronously: a peer that always
+    // has data must not let I/O starve timers by running in one endless microtask chain.
+    if (this.#fireScheduled) return;
+    this.#fireScheduled = true;
+    setImmediate(this.#fire);
+  }
+
+  readonly #fire = (): void => {
+    this.#fireScheduled = false;
+    if (!this.#closed && this.#cb !== null) this.#cb();
+  };
+
+  #error(op: IoOperation, errno: number): Error {
+    switch (op.op) {
+      case 'open':
+        return ioErrorFromErrno(errno, 'open', { path: op.path });
+      case 'listen':
+      case 'connect':
+        return ioErrorFromErrno(errno, op.op, { address: op.addr.host, port: op.addr.port });
+      case 'nop':
+      case 'timeout':
+      case 'socket':
+        return ioErrorFromErrno(errno, op.op);
+      default:
+        return ioErrorFromErrno(errno, op.op, { fd: op.fd });
+    }
+  }
+
+  address(fd: number, which: 'local' | 'peer'): SocketAddress {
+    if (which !== 'local' && which !== 'peer') throw new InvalidArgumentError(`address: which must be 'local' or 'peer', got ${String(which)}`);
+    if (!Number.isInteger(fd)) throw new InvalidArgumentError(`address: fd must be an integer, got ${String(fd)}`);
+    const r = this.#addon.address(int32OrBad(fd), which === 'peer');
+    if (typeof r === 'number') throw ioErrorFromErrno(r, which === 'peer' ? 'getpeername' : 'getsockname', { fd });
+    return { family: r[0], port: r[1], host: r[2] };
+  }
+
+  /** Counters since creation (all zero after close). */
+  stats(): KqueueStats {
+    const s = this.#closed ? [] : this.#native.stats();
+    return {
+      submitted: s[0] ?? 0,
+      immediate: s[1] ?? 0,
+      waited: s[2] ?? 0,
+      pool: s[3] ?? 0,
+      keventChanges: s[4] ?? 0,
+      keventWait: s[5] ?? 0,
+    };
+  }
+
+  allocateBuffer(capacity: number, alignment: number): Uint8Array {
+    if (!Number.isInteger(capacity) || capacity < 0 || capacity > 2 ** 30) {
+      throw new InvalidArgumentError(`allocateBuffer: capacity must be an integer between 0 and 1 GiB, got ${String(capacity)}`);
+    }
+    if (!Number.isInteger(alignment) || alignment < 1 || alignment > 2 ** 20 || (alignment & (alignment - 1)) !== 0) {
+      throw new InvalidArgumentError(`allocateBuffer: alignment must be a power of two up to 1 MiB, got ${String(alignment)}`);
+    }
+    return this.#addon.allocateBuffer(capacity, alignment);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#cb = null;
+    // Native close cancels what is in flight, waits for pool threads inside a system call,
+    // closes the fds of finished opens/accepts nobody will reap, and closes its own fds.
+    this.#native.close();
+    this.#qIds = [];
+    this.#qOps = [];
+    this.#local = [];
+    this.#live.clear();
+  }
+}
+
+function handleOf(op: IoOperation): BufferHandle | undefined {
+  if ('buffer' in op && !(op.buffer instanceof Uint8Array)) return op.buffer;
+  return undefined;
 }
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */

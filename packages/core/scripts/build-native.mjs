@@ -8,6 +8,8 @@
 //   --debug       a Debug build (used by the AddressSanitizer job)
 // The package's package.json may say `"miniss": { "nativeOs": ["linux"] }`: on any other OS
 // nothing is compiled (the package's isSupported() then says why) and the install still succeeds.
+// `"miniss": { "nativeEnv": ["A", "B"] }` builds outside nativeOs too when every one of those
+// environment variables is set (the kqueue backend on Linux against a kqueue emulation library).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -19,8 +21,11 @@ const args = new Set(process.argv.slice(2));
 const log = (msg) => process.stderr.write(`[${pkg.name}] ${msg}\n`);
 
 const nativeOs = pkg.miniss?.nativeOs;
-if (Array.isArray(nativeOs) && !nativeOs.includes(process.platform) && !process.env.MINISS_FORCE_NATIVE_BUILD) {
-  log(`nothing to compile on ${process.platform} (native code is for ${nativeOs.join(', ')}); isSupported() will say so`);
+const nativeEnv = Array.isArray(pkg.miniss?.nativeEnv) ? pkg.miniss.nativeEnv : [];
+const envOverride = nativeEnv.length > 0 && nativeEnv.every((k) => !!process.env[k]);
+if (Array.isArray(nativeOs) && !nativeOs.includes(process.platform) && !process.env.MINISS_FORCE_NATIVE_BUILD && !envOverride) {
+  const hint = nativeEnv.length > 0 ? `; to build here anyway set ${nativeEnv.join(' and ')}` : '';
+  log(`nothing to compile on ${process.platform} (native code is for ${nativeOs.join(', ')}); isSupported() will say so${hint}`);
   process.exit(0);
 }
 

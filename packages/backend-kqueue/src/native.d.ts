@@ -1,0 +1,35 @@
+/**
+ * The TypeScript view of the `miniss_kqueue` addon (native/binding.cc). Not public API: the
+ * package's `KqueueBackend` class wraps it.
+ */
+
+/** One kqueue reactor joined to the calling thread's event loop by a uv_poll_t on the kqueue fd. */
+export declare class NativeKqueueBackend {
+  /**
+   * @param sq Submission buffer: `sqCap` descriptors of 8 int32 words, then `sqCap` pairs of float64.
+   * @param cq Completion buffer: `cqCap` (id, result) float64 pairs.
+   * @param onEvent Called from the event loop whenever completions are ready to reap.
+   */
+  constructor(sq: ArrayBuffer, cq: ArrayBuffer, sqCap: number, cqCap: number, maxEvents: number, poolThreads: number, onEvent: () => void);
+  /** Starts `count` descriptors (their buffers/strings are in `objects`); returns completions ready. */
+  flush(count: number, objects: unknown[]): number;
+  /** Dispatches events (waiting up to timeoutMs) and writes completions to cq; returns how many. */
+  reap(timeoutMs: number): number;
+  /** Requests cancellation; false if unknown or already complete. */
+  cancel(id: number): boolean;
+  /** Operations handed to native code and not yet reaped. */
+  inFlight(): number;
+  /** [submitted, immediate, waited, pool, keventChanges, keventWait] */
+  stats(): number[];
+  /** Cancels everything, joins the pool, closes every fd of the backend. Idempotent. */
+  close(): void;
+}
+
+export interface NativeKqueueAddon {
+  KqueueBackend: typeof NativeKqueueBackend;
+  /** [family, port, host] or -errno. */
+  address(fd: number, peer: boolean): [4 | 6, number, string] | number;
+  allocateBuffer(capacity: number, alignment: number): Uint8Array;
+  /** 0 when kqueue() works here, else -errno. */
+  probe(): number;
+}
