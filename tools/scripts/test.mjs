@@ -7,6 +7,8 @@
 // (tools/scripts/asan.mjs: native addons rebuilt with -fsanitize=address, the same tests again with
 // the ASan runtime preloaded) and the final line counts both runs; every ASan report counts as a
 // failure. MINISS_ASAN=0 skips that job even in CI.
+// On Linux, a full run (no vitest arguments) also builds the kqueue addon against the package's
+// test-only emulation (kqemu), runs the kqueue tests on it and removes that build (MINISS_KQEMU=0 skips).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -25,28 +27,55 @@ if (build.status !== 0) {
   process.exit(1);
 }
 
-const report = join(root, 'test-results.json');
-rmSync(report, { force: true });
 const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
-const run = spawnSync(
-  process.execPath,
-  [vitest, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...process.argv.slice(2)],
-  { cwd: root, stdio: 'inherit', env: { ...nxEnv, FORCE_COLOR: process.env.CI ? '0' : (process.env.FORCE_COLOR ?? '') } },
-);
+const userArgs = process.argv.slice(2);
 
-let passed = 0;
-let failed = 0;
-let skipped = 0;
-if (existsSync(report)) {
-  const r = JSON.parse(readFileSync(report, 'utf8'));
-  passed = r.numPassedTests ?? 0;
-  failed = r.numFailedTests ?? 0;
-  skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
-  // A test file that failed to load counts as a failure even though it ran no test.
-  const brokenFiles = (r.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).every((a) => a.status !== 'failed'));
-  failed += brokenFiles.length;
+/** One vitest run; counts from its JSON report (a test file that failed to load counts as a failure). */
+function vitestRun(args, report) {
+  rmSync(report, { force: true });
+  const run = spawnSync(process.execPath, [vitest, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...args], {
+    cwd: root,
+    stdio: 'inherit',
+    env: { ...nxEnv, FORCE_COLOR: process.env.CI ? '0' : (process.env.FORCE_COLOR ?? '') },
+  });
+  const c = { passed: 0, failed: 0, skipped: 0, status: run.status };
+  if (existsSync(report)) {
+    const r = JSON.parse(readFileSync(report, 'utf8'));
+    c.passed = r.numPassedTests ?? 0;
+    c.failed = r.numFailedTests ?? 0;
+    c.skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+    const brokenFiles = (r.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).every((a) => a.status !== 'failed'));
+    c.failed += brokenFiles.length;
+  }
+  if (run.status !== 0 && c.failed === 0) c.failed = 1;
+  return c;
 }
-if (run.status !== 0 && failed === 0) failed = 1;
+
+const main = vitestRun(userArgs, join(root, 'test-results.json'));
+let { passed, failed, skipped } = main;
+const run = main;
+
+// kqueue cannot run on Linux, but its addon builds against kqemu, the package's test-only kqueue
+// emulation on epoll: build it, run the kqueue tests (conformance, its own, the fuzzer), remove it.
+const kqueueAddon = join(root, 'packages', 'backend-kqueue', 'build');
+if (process.platform === 'linux' && userArgs.length === 0 && process.env.MINISS_KQEMU !== '0' && !existsSync(kqueueAddon)) {
+  const kqemu = join(root, 'packages', 'backend-kqueue', 'scripts', 'build-kqemu.mjs');
+  console.log('\nkqueue on kqemu (test-only emulation): building');
+  const b = spawnSync(process.execPath, [kqemu], { cwd: root, stdio: 'inherit', env: nxEnv });
+  let k = { passed: 0, failed: 1, skipped: 0 };
+  if (b.status === 0) {
+    k = vitestRun(
+      ['packages/backend-kqueue', 'packages/core/test/conformance.test.ts', 'tools/hardening/test/fuzz-backend.test.ts', '-t', 'kqueue'],
+      join(root, 'test-results-kqemu.json'),
+    );
+  } else {
+    console.log('kqemu build failed');
+  }
+  spawnSync(process.execPath, [kqemu, '--clean'], { cwd: root, stdio: 'inherit' });
+  console.log(`kqueue on kqemu: ${k.passed} passed, ${k.failed} failed`);
+  passed += k.passed;
+  failed += k.failed;
+}
 console.log(`(${skipped} skipped: backends or tools not available here, each test names its reason)`);
 
 const ci = process.env.CI !== undefined && !['', '0', 'false'].includes(process.env.CI.toLowerCase());
@@ -55,7 +84,7 @@ if (asan) {
   console.log(`plain run: ${passed} passed, ${failed} failed`);
   const summaryFile = join(root, 'test-results-asan.json');
   rmSync(summaryFile, { force: true });
-  const job = spawnSync(process.execPath, [join(root, 'tools', 'scripts', 'asan.mjs'), ...process.argv.slice(2)], {
+  const job = spawnSync(process.execPath, [join(root, 'tools', 'scripts', 'asan.mjs'), ...userArgs], {
     cwd: root,
     stdio: 'inherit',
     env: { ...process.env, MINISS_ASAN_SUMMARY: summaryFile },

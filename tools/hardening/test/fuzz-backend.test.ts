@@ -19,7 +19,7 @@ const seed = process.env.MINISS_FUZZ_SEED ? Number(process.env.MINISS_FUZZ_SEED)
 const runs = process.env.MINISS_FUZZ_RUNS ? Number(process.env.MINISS_FUZZ_RUNS) : 400;
 const long = runs > 400;
 
-const names: BackendName[] = ['node', 'epoll', 'io_uring'];
+const names: BackendName[] = ['node', 'epoll', 'io_uring', 'kqueue'];
 for (const name of names) {
   const p = probeBackend(name);
   describe(`fuzz the native boundary: ${name}`, () => {
