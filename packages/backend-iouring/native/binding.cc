@@ -33,6 +33,8 @@ constexpr size_t kSqDoubles = 3;
 constexpr size_t kCqDoubles = 3;
 // How long close() waits for the kernel to hand buffers back before pinning them for good.
 constexpr int kShutdownWaitMs = 2000;
+// Callback rounds per eventfd wake-up when completions arrive inline (see OnPoll).
+constexpr int kMaxReadyRounds = 8;
 
 class Backend;
 
@@ -60,7 +62,7 @@ struct Instance {
 
   // The poll handle keeps the loop alive only while something is pending.
   void UpdateRef() {
-    const bool want = !closing && engine && (engine->in_flight() > 0 || js_hold);
+    const bool want = !closing && engine && (engine->HoldsLoop() || js_hold);
     if (want == refd) return;
     refd = want;
     if (want) {
@@ -148,12 +150,20 @@ void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
   if (inst->closing || !inst->engine || status < 0) return;
   Engine* engine = inst->engine.get();
   engine->DrainEventFd();
-  // Deferred task work (DEFER_TASKRUN) only turns into CQEs when this thread enters the kernel
-  // with GETEVENTS; do it once here (submitting anything still queued in the same call) so the
-  // JS callback finds the completions in the CQ ring.
-  if (engine->HasUnsubmitted() || engine->ring().KernelHasCompletions()) engine->SubmitPrepared(true);
   Nan::HandleScope scope;
-  if (!inst->on_ready.IsEmpty() && inst->async) {
+  // Each round: run pending task work (and submit what is queued) so the completions are in the
+  // CQ ring, let JS reap and react, then submit what it queued with one io_uring_enter. Requests
+  // that complete inline during that submit (page-cached reads, NOPs, sends into an empty socket
+  // buffer) are in the CQ ring at once: go round again instead of waiting for the eventfd to come
+  // back through the next loop iteration's epoll_wait, a few rounds at most so timers and other
+  // handles are not starved. (Their eventfd signal stays pending: one extra, empty wake-up later.)
+  // A callback that reaps nothing (no callback registered in JS) ends the rounds: completions
+  // it leaves in the CQ ring wait for the next eventfd signal, never a busy loop.
+  bool progress = false;
+  for (int round = 0; round < kMaxReadyRounds; ++round) {
+    if (engine->HasUnsubmitted() || engine->ring().KernelHasCompletions()) engine->SubmitPrepared(true);
+    if (inst->on_ready.IsEmpty() || !inst->async) break;
+    const uint64_t before = engine->delivered();
     // Through the async resource, so the callback has an async context and the microtasks it
     // queues (promise continuations, which submit the next operations and flush) run before
     // control comes back here.
@@ -161,14 +171,19 @@ void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
     v8::Local<v8::Object> target = Nan::New<v8::Object>();
     inst->async->runInAsyncScope(target, inst->on_ready.GetFunction(), 0, nullptr);
     inst->in_callback = false;
+    if (inst->closing || !inst->engine || engine->closed()) return;
+    // Flushes made during the callback only filled the SQ ring: submit them all with one
+    // io_uring_enter now.
+    if (engine->HasUnsubmitted()) engine->SubmitPrepared(false);
+    progress = engine->delivered() != before;
+    if (!progress || !engine->MoreReady()) break;
   }
   if (inst->closing || !inst->engine || engine->closed()) return;
-  // Flushes made during the callback only filled the SQ ring: submit them all with one
-  // io_uring_enter now.
-  if (engine->HasUnsubmitted()) engine->SubmitPrepared(false);
-  // Completions still waiting in the kernel without a new eventfd signal (deferred task work
-  // beyond one batch, CQ overflow): come back on the next loop turn.
-  if (engine->ring().CqReady() == 0 && engine->ring().KernelHasCompletions()) engine->Wake();
+  // Completions still waiting without a new eventfd signal (more rounds than allowed, completions
+  // made in the engine, task work not run yet): come back on the next loop turn.
+  if (progress ? engine->MoreReady() : engine->ring().CqReady() == 0 && engine->ring().KernelHasCompletions()) {
+    engine->Wake();
+  }
   inst->UpdateRef();
 }
 
@@ -406,17 +421,19 @@ NAN_METHOD(Backend::EventFd) {
   info.GetReturnValue().Set(inst == nullptr ? -EBADF : inst->engine->NewEventFd());
 }
 
-// stats(): [enters, sqes submitted, cqes reaped, in flight, setup flags, kernel features, sq entries, cq entries]
+// stats(): [enters, sqes submitted, cqes reaped, in flight, setup flags, kernel features, sq entries, cq entries,
+// queued accepted connections]
 NAN_METHOD(Backend::Stats) {
   Instance* inst = Live(info);
-  v8::Local<v8::Array> out = Nan::New<v8::Array>(8);
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(9);
   if (inst != nullptr) {
     Engine* e = inst->engine.get();
-    const double v[8] = {static_cast<double>(e->enters()),         static_cast<double>(e->sqes_submitted()),
+    const double v[9] = {static_cast<double>(e->enters()),         static_cast<double>(e->sqes_submitted()),
                          static_cast<double>(e->cqes_reaped()),    static_cast<double>(e->in_flight()),
                          static_cast<double>(e->ring().setup_flags()), static_cast<double>(e->ring().kernel_features()),
-                         static_cast<double>(e->ring().sq_entries()), static_cast<double>(e->ring().cq_entries())};
-    for (uint32_t i = 0; i < 8; ++i) Nan::Set(out, i, Nan::New<v8::Number>(v[i]));
+                         static_cast<double>(e->ring().sq_entries()), static_cast<double>(e->ring().cq_entries()),
+                         static_cast<double>(e->queued_accepts())};
+    for (uint32_t i = 0; i < 9; ++i) Nan::Set(out, i, Nan::New<v8::Number>(v[i]));
   }
   info.GetReturnValue().Set(out);
 }

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -32,9 +33,6 @@ int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsign
 int sys_io_uring_register(int fd, unsigned opcode, const void* arg, unsigned nr_args) {
   return static_cast<int>(syscall(__NR_io_uring_register, fd, opcode, arg, nr_args));
 }
-
-// Slot index inside an id: ids are `generation * 2^22 + slot` (see src/index.ts).
-constexpr uint64_t kSlotMask = (1ULL << 22) - 1;
 
 }  // namespace
 
@@ -130,10 +128,19 @@ int Ring::Init(unsigned entries, unsigned cq_entries, int mode, bool sqpoll, uns
                   IORING_SETUP_TASKRUN_FLAG,
               base | IORING_SETUP_SQPOLL};
   } else {
-    if (mode == 0) {
+    // DEFER_TASKRUN is opt-in only (mode 3): on this kernel (6.18) a ring with DEFER_TASKRUN and
+    // a registered eventfd loses wake-ups. A request parked on an eventfd (a read of a doorbell)
+    // is completed by task work queued from the writer's eventfd_write(), where the kernel may
+    // not signal another eventfd directly; it defers that signal through RCU and a flag bit that
+    // is never cleared, so the first such wake-up arrives (an RCU grace period late, ~16 ms
+    // here) and every later one is dropped: the CQE is never produced because nobody enters
+    // the ring with GETEVENTS. Reproduced in C without Node (see NOTES.md) and by the test
+    // "an eventfd read in flight completes when another thread writes it". COOP_TASKRUN
+    // completes the request from task work in this thread, which signals the eventfd normally.
+    if (mode == 3) {
       ladder.push_back(base | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
     }
-    if (mode <= 1) {
+    if (mode <= 1 || mode == 3) {
       ladder.push_back(base | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
       ladder.push_back(base | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
     }
@@ -262,6 +269,7 @@ Slot& Engine::SlotAt(uint32_t slot) {
 
 void Engine::Release(Slot& s) {
   s.live = false;
+  s.listener = -1;
   s.multishot = false;
   s.has_sync_result = false;
   s.pin.reset();
@@ -277,24 +285,26 @@ int Engine::Enter(bool getevents, unsigned wait_nr, const __kernel_timespec* ts)
   return r;
 }
 
-bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
-  if (closed_) return false;
-  // A close takes two linked SQEs; make sure both fit before touching either.
-  const unsigned need = d.op == kOpClose ? 2 : 1;
+io_uring_sqe* Engine::SqeOrFlush(unsigned need) {
   if (ring_.SqSpace() < need) {
     // SQ ring full: hand what it holds to the kernel first (SQPOLL: the thread may be behind).
-    if (Enter(false, 0, nullptr) < 0 || ring_.SqSpace() < need) return false;
+    if (Enter(false, 0, nullptr) < 0 || ring_.SqSpace() < need) return nullptr;
   }
-  io_uring_sqe* sqe = ring_.GetSqe();
+  return ring_.GetSqe();
+}
+
+bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
+  if (closed_) return false;
+  if (d.op == kOpAccept && d.prep_error == 0) return PrepareAccept(slot_index, d);
+  if (d.op == kOpCancel) return PrepareCancel(d);
+  // A close, and a connect with a timeout, take two linked SQEs; make sure both fit before
+  // touching either.
+  const bool link_timeout = d.op == kOpConnect && d.ms > 0 && d.prep_error == 0;
+  const unsigned need = d.op == kOpClose || link_timeout ? 2 : 1;
+  io_uring_sqe* sqe = SqeOrFlush(need);
+  if (sqe == nullptr) return false;
   io_uring_sqe* sqe2 = need == 2 ? ring_.GetSqe() : nullptr;
 
-  if (d.op == kOpCancel) {
-    sqe->opcode = IORING_OP_ASYNC_CANCEL;
-    sqe->addr = d.target;
-    sqe->user_data = kInternalUserData;
-    ++in_flight_;
-    return true;
-  }
   if (d.op == kOpCloseQuiet) {
     sqe->opcode = IORING_OP_CLOSE;
     sqe->fd = d.fd;
@@ -385,6 +395,9 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
       sqe->open_flags = static_cast<uint32_t>(d.a) | O_CLOEXEC;
       break;
     case kOpClose:
+      // A listener's queued connections die with it (never leaked), and its record lets go of
+      // the fd number.
+      ListenerFdGone(d.fd, true);
       // Closing an fd does not stop requests that already hold its file (a multishot accept on a
       // listener would keep accepting forever, a recv would wait for data that never comes), so
       // first cancel every request on the fd, hard-linked so the close runs whatever the cancel
@@ -429,29 +442,42 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
       sync_result(0);
       break;
     }
-    case kOpAccept:
-    case kOpAcceptMulti:
-      sqe->opcode = IORING_OP_ACCEPT;
-      sqe->fd = d.fd;
-      sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
-      if (d.op == kOpAcceptMulti) {
-        sqe->ioprio = IORING_ACCEPT_MULTISHOT;
-        s.multishot = true;
-      }
-      break;
     case kOpConnect: {
       socklen_t len = 0;
       if (ParseAddress(d.str, d.a, &s.addr, &len) != 0) {
         sync_result(-EINVAL);
+        if (sqe2 != nullptr) {
+          sqe2->opcode = IORING_OP_NOP;  // the timeout's SQE, unused
+          sqe2->user_data = kInternalUserData;
+          ++in_flight_;
+        }
         break;
       }
       sqe->opcode = IORING_OP_CONNECT;
       sqe->fd = d.fd;
       sqe->addr = reinterpret_cast<uint64_t>(&s.addr);
       sqe->off = len;
+      if (sqe2 != nullptr) {
+        // Backend extension `timeoutMs`: IORING_OP_LINK_TIMEOUT linked to the connect. If it
+        // fires first the connect completes with ECANCELED, which src/index.ts reports as
+        // ETIMEDOUT (unless the caller cancelled). The kernel copies the timespec at submit.
+        const double ms = d.ms;
+        s.ts.tv_sec = static_cast<int64_t>(ms / 1000.0);
+        s.ts.tv_nsec = static_cast<long long>((ms - static_cast<double>(s.ts.tv_sec) * 1000.0) * 1e6);
+        if (s.ts.tv_nsec < 0) s.ts.tv_nsec = 0;
+        if (s.ts.tv_nsec > 999999999) s.ts.tv_nsec = 999999999;
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe2->opcode = IORING_OP_LINK_TIMEOUT;
+        sqe2->fd = -1;
+        sqe2->addr = reinterpret_cast<uint64_t>(&s.ts);
+        sqe2->len = 1;
+        sqe2->user_data = kInternalUserData;
+        ++in_flight_;
+      }
       break;
     }
     case kOpShutdown:
+      ListenerFdGone(d.fd, false);
       sqe->opcode = IORING_OP_SHUTDOWN;
       sqe->fd = d.fd;
       sqe->len = static_cast<uint32_t>(d.a);
@@ -465,24 +491,40 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
 
 int Engine::SubmitPrepared(bool getevents) {
   if (closed_) return 0;
+  ServiceListeners();
   if (ring_.Unsubmitted() == 0 && !getevents) return 0;
   return Enter(getevents, 0, nullptr);
 }
 
-bool Engine::MoreReady() const { return !closed_ && (ring_.CqReady() > 0 || ring_.KernelHasCompletions()); }
+bool Engine::MoreReady() const {
+  return !closed_ && (!local_.empty() || ring_.CqReady() > 0 || ring_.KernelHasCompletions());
+}
 
 size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
   if (closed_) return 0;
   size_t n = 0;
+  // Completions made inside the engine first (they are older than anything in the CQ ring).
+  auto drain_local = [&]() {
+    while (!local_.empty() && n < max) {
+      out[n++] = local_.front().c;
+      local_.pop_front();
+    }
+  };
+  drain_local();
   auto consume = [&]() {
     const unsigned ready = ring_.CqReady();
     unsigned i = 0;
-    for (; i < ready && n < max; ++i) {
+    // An accept CQE may complete a waiting operation through local_: leave room for it.
+    for (; i < ready && n + local_.size() < max; ++i) {
       const io_uring_cqe* cqe = ring_.CqAt(i);
       ++cqes_reaped_;
       const uint64_t ud = cqe->user_data;
       const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
       if (ud & kInternalUserData) {
+        if (ud & kListenerTag) {
+          OnAcceptCqe(static_cast<uint32_t>(ud & kSlotMask), cqe->res, more);
+          continue;
+        }
         if (!more && in_flight_ > 0) --in_flight_;
         continue;
       }
@@ -493,8 +535,7 @@ size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
       if (s.op == kOpTimeout && res == -ETIME) res = 0;
       // Shutting down: nobody will ever see this completion, so an fd it made (open, accept,
       // socket) belongs to no one. Close it here or it leaks for the life of the process.
-      if (shutting_down_ && res >= 0 &&
-          (s.op == kOpOpen || s.op == kOpAccept || s.op == kOpAcceptMulti || s.op == kOpSocket)) {
+      if (shutting_down_ && res >= 0 && (s.op == kOpOpen || s.op == kOpAccept || s.op == kOpSocket)) {
         close(res);
       }
       out[n++] = Completion{ud, res, cqe->flags};
@@ -505,6 +546,7 @@ size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
       }
     }
     ring_.CqAdvance(i);
+    drain_local();
   };
   for (int round = 0; round < 8 && n < max; ++round) {
     // Deferred task work (DEFER_TASKRUN), cooperative task work (COOP_TASKRUN) and CQ overflow
@@ -522,6 +564,280 @@ size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
     int r = Enter(true, 1, &ts);
     if (r >= 0 || r == -ETIME) consume();
   }
+  // Multishot accepts that ended (or overflowed their queue) are re-armed (cancelled) here.
+  if (ServiceListeners()) Enter(false, 0, nullptr);
+  delivered_ += n;
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multishot accept
+
+int32_t Engine::ListenerFor(int fd) {
+  struct stat st;
+  const bool have = fstat(fd, &st) == 0;
+  auto it = listener_of_fd_.find(fd);
+  if (it != listener_of_fd_.end()) {
+    Listener& old = listeners_[it->second];
+    if (have && old.dev == static_cast<uint64_t>(st.st_dev) && old.ino == static_cast<uint64_t>(st.st_ino)) {
+      return static_cast<int32_t>(it->second);
+    }
+    // The fd was closed without the backend (and maybe reused for another socket): the old
+    // record's multishot would keep the old socket alive and accepting. Detach it (its queue is
+    // closed) and cancel its multishot (ServiceListeners); a new record serves this fd.
+    const uint32_t stale = it->second;
+    ListenerFdGone(fd, true);
+    if (listeners_[stale].in_use && listeners_[stale].armed) MarkDirty(stale);
+  }
+  uint32_t index;
+  if (!free_listeners_.empty()) {
+    index = free_listeners_.back();
+    free_listeners_.pop_back();
+  } else {
+    if (listeners_.size() > kSlotMask) return -1;
+    index = static_cast<uint32_t>(listeners_.size());
+    listeners_.emplace_back();
+  }
+  Listener& l = listeners_[index];
+  l.fd = fd;
+  l.dev = have ? static_cast<uint64_t>(st.st_dev) : 0;
+  l.ino = have ? static_cast<uint64_t>(st.st_ino) : 0;
+  l.in_use = true;
+  l.attached = true;
+  l.armed = false;
+  l.cancelling = false;
+  l.dirty = false;
+  l.ready.clear();
+  l.waiters.clear();
+  listener_of_fd_[fd] = index;
+  return static_cast<int32_t>(index);
+}
+
+bool Engine::PrepareAccept(uint32_t slot_index, OpDesc& d) {
+  const int32_t li = ListenerFor(d.fd);
+  if (li < 0) {
+    d.prep_error = ENOMEM;
+    return Prepare(slot_index, d);  // completes with ENOMEM through a NOP
+  }
+  Listener& l = listeners_[li];
+  Slot& s = SlotAt(slot_index);
+  if (!l.ready.empty()) {
+    // A connection accepted earlier by the multishot: complete at once (through a NOP, so the
+    // result arrives in order with everything else).
+    io_uring_sqe* sqe = SqeOrFlush(1);
+    if (sqe == nullptr) return false;
+    const int fd = l.ready.front();
+    l.ready.pop_front();
+    s.id = d.id;
+    s.live = true;
+    s.op = kOpAccept;
+    s.multishot = false;
+    s.listener = -1;
+    s.has_sync_result = true;
+    s.sync_result = fd;
+    sqe->opcode = IORING_OP_NOP;
+    sqe->user_data = d.id;
+    ++in_flight_;
+    ++user_in_flight_;
+    // Room in the queue again: a multishot stopped because the queue was full resumes.
+    if (!l.armed && l.attached) MarkDirty(static_cast<uint32_t>(li));
+    return true;
+  }
+  if (!l.armed) {
+    io_uring_sqe* sqe = SqeOrFlush(1);
+    if (sqe == nullptr) return false;
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = l.fd;
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+    sqe->user_data = kInternalUserData | kListenerTag | static_cast<uint64_t>(li);
+    l.armed = true;
+    ++armed_;
+    ++in_flight_;
+  }
+  // Wait for the multishot's next connection; no SQE of its own.
+  s.id = d.id;
+  s.live = true;
+  s.op = kOpAccept;
+  s.multishot = false;
+  s.has_sync_result = false;
+  s.listener = li;
+  l.waiters.push_back(slot_index);
+  ++user_in_flight_;
+  return true;
+}
+
+bool Engine::PrepareCancel(OpDesc& d) {
+  io_uring_sqe* sqe = SqeOrFlush(1);
+  if (sqe == nullptr) return false;
+  const uint32_t ts = static_cast<uint32_t>(d.target & kSlotMask);
+  if (ts < slots_.size() && slots_[ts].live && slots_[ts].id == d.target && slots_[ts].listener >= 0) {
+    // An accept waiting on a listener's multishot: it has no request in the kernel to cancel.
+    // Take it off the waiters (no connection can be handed to it after this) and complete it
+    // with ECANCELED through a NOP: exactly once.
+    Slot& s = slots_[ts];
+    Listener& l = listeners_[s.listener];
+    for (auto it = l.waiters.begin(); it != l.waiters.end(); ++it) {
+      if (*it == ts) {
+        l.waiters.erase(it);
+        break;
+      }
+    }
+    s.listener = -1;
+    s.has_sync_result = true;
+    s.sync_result = -ECANCELED;
+    sqe->opcode = IORING_OP_NOP;
+    sqe->user_data = s.id;
+    ++in_flight_;
+    return true;
+  }
+  sqe->opcode = IORING_OP_ASYNC_CANCEL;
+  sqe->addr = d.target;
+  sqe->user_data = kInternalUserData;
+  ++in_flight_;
+  return true;
+}
+
+void Engine::ListenerFdGone(int fd, bool detach) {
+  auto it = listener_of_fd_.find(fd);
+  if (it == listener_of_fd_.end()) return;
+  const uint32_t index = it->second;
+  Listener& l = listeners_[index];
+  for (int q : l.ready) close(q);
+  l.ready.clear();
+  if (!detach) return;
+  // The close's cancel-by-fd ends the multishot; its last CQE fails the waiters (ECANCELED) and
+  // frees the record. Connections it accepts meanwhile are closed (see OnAcceptCqe).
+  l.attached = false;
+  listener_of_fd_.erase(it);
+  MaybeFreeListener(index);
+}
+
+void Engine::PushLocal(uint64_t id, int32_t res, bool owns_fd) { local_.push_back(Local{Completion{id, res, 0}, owns_fd}); }
+
+void Engine::FailWaiters(Listener& l, int32_t res) {
+  while (!l.waiters.empty()) {
+    Slot& s = slots_[l.waiters.front()];
+    l.waiters.pop_front();
+    PushLocal(s.id, res, false);
+    Release(s);
+    if (user_in_flight_ > 0) --user_in_flight_;
+  }
+}
+
+void Engine::OnAcceptCqe(uint32_t index, int32_t res, bool more) {
+  if (index >= listeners_.size() || !listeners_[index].in_use) {
+    // Cannot happen (a record lives until its multishot's last CQE); never leak an fd anyway.
+    if (res >= 0) close(res);
+    return;
+  }
+  Listener& l = listeners_[index];
+  if (!more) {
+    l.armed = false;
+    if (armed_ > 0) --armed_;
+    if (in_flight_ > 0) --in_flight_;
+  }
+  if (res >= 0) {
+    if (shutting_down_ || !l.attached) {
+      close(res);  // the listener is closed or the engine shuts down: nobody will take it
+    } else if (!l.waiters.empty()) {
+      Slot& s = slots_[l.waiters.front()];
+      l.waiters.pop_front();
+      PushLocal(s.id, res, true);
+      Release(s);
+      if (user_in_flight_ > 0) --user_in_flight_;
+    } else {
+      l.ready.push_back(res);
+      if (more && l.ready.size() >= kMaxQueuedAccepts && !l.cancelling) MarkDirty(index);
+    }
+  }
+  if (!more) {
+    const bool ours = l.cancelling && res == -ECANCELED;
+    l.cancelling = false;
+    if (!l.waiters.empty()) {
+      if (shutting_down_ || !l.attached) {
+        FailWaiters(l, res < 0 ? res : -ECANCELED);
+      } else if (res < 0 && !ours) {
+        // The listener refused (EBADF, EINVAL: not listening, ENOTSOCK, EMFILE, ...): every
+        // waiting accept fails with that error, as a single-shot accept would.
+        FailWaiters(l, res);
+      } else {
+        MarkDirty(index);  // ended without an error (our cancel, CQ overflow): re-arm
+      }
+    }
+    MaybeFreeListener(index);
+  }
+}
+
+void Engine::MaybeFreeListener(uint32_t index) {
+  Listener& l = listeners_[index];
+  if (!l.in_use || l.armed || !l.waiters.empty() || !l.ready.empty() || l.dirty) return;
+  if (l.attached) {
+    auto it = listener_of_fd_.find(l.fd);
+    if (it != listener_of_fd_.end() && it->second == index) listener_of_fd_.erase(it);
+  }
+  l.in_use = false;
+  l.attached = false;
+  l.fd = -1;
+  free_listeners_.push_back(index);
+}
+
+void Engine::MarkDirty(uint32_t index) {
+  Listener& l = listeners_[index];
+  if (l.dirty) return;
+  l.dirty = true;
+  dirty_listeners_.push_back(index);
+}
+
+bool Engine::ServiceListeners() {
+  if (dirty_listeners_.empty() || closed_ || shutting_down_) return false;
+  bool prepared = false;
+  std::vector<uint32_t> todo;
+  todo.swap(dirty_listeners_);
+  for (size_t k = 0; k < todo.size(); ++k) {
+    const uint32_t index = todo[k];
+    Listener& l = listeners_[index];
+    l.dirty = false;
+    if (!l.in_use) continue;
+    const bool want_armed = l.attached && (!l.waiters.empty() || l.ready.size() < kMaxQueuedAccepts);
+    if (want_armed && !l.armed && (!l.waiters.empty() || !l.ready.empty())) {
+      // Re-arm only for a listener in use (waiters, or a queue being drained): an idle one stays
+      // off until the next accept operation arms it.
+      io_uring_sqe* sqe = ring_.GetSqe();
+      if (sqe == nullptr) {
+        for (size_t j = k; j < todo.size(); ++j) MarkDirty(todo[j]);
+        break;
+      }
+      sqe->opcode = IORING_OP_ACCEPT;
+      sqe->fd = l.fd;
+      sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+      sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+      sqe->user_data = kInternalUserData | kListenerTag | static_cast<uint64_t>(index);
+      l.armed = true;
+      ++armed_;
+      ++in_flight_;
+      prepared = true;
+    } else if (l.armed && !l.cancelling && (!l.attached || (l.waiters.empty() && l.ready.size() >= kMaxQueuedAccepts))) {
+      io_uring_sqe* sqe = ring_.GetSqe();
+      if (sqe == nullptr) {
+        for (size_t j = k; j < todo.size(); ++j) MarkDirty(todo[j]);
+        break;
+      }
+      sqe->opcode = IORING_OP_ASYNC_CANCEL;
+      sqe->addr = kInternalUserData | kListenerTag | static_cast<uint64_t>(index);
+      sqe->user_data = kInternalUserData;
+      l.cancelling = true;
+      ++in_flight_;
+      prepared = true;
+    }
+    MaybeFreeListener(index);
+  }
+  return prepared;
+}
+
+size_t Engine::queued_accepts() const {
+  size_t n = 0;
+  for (const Listener& l : listeners_) n += l.ready.size();
   return n;
 }
 
@@ -548,6 +864,17 @@ int Engine::NewEventFd() {
 void Engine::Shutdown(int wait_ms) {
   if (closed_) return;
   closed_ = true;
+  // Connections accepted for nobody: queued on a listener, or handed to an accept whose
+  // completion was never reaped. (Ones the multishot accepts from here on are closed by
+  // OnAcceptCqe, which sees shutting_down_.)
+  for (Listener& l : listeners_) {
+    for (int fd : l.ready) close(fd);
+    l.ready.clear();
+  }
+  for (const Local& x : local_) {
+    if (x.owns_fd && x.c.res >= 0) close(x.c.res);
+  }
+  local_.clear();
   if (ring_.fd() >= 0) {
     if (in_flight_ > 0) {
       // One request cancels everything this ring has in flight.
@@ -594,6 +921,11 @@ void Engine::Shutdown(int wait_ms) {
     ring_.Close();
   }
   slots_.clear();
+  listeners_.clear();
+  listener_of_fd_.clear();
+  dirty_listeners_.clear();
+  free_listeners_.clear();
+  armed_ = 0;
   if (event_fd_ >= 0) close(event_fd_);
   event_fd_ = -1;
   for (int fd : extra_fds_) close(fd);

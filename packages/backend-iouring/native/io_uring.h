@@ -20,8 +20,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #ifndef IORING_SETUP_NO_SQARRAY
@@ -53,13 +55,20 @@ enum OpCode : int32_t {
   kOpShutdown = 15,
   // Internal operations (never visible as an IoOperation).
   kOpCancel = 16,       // async cancel of the operation whose id is `target`
-  kOpAcceptMulti = 17,  // multishot accept: many completions, one per connection
+  kOpAcceptMulti = 17,  // reserved (the engine arms multishot accepts itself for kOpAccept)
   kOpCloseQuiet = 18,   // close an fd nobody owns (queued accepted sockets); no completion reported
   kOpCount = 19,
 };
 
 // user_data of SQEs whose completions are consumed inside the engine (cancels, quiet closes).
 constexpr uint64_t kInternalUserData = 1ULL << 62;
+// With kInternalUserData: the multishot accept of listener record `user_data & kSlotMask`.
+constexpr uint64_t kListenerTag = 1ULL << 61;
+// Ids are `generation * 2^22 + slot` (see src/index.ts); the low bits name the slot.
+constexpr uint64_t kSlotMask = (1ULL << 22) - 1;
+// Accepted connections a listener keeps queued for later accept operations before the engine
+// stops its multishot accept (the kernel's listen backlog holds the rest, as without multishot).
+constexpr size_t kMaxQueuedAccepts = 128;
 
 // One decoded descriptor; the binding fills it from shared memory and the batch's JS array.
 struct OpDesc {
@@ -96,9 +105,10 @@ class Ring {
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
 
-  // Sets the ring up. `mode`: 0 = best available (SINGLE_ISSUER|DEFER_TASKRUN, then
-  // SINGLE_ISSUER|COOP_TASKRUN, then COOP_TASKRUN, then none), 1 = start at COOP_TASKRUN,
-  // 2 = no task-run flags at all. With `sqpoll` a kernel thread polls the SQ (DEFER_TASKRUN is
+  // Sets the ring up. `mode`: 0 = best available (SINGLE_ISSUER|COOP_TASKRUN, then
+  // COOP_TASKRUN, then none), 1 = start at COOP_TASKRUN, 2 = no task-run flags at all,
+  // 3 = try SINGLE_ISSUER|DEFER_TASKRUN first (opt-in: loses eventfd-driven wake-ups on 6.18,
+  // see Ring::Init). With `sqpoll` a kernel thread polls the SQ (DEFER_TASKRUN is
   // not allowed with it). Returns 0 or -errno of the last attempt.
   int Init(unsigned entries, unsigned cq_entries, int mode, bool sqpoll, unsigned sq_idle_ms);
   void Close();
@@ -169,12 +179,32 @@ struct Slot {
   bool has_sync_result = false;
   int32_t sync_result = 0;
   int32_t op = 0;
+  int32_t listener = -1;  // an accept waiting for listener record `listener` (no SQE of its own)
   std::shared_ptr<void> pin;
   std::vector<iovec> iov;
   std::vector<std::shared_ptr<void>> pins;
   std::string path;
   sockaddr_storage addr{};
   __kernel_timespec ts{};
+};
+
+// Multishot accept state of one listening fd. `accept` operations never reach the kernel one by
+// one: the first arms one IORING_OP_ACCEPT with IORING_ACCEPT_MULTISHOT, every connection it
+// accepts goes to the oldest waiting accept operation or, when none waits, to `ready`, which
+// later accepts take from. A record outlives the fd's close until its multishot has finished.
+struct Listener {
+  int fd = -1;
+  // Identity of the socket behind `fd` when the record was made: an fd closed behind the
+  // backend's back and reused for another socket must not be served by this record.
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  bool in_use = false;
+  bool attached = false;     // the current record of `fd` (false once the fd was closed)
+  bool armed = false;        // the multishot ACCEPT is in the kernel
+  bool cancelling = false;   // the engine cancelled it (queue full): not an error for waiters
+  bool dirty = false;        // in dirty_listeners_: needs arming or cancelling
+  std::deque<int> ready;         // accepted fds nobody asked for yet (owned by the engine)
+  std::deque<uint32_t> waiters;  // slots of accept operations waiting, oldest first
 };
 
 struct EngineOptions {
@@ -196,9 +226,15 @@ class Engine {
   bool closed() const { return closed_; }
 
   // Operations handed to the kernel whose final completion has not been reaped (including the
-  // engine's own cancels), i.e. what keeps memory pinned.
+  // engine's own cancels and multishot accepts), i.e. what keeps memory pinned.
   size_t in_flight() const { return in_flight_; }
   size_t user_in_flight() const { return user_in_flight_; }
+  // Whether the event loop must stay alive: user operations pending (waiting accepts included),
+  // internal requests other than armed multishot accepts, or completions not handed out yet. An
+  // armed multishot accept alone (a listener nobody accepts on) does not hold the loop.
+  bool HoldsLoop() const { return user_in_flight_ > 0 || in_flight_ > armed_ || !local_.empty(); }
+  // Accepted connections queued for later accepts, over all listeners (for stats and tests).
+  size_t queued_accepts() const;
 
   // Turns `desc` into SQE(s) for slot `slot`. Returns false when the SQ ring has no room even
   // after submitting what it holds (the caller keeps the descriptor for the next flush).
@@ -215,6 +251,8 @@ class Engine {
   size_t Reap(Completion* out, size_t max, int wait_ms);
   // True when another reap could find more without the eventfd firing again.
   bool MoreReady() const;
+  // Completions made inside the engine (accepts served from a listener) not handed out yet.
+  bool HasLocal() const { return !local_.empty(); }
 
   // Clears the eventfd after it polled readable.
   void DrainEventFd();
@@ -233,17 +271,44 @@ class Engine {
   uint64_t enters() const { return enters_; }
   uint64_t sqes_submitted() const { return sqes_submitted_; }
   uint64_t cqes_reaped() const { return cqes_reaped_; }
+  // Completions handed out by Reap so far (progress of the ready callback).
+  uint64_t delivered() const { return delivered_; }
 
  private:
   Engine() = default;
   Slot& SlotAt(uint32_t slot);
   void Release(Slot& s);
   int Enter(bool getevents, unsigned wait_nr, const __kernel_timespec* ts);
+  // An SQE, entering the kernel once to make room if the SQ ring is full; nullptr if still full.
+  io_uring_sqe* SqeOrFlush(unsigned need);
+  bool PrepareAccept(uint32_t slot_index, OpDesc& d);
+  bool PrepareCancel(OpDesc& d);
+  int32_t ListenerFor(int fd);
+  // The fd is being closed or shut down: its queued connections are closed, and on close the
+  // record is detached from the fd number (a later listener may reuse the number).
+  void ListenerFdGone(int fd, bool detach);
+  void OnAcceptCqe(uint32_t index, int32_t res, bool more);
+  void FailWaiters(Listener& l, int32_t res);
+  void MaybeFreeListener(uint32_t index);
+  void MarkDirty(uint32_t index);
+  // Arms or cancels the multishot accepts that need it; true if SQEs were prepared.
+  bool ServiceListeners();
+  void PushLocal(uint64_t id, int32_t res, bool owns_fd);
 
   Ring ring_;
   int event_fd_ = -1;
   std::vector<int> extra_fds_;
   std::vector<Slot> slots_;
+  std::vector<Listener> listeners_;
+  std::vector<uint32_t> free_listeners_;
+  std::unordered_map<int, uint32_t> listener_of_fd_;
+  std::vector<uint32_t> dirty_listeners_;
+  struct Local {
+    Completion c;
+    bool owns_fd;  // an accepted fd: closed if nobody ever reaps it
+  };
+  std::deque<Local> local_;
+  size_t armed_ = 0;  // multishot accepts in the kernel
   size_t in_flight_ = 0;
   size_t user_in_flight_ = 0;
   bool closed_ = false;
@@ -251,6 +316,7 @@ class Engine {
   uint64_t enters_ = 0;
   uint64_t sqes_submitted_ = 0;
   uint64_t cqes_reaped_ = 0;
+  uint64_t delivered_ = 0;
 };
 
 // Side-effect-free probe: sets a small ring up and tears it down. Returns 0 or -errno and fills

@@ -33,10 +33,10 @@ import type { NativeIoUringAddon, NativeIoUringBackend } from './native.js';
  * of the ready callback when the flush happens inside it). Completions are read from the CQ ring
  * into a second shared buffer by one `reap` call and dispatched here.
  *
- * The ring is created with SINGLE_ISSUER|DEFER_TASKRUN when the kernel accepts it (completions
- * are then made only when this thread enters with GETEVENTS, which the addon does when the
- * registered eventfd polls readable), else SINGLE_ISSUER|COOP_TASKRUN, else COOP_TASKRUN.
- * Without one of those the kernel interrupts the thread for every completion (~40% more CPU).
+ * The ring is created with SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG when the kernel accepts it,
+ * else COOP_TASKRUN. Without one of those the kernel interrupts the thread for every completion
+ * (~40% more CPU). DEFER_TASKRUN is opt-in only (`taskRun: 'defer'`): it loses eventfd-driven
+ * wake-ups on this kernel (see README).
  */
 
 // Keep in sync with enum OpCode in native/io_uring.h.
@@ -68,8 +68,18 @@ const CQ_DOUBLES = 3;
 const SLOT_BITS = 2 ** 22;
 const IORING_CQE_F_MORE = 2;
 const IORING_SETUP_SQPOLL = 2;
+const IORING_SETUP_DEFER_TASKRUN = 1 << 13;
 const MAX_IO = 0x7ffff000;
 const ECANCELED = osConstants.errno.ECANCELED;
+const ETIMEDOUT = osConstants.errno.ETIMEDOUT;
+
+/**
+ * Backend extension (not in core's contract): a `connect` may carry `timeoutMs`. The backend
+ * links an IORING_OP_LINK_TIMEOUT to the connect, and the connect fails with `ETIMEDOUT` when
+ * it is not done in time. Only callers of this backend's `submit` can use it: core's
+ * `TcpStream.connect` does not pass it (see README).
+ */
+export type IoUringConnectOperation = Extract<IoOperation, { op: 'connect' }> & { timeoutMs?: number };
 
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface IoUringStats {
@@ -87,15 +97,21 @@ export interface IoUringStats {
   kernelFeatures: number;
   sqEntries: number;
   cqEntries: number;
+  /** Connections a multishot accept took that no accept operation has asked for yet. */
+  queuedAccepts: number;
 }
 
 /** Options of {@link createBackend}. */
 export interface IoUringBackendOptions extends BackendOptions {
   /**
-   * Ring flags: 'best' (default) tries SINGLE_ISSUER|DEFER_TASKRUN, then SINGLE_ISSUER|COOP_TASKRUN,
-   * then COOP_TASKRUN; 'coop' starts at COOP_TASKRUN; 'plain' uses no task-run flag (for comparison only).
+   * Ring flags: 'best' (default) tries SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG, then
+   * COOP_TASKRUN|TASKRUN_FLAG, then none; 'coop' is the same ladder; 'plain' uses no task-run
+   * flag (for comparison only); 'defer' tries SINGLE_ISSUER|DEFER_TASKRUN first. 'defer' is
+   * opt-in because on this kernel (6.18) a DEFER_TASKRUN ring with a registered eventfd loses
+   * wake-ups for requests completed from another eventfd's write (a doorbell read never
+   * completes; see README "Ring flags and why"). Do not use it with eventfd reads.
    */
-  taskRun?: 'best' | 'coop' | 'plain';
+  taskRun?: 'best' | 'coop' | 'plain' | 'defer';
   /** With `sqpoll`: how long the kernel SQ thread spins idle before sleeping. Default 50 ms. */
   sqIdleMs?: number;
 }
@@ -204,10 +220,15 @@ export class IoUringBackend implements IoBackend {
   /** Submitted, not yet handed to the ring (parallel arrays). Cancels are queued here too (op null). */
   #qIds: number[] = [];
   #qOps: (IoOperation | null)[] = [];
-  /** Every operation submitted and not yet finally returned by poll. */
-  readonly #live = new Map<IoHandleId, IoOperation>();
-  /** Ids whose cancellation was requested (one cancel SQE each). */
-  readonly #cancelled = new Set<IoHandleId>();
+  /**
+   * Per slot: the id living in it (0 when free), its operation and whether its cancellation was
+   * requested (one cancel SQE each). Arrays indexed by slot rather than Maps keyed by id: no
+   * hashing and no allocation per operation.
+   */
+  readonly #slotId: number[] = [];
+  readonly #slotOp: (IoOperation | null)[] = [];
+  readonly #slotCancelled: boolean[] = [];
+  #liveCount = 0;
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
   readonly #objs: unknown[] = [];
@@ -229,10 +250,10 @@ export class IoUringBackend implements IoBackend {
     this.maxBatchSize = positiveInt(options.maxBatchSize, 'maxBatchSize', 128, 65536);
     const sqIdleMs = positiveInt(options.sqIdleMs, 'sqIdleMs', 50, 60000);
     const taskRun = options.taskRun ?? 'best';
-    if (taskRun !== 'best' && taskRun !== 'coop' && taskRun !== 'plain') {
-      throw new InvalidArgumentError(`taskRun must be 'best', 'coop' or 'plain', got ${String(taskRun)}`);
+    if (taskRun !== 'best' && taskRun !== 'coop' && taskRun !== 'plain' && taskRun !== 'defer') {
+      throw new InvalidArgumentError(`taskRun must be 'best', 'coop', 'plain' or 'defer', got ${String(taskRun)}`);
     }
-    const mode = taskRun === 'best' ? 0 : taskRun === 'coop' ? 1 : 2;
+    const mode = taskRun === 'best' ? 0 : taskRun === 'coop' ? 1 : taskRun === 'plain' ? 2 : 3;
     const sqCap = this.maxBatchSize;
     const cqCap = Math.max(entries * 2, this.maxBatchSize);
     const sq = new ArrayBuffer(sqCap * (SQ_INTS * 4 + SQ_DOUBLES * 8));
@@ -254,7 +275,7 @@ export class IoUringBackend implements IoBackend {
   }
 
   get inFlight(): number {
-    return this.#live.size;
+    return this.#liveCount;
   }
 
   #newId(): number {
@@ -265,17 +286,37 @@ export class IoUringBackend implements IoBackend {
     return g * SLOT_BITS + slot;
   }
 
+  /** The operation of a live id, or undefined (unknown, stale or finished). */
+  #opOf(id: number): IoOperation | undefined {
+    const slot = id % SLOT_BITS;
+    return this.#slotId[slot] === id ? (this.#slotOp[slot] ?? undefined) : undefined;
+  }
+
   #release(id: number): void {
-    this.#live.delete(id);
-    this.#cancelled.delete(id);
-    this.#free.push(id % SLOT_BITS);
+    const slot = id % SLOT_BITS;
+    if (this.#slotId[slot] !== id) return;
+    this.#slotId[slot] = 0;
+    this.#slotOp[slot] = null;
+    this.#slotCancelled[slot] = false;
+    this.#liveCount--;
+    this.#free.push(slot);
   }
 
   submit(op: IoOperation): IoHandleId {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the io_uring backend is closed: no more operations can be submitted');
     validateOperation(op);
+    if (op.op === 'connect') {
+      const t = (op as IoUringConnectOperation).timeoutMs;
+      if (t !== undefined && (typeof t !== 'number' || !Number.isFinite(t) || t <= 0 || t > 2 ** 31)) {
+        throw new InvalidArgumentError(`connect: timeoutMs must be a positive finite number of milliseconds, got ${String(t)}`);
+      }
+    }
     const id = this.#newId();
-    this.#live.set(id, op);
+    const slot = id % SLOT_BITS;
+    this.#slotId[slot] = id;
+    this.#slotOp[slot] = op;
+    this.#slotCancelled[slot] = false;
+    this.#liveCount++;
     this.#qIds.push(id);
     this.#qOps.push(op);
     return id;
@@ -381,11 +422,14 @@ export class IoUringBackend implements IoBackend {
         I[b + 4] = op.reusePort ? 1 : 0;
         objs[slot] = op.addr.host;
         break;
-      case 'connect':
+      case 'connect': {
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.addr.port;
         objs[slot] = op.addr.host;
+        const t = (op as IoUringConnectOperation).timeoutMs;
+        if (t !== undefined) F[f + 2] = t;
         break;
+      }
       case 'shutdown':
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.how;
@@ -395,21 +439,22 @@ export class IoUringBackend implements IoBackend {
 
   cancel(id: IoHandleId): boolean {
     if (this.#closed) return false;
-    const op = this.#live.get(id);
-    if (op === undefined || this.#cancelled.has(id)) return false;
+    if (typeof id !== 'number') return false;
+    const op = this.#opOf(id);
+    if (op === undefined || this.#slotCancelled[id % SLOT_BITS] === true) return false;
     const queued = this.#qIds.indexOf(id);
     if (queued >= 0 && this.#qOps[queued] !== null) {
       // Not handed to the ring yet: it never reaches the kernel.
       this.#qIds.splice(queued, 1);
       this.#qOps.splice(queued, 1);
-      this.#cancelled.add(id);
+      this.#slotCancelled[id % SLOT_BITS] = true;
       this.#local.push({ handle: id, result: this.#error(op, -ECANCELED), buffer: handleOf(op) });
       this.#scheduleFire();
       return true;
     }
     // In the kernel: IORING_OP_ASYNC_CANCEL by user_data, flushed with the next batch. The
     // operation then completes with ECANCELED (or with its result if it finished first).
-    this.#cancelled.add(id);
+    this.#slotCancelled[id % SLOT_BITS] = true;
     this.#qIds.push(id);
     this.#qOps.push(null);
     this.#scheduleFire();
@@ -434,10 +479,16 @@ export class IoUringBackend implements IoBackend {
       const id = cq[CQ_DOUBLES * i]!;
       const r = cq[CQ_DOUBLES * i + 1]!;
       const flags = cq[CQ_DOUBLES * i + 2]!;
-      const op = this.#live.get(id);
+      const op = this.#opOf(id);
       if (op === undefined) continue;
+      let res = r;
+      // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
+      // the caller cancelled it.
+      if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id % SLOT_BITS] !== true) {
+        res = -ETIMEDOUT;
+      }
       if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
-      out.push({ handle: id, result: r >= 0 ? r : this.#error(op, r), buffer: handleOf(op) });
+      out.push({ handle: id, result: res >= 0 ? res : this.#error(op, res), buffer: handleOf(op) });
     }
     return out;
   }
@@ -497,6 +548,7 @@ export class IoUringBackend implements IoBackend {
       kernelFeatures: s[5] ?? 0,
       sqEntries: s[6] ?? 0,
       cqEntries: s[7] ?? 0,
+      queuedAccepts: s[8] ?? 0,
     };
   }
 
@@ -512,6 +564,14 @@ export class IoUringBackend implements IoBackend {
 
   eventfd(): number {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the io_uring backend is closed');
+    if ((this.#native.stats()[4] ?? 0) & IORING_SETUP_DEFER_TASKRUN) {
+      // An eventfd exists to have reads of it completed by another thread's write, exactly the
+      // wake-up a DEFER_TASKRUN ring loses on this kernel (see README): refuse rather than hang.
+      throw new RuntimeError(
+        'FEATURE_UNAVAILABLE',
+        "eventfd() is not available on an io_uring backend created with taskRun: 'defer' (reads of it would never complete on this kernel); use the default taskRun",
+      );
+    }
     const r = this.#native.eventfd();
     if (r < 0) throw ioErrorFromErrno(r, 'eventfd');
     return r;
@@ -540,8 +600,10 @@ export class IoUringBackend implements IoBackend {
     this.#qIds = [];
     this.#qOps = [];
     this.#local = [];
-    this.#live.clear();
-    this.#cancelled.clear();
+    this.#slotId.length = 0;
+    this.#slotOp.length = 0;
+    this.#slotCancelled.length = 0;
+    this.#liveCount = 0;
   }
 }
 

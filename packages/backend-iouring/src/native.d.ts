@@ -8,7 +8,7 @@ export declare class NativeIoUringBackend {
   /**
    * @param sq Submission buffer: `sqCap` descriptors of 8 int32 words, then `sqCap` triples of float64 (id, offset, ms-or-target).
    * @param cq Completion buffer: `cqCap` (id, result, cqe flags) float64 triples.
-   * @param mode 0: best flags (SINGLE_ISSUER|DEFER_TASKRUN, then SINGLE_ISSUER|COOP_TASKRUN, ...), 1: start at COOP_TASKRUN, 2: no task-run flags.
+   * @param mode 0: best flags (SINGLE_ISSUER|COOP_TASKRUN, then COOP_TASKRUN, then none), 1: same, 2: no task-run flags, 3: SINGLE_ISSUER|DEFER_TASKRUN first (opt-in, loses eventfd wake-ups on 6.18).
    * @param onReady Called from the event loop whenever completions are ready to reap.
    */
   constructor(
@@ -32,7 +32,7 @@ export declare class NativeIoUringBackend {
   inFlight(): number;
   /** A non-blocking eventfd owned by the backend, or -errno. */
   eventfd(): number;
-  /** [enters, sqes submitted, cqes reaped, in flight, setup flags, kernel features, sq entries, cq entries] */
+  /** [enters, sqes submitted, cqes reaped, in flight, setup flags, kernel features, sq entries, cq entries, queued accepts] */
   stats(): number[];
   /** Cancels everything, waits for the kernel to release buffers, closes the ring. Idempotent. */
   close(): void;
