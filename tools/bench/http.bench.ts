@@ -3,7 +3,8 @@
  * all answering `GET /` with the same 13-byte body, measured with wrk in the same run.
  *
  * Method: loopback; each server pinned to CPU 0 with `taskset -c 0` (the cluster's primary and
- * workers are NOT pinned: that is the point of cluster), wrk pinned to CPU 1
+ * workers are NOT pinned: that is the point of cluster, and so neither is `miniss --cores 2 --no-pin`
+ * which is compared with it), wrk pinned to CPU 1
  * (`wrk -t1 -c50 -d5s --latency`), after a 1 s warm-up run. Server CPU per request comes from the
  * server's own CPU time: utime + stime from /proc/<pid>/stat (summed over the cluster's primary
  * and workers) before and after the measured run, divided by the requests wrk completed.
@@ -110,10 +111,18 @@ function stop(child: ChildProcess): void {
   if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 }
 
+/** wrk's environment: never the AddressSanitizer runtime a sanitizer job may preload into node. */
+function toolEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.LD_PRELOAD;
+  delete env.ASAN_OPTIONS;
+  return env;
+}
+
 function wrk(port: number, seconds: number): Promise<string> {
   const args = ['-c', '1', 'wrk', '-t1', '-c50', `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`];
   return new Promise((resolve, reject) =>
-    execFile('taskset', args, { timeout: (seconds + 20) * 1000, encoding: 'utf8' }, (err, out) => (err ? reject(err) : resolve(out))),
+    execFile('taskset', args, { timeout: (seconds + 20) * 1000, encoding: 'utf8', env: toolEnv() }, (err, out) => (err ? reject(err) : resolve(out))),
   );
 }
 
@@ -191,6 +200,15 @@ export async function run(opts: { seconds?: number } = {}): Promise<BenchSuite> 
   const http = await measure('Node http', ...pin(HTTP_SERVER), { seconds, pinned: true });
   const cluster = await measure('Node cluster (2 workers)', node, [CLUSTER_SERVER, '0', '2'], { seconds, cluster: true, pinned: false });
   results.push(net, http, cluster);
+  // Several cores against cluster, both unpinned (the cluster cannot pin its workers): miniss --cores 2
+  // --no-pin, the same backend as the best one-core run.
+  let multi: HttpResult | null = null;
+  try {
+    multi = await measure('miniss --cores 2', node, [ECHO_MAIN, '--port', '0', '--cores', '2', '--no-pin', '--backend', best.backend ?? 'auto'], { seconds, pinned: false });
+    results.push(multi);
+  } catch (err) {
+    console.error(`miniss --cores 2: ${(err as Error).message}`);
+  }
 
   for (const r of results) {
     console.log(
@@ -217,6 +235,14 @@ export async function run(opts: { seconds?: number } = {}): Promise<BenchSuite> 
     { name: `HTTP GET / requests/s (miniss ${best.backend ?? '?'} 1 core vs cluster)`, unit: 'req/s', lowerIsBetter: false, miniss: best.requestsPerSec, baselineName: 'Node cluster, 2 workers, unpinned', baseline: cluster.requestsPerSec, note: `${wrkNote}; cluster workers share both CPUs with wrk` },
     { name: `HTTP GET / server CPU per request (miniss ${best.backend ?? '?'} vs cluster)`, unit: 'us/req', lowerIsBetter: true, miniss: best.cpuUsPerRequest, baselineName: 'Node cluster, 2 workers (summed)', baseline: cluster.cpuUsPerRequest, note: wrkNote },
   );
+  if (multi !== null) {
+    const multiNote = `wrk -t1 -c50 -d${seconds}s on CPU 1; both servers NOT pinned (2 miniss cores / 2 cluster workers on 2 CPUs, sharing them with wrk)`;
+    rows.push(
+      { name: `HTTP GET / requests/s (miniss ${multi.backend ?? '?'} --cores 2 vs cluster, unpinned)`, unit: 'req/s', lowerIsBetter: false, miniss: multi.requestsPerSec, baselineName: 'Node cluster, 2 workers', baseline: cluster.requestsPerSec, note: multiNote },
+      { name: `HTTP GET / server CPU per request (miniss ${multi.backend ?? '?'} --cores 2 vs cluster, unpinned)`, unit: 'us/req', lowerIsBetter: true, miniss: multi.cpuUsPerRequest, baselineName: 'Node cluster, 2 workers (summed)', baseline: cluster.cpuUsPerRequest, note: multiNote },
+      { name: `HTTP GET / p99 latency (miniss ${multi.backend ?? '?'} --cores 2 vs cluster, unpinned)`, unit: 'us', lowerIsBetter: true, miniss: multi.p99Us, baselineName: 'Node cluster, 2 workers', baseline: cluster.p99Us, note: multiNote },
+    );
+  }
   return { subsystem: 'http', command, rows };
 }
 

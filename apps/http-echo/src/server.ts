@@ -18,8 +18,10 @@
  * received chunk instead of arming and cancelling a timer per request.
  *
  * Shutdown: when the runtime's shutdown begins, the listener closes (the runtime does that),
- * idle connections are closed at once, and a connection in the middle of a batch closes after
- * sending its responses, so no in-flight response is lost.
+ * idle connections (nothing buffered) are closed at once, and a connection in the middle of a
+ * batch, or with part of a request (head or body) received, finishes that request, sends its
+ * responses and then closes, so no request the server has started to read is dropped. A request
+ * still incomplete `drainMs` after the drain began is cut (its connection closed, `stats.drainCut`).
  */
 import { TcpListener, currentRuntime, type TcpStream } from '@miniss/core';
 import { clearTimer, setTimer } from '@miniss/timer';
@@ -43,6 +45,12 @@ export interface ServerOptions {
   port?: number;
   /** Close a connection that received nothing for this long. 0 disables. Default 30000. */
   idleMs?: number;
+  /**
+   * During a drain, connections still in the middle of a request this long after it began are
+   * closed (counted in `stats.drainCut`). Keep it below the runtime's shutdown grace so the server
+   * finishes its own drain before the runtime cancels its tasks. Default 4500.
+   */
+  drainMs?: number;
   /** SO_REUSEPORT on the listener (one listener per core). */
   reusePort?: boolean;
   limits?: Partial<ParserLimits>;
@@ -53,6 +61,8 @@ export interface ServerStats {
   requests: number;
   errors: { 400: number; 404: number; 413: number; 431: number };
   idleClosed: number;
+  /** Connections closed with a request still incomplete when the drain deadline (`drainMs`) passed. */
+  drainCut: number;
 }
 
 export interface EchoServer {
@@ -164,8 +174,15 @@ interface ConnState {
   active: boolean;
   /** Consecutive sweeps that found the connection inactive. */
   idleSweeps: number;
-  /** Between a recv completing and its responses being sent. */
+  /**
+   * Between a recv completing and its responses being sent, and while part of a request (head or
+   * body) is buffered: a drain lets such a connection finish its request.
+   */
   busy: boolean;
+  /** Between a recv completing and its responses being sent (the idle sweep leaves it alone). */
+  sending: boolean;
+  /** Closed by the idle sweep or the drain: a recv completing afterwards is not served. */
+  closing: boolean;
 }
 
 /** Starts the echo server on the current runtime (which must have the 'timer' feature when idleMs > 0). */
@@ -177,11 +194,16 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
   // Room for the largest acceptable request: headers, body and the chunk framing around it.
   const maxBuffer = limits.maxHeaderBytes + limits.maxBodyBytes + 64 * 1024;
   const listener = await TcpListener.bind({ host, port: opts.port ?? 0 }, { reusePort: opts.reusePort ?? false });
-  const stats: ServerStats = { connections: 0, requests: 0, errors: { 400: 0, 404: 0, 413: 0, 431: 0 }, idleClosed: 0 };
+  const stats: ServerStats = { connections: 0, requests: 0, errors: { 400: 0, 404: 0, 413: 0, 431: 0 }, idleClosed: 0, drainCut: 0 };
   const live = new Set<ConnState>();
   let stopping = false;
+  const drainMs = opts.drainMs ?? 4500;
+  let drainTimer: ReturnType<typeof setTimeout> | null = null;
   let drained: () => void = () => undefined;
-  const allClosed = new Promise<void>((r) => (drained = r));
+  const allClosed = new Promise<void>((r) => (drained = r)).then(() => {
+    if (drainTimer !== null) clearTimeout(drainTimer);
+    drainTimer = null;
+  });
 
   // The idle sweep: runs every idleMs/4 (at least 10 ms) while the server is open.
   const sweepEvery = Math.max(10, Math.floor(idleMs / 4));
@@ -191,11 +213,12 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
     sweepTimer = null;
     if (stopping) return;
     for (const st of live) {
-      if (st.active || st.busy) {
+      if (st.active || st.sending) {
         st.active = false;
         st.idleSweeps = 0;
       } else if (++st.idleSweeps >= sweepsToClose) {
         stats.idleClosed++;
+        st.closing = true;
         void st.conn.close();
       }
     }
@@ -209,8 +232,31 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
     if (sweepTimer !== null) clearTimer(sweepTimer);
     sweepTimer = null;
     void listener.close();
-    for (const st of live) if (!st.busy) void st.conn.close();
-    if (live.size === 0) drained();
+    // A recv the kernel has completed may not have been reaped yet (completions are reaped when the
+    // event loop polls the backend): decide which connections are idle one loop turn later, so a
+    // request whose first bytes were already read counts as begun and is answered.
+    setImmediate(closeIdle);
+  };
+  const closeIdle = (): void => {
+    for (const st of live) {
+      if (st.busy || st.closing) continue;
+      st.closing = true;
+      void st.conn.close();
+    }
+    if (live.size === 0) {
+      drained();
+      return;
+    }
+    // A client that never finishes its request must not hold the drain past its deadline.
+    drainTimer = setTimeout(() => {
+      drainTimer = null;
+      for (const st of live) {
+        if (st.closing) continue;
+        st.closing = true;
+        stats.drainCut++;
+        void st.conn.close();
+      }
+    }, drainMs);
   };
   const onShutdown = (): void => stop();
   rt.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
@@ -225,18 +271,22 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
     let continued = false; // 100 Continue sent for the request being read
     try {
       for (;;) {
-        if (stopping) return;
+        if (stopping && !st.busy) return;
         const n = await conn.recv(end === 0 ? buf : buf.subarray(end));
-        if (n === 0) return;
+        // Bytes that raced a close by the drain or the idle sweep: the close wins (nothing was taken).
+        if (n === 0 || st.closing) return;
         st.active = true;
         st.busy = true;
+        st.sending = true;
         end += n;
         let close = false;
+        let refused = false; // answered 400/413/431: the client may still be sending
         while (start < end) {
           const r = parser.execute(buf, start, end);
           if (r === NEED_MORE) {
-            // curl and others wait (about a second) for this before sending a body.
-            if (parser.inBody && parser.expectContinue && !continued) {
+            // curl and others wait (about a second) for this before sending a body. Not when part of
+            // the body is already here (RFC 9110 section 10.1.1: the client did not wait for it).
+            if (parser.inBody && parser.expectContinue && !continued && end === parser.bodyStart) {
               continued = true;
               out.begin();
               out.append(CONTINUE);
@@ -249,6 +299,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
             stats.errors[status]++;
             out.constant(ERROR_RESPONSES[status]!);
             close = true;
+            refused = true;
             break;
           }
           stats.requests++;
@@ -292,15 +343,22 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
           const sent = await conn.send(batch);
           if (sent < batch.length) await conn.sendAll(batch.subarray(sent));
         }
-        st.busy = false;
-        if (close || stopping) return;
+        st.sending = false;
+        if (refused) {
+          await lingerClose(conn, buf);
+          return;
+        }
+        if (close) return;
         if (start === end) {
+          st.busy = false;
+          if (stopping) return;
           start = end = 0;
           // A big request grew the buffers: give the memory back rather than hold it while idle.
           if (buf.length > SHRINK_ABOVE) buf = Buffer.allocUnsafe(INITIAL_BUFFER);
           if (out.buf.length > SHRINK_ABOVE) out.buf = Buffer.allocUnsafe(0);
         } else {
-          // Part of a request is buffered: move it to the front, and grow when the buffer is full.
+          // Part of a request is buffered: the connection stays busy (a drain waits for the rest of
+          // the request and answers it). Move it to the front, and grow when the buffer is full.
           if (start > 0) {
             buf.copyWithin(0, start, end);
             end -= start;
@@ -313,6 +371,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
               const status = parser.inBody ? 413 : 431;
               stats.errors[status]++;
               await conn.sendAll(ERROR_RESPONSES[status]!);
+              await lingerClose(conn, buf);
               return;
             }
             const bigger = Buffer.allocUnsafe(Math.min(maxBuffer, buf.length * 2));
@@ -339,7 +398,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
           continue;
         }
         stats.connections++;
-        const st: ConnState = { conn, active: true, idleSweeps: 0, busy: false };
+        const st: ConnState = { conn, active: true, idleSweeps: 0, busy: false, sending: false, closing: false };
         live.add(st);
         rt.spawn(() => serve(st)).then(undefined, () => undefined);
       }
@@ -362,6 +421,31 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
       await acceptLoop;
     },
   };
+}
+
+/** How long, and how many bytes, a refused client's remaining upload is read and discarded before closing. */
+const LINGER_MS = 1000;
+const LINGER_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Closing a socket with unread bytes makes the kernel send RST, and an RST can destroy the error
+ * answer in the client's receive queue before the client reads it (typical for a 413 to a client
+ * still uploading). So after a 400/413/431: half-close (FIN after the answer), then read and discard
+ * until the client closes, for at most LINGER_MS / LINGER_BYTES (nginx's "lingering close").
+ */
+async function lingerClose(conn: TcpStream, scratch: Buffer): Promise<void> {
+  try {
+    await conn.shutdown('write');
+    const signal = AbortSignal.timeout(LINGER_MS);
+    let total = 0;
+    while (total < LINGER_BYTES) {
+      const n = await conn.recv(scratch, { signal });
+      if (n === 0) return;
+      total += n;
+    }
+  } catch {
+    // Reset, timeout, or closed by the drain: close now.
+  }
 }
 
 function connectionHeader(out: Output, versionMinor: number, keepAlive: boolean): void {

@@ -27,7 +27,10 @@ export async function startEcho(args: string[], env: NodeJS.ProcessEnv = process
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | string>((resolve) => proc.once('exit', (code, sig) => resolve(code ?? sig ?? -1)));
   const started = await new Promise<{ port: number; backend: string }>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`echo server did not start in 10 s: ${out}`)), 10_000);
+    const t = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`echo server did not start in 10 s: ${out}`));
+    }, 10_000);
     const check = (): void => {
       const m = /listening on http:\/\/[^:]+:(\d+) \(backend (\w+)/.exec(out);
       if (m) {

@@ -1,9 +1,10 @@
 /**
- * Load against apps/http-echo (epoll backend, one core) from a separate client process
+ * Load against apps/http-echo (epoll backend) from a separate client process
  * (dist/load-client.js), on loopback:
  *  - 10,000 concurrent keep-alive connections, 4 requests each (GET / and POST /echo, bodies checked),
  *    within 30 s, zero errors; the server really held them all at once (its fd count peaks above
- *    10,000) and gives every fd back afterwards.
+ *    10,000) and gives every fd back afterwards. On one core, and on two (`--cores 2`: every core
+ *    serves its own share of the connections).
  *  - a soak: 200 keep-alive connections busy for 10 s (60 s with MINISS_SOAK=1) while the server's RSS
  *    and fd count are sampled every 250 ms: the fd count stays flat, RSS does not grow after warm-up.
  */
@@ -68,8 +69,11 @@ describe('load against apps/http-echo', () => {
     return;
   }
 
-  it('10,000 concurrent keep-alive connections, 4 requests each, zero errors, every fd given back', async () => {
-    const server = await startEcho(['--backend', 'epoll']);
+  it.each([
+    { cores: 1, args: ['--backend', 'epoll'] },
+    { cores: 2, args: ['--backend', 'epoll', '--cores', '2'] },
+  ])('10,000 concurrent keep-alive connections, 4 requests each, zero errors, every fd given back ($cores core(s))', async ({ cores, args }) => {
+    const server = await startEcho(args);
     try {
       const pid = server.proc.pid!;
       const base = fdCount(pid);
@@ -90,6 +94,12 @@ describe('load against apps/http-echo', () => {
       expect(await server.stop()).toBe(0);
     }
     expect(server.output()).toMatch(/drained after 10000 connections, 40000 requests/);
+    if (cores > 1) {
+      // Each core served its own share (SO_REUSEPORT spreads 10,000 connections about evenly).
+      const per = [...server.output().matchAll(/core \d+: (\d+)\/(\d+)/g)].map((m) => Number(m[1]));
+      expect(per).toHaveLength(cores);
+      for (const n of per) expect(n).toBeGreaterThan(10_000 / cores / 2);
+    }
   }, 60_000);
 
   it(`soak: ${soakSeconds} s of 200 busy keep-alive connections, flat RSS and fd count`, async () => {
@@ -122,9 +132,12 @@ describe('load against apps/http-echo', () => {
       expect(r.result!.responses).toBeGreaterThan(1000);
       expect(Math.max(...fds) - Math.min(...fds)).toBeLessThanOrEqual(2);
       expect(Math.min(...fds)).toBeGreaterThanOrEqual(base + 200);
-      // Flat: the late third is within 8 MiB + 10% of the early third. Not under the AddressSanitizer
-      // job (MINISS_UNDER_ASAN=1): ASan's quarantine of freed memory grows RSS by design there.
-      if (!process.env.MINISS_UNDER_ASAN) expect(rssLate).toBeLessThanOrEqual(rssEarly * 1.1 + 8 * 1024);
+      // Flat: the late third is within 16 MiB + 10% of the early third. The 16 MiB allow for V8 growing
+      // its young generation once under sustained allocation (semi-spaces up to 16 MiB): measured here,
+      // a one-time step of +13 MiB 6-7 s into the run (69 -> 82 MiB), absent when the server is started
+      // with --min-semi-space-size=16 (flat at 84 MiB); a leak keeps growing past that. Not under the
+      // AddressSanitizer job (MINISS_UNDER_ASAN=1): ASan's quarantine of freed memory grows RSS by design.
+      if (!process.env.MINISS_UNDER_ASAN) expect(rssLate).toBeLessThanOrEqual(rssEarly * 1.1 + 16 * 1024);
       expect(await waitFor(() => fdCount(pid) <= base, 5000)).toBe(true);
     } finally {
       expect(await server.stop()).toBe(0);
