@@ -28,6 +28,29 @@ using Reactor = EpollReactor;
 constexpr size_t kSqInts = 8;
 constexpr size_t kSqDoubles = 2;
 
+// Pinning a buffer means holding its std::shared_ptr<v8::BackingStore>; asking V8 for it
+// (ArrayBuffer::GetBackingStore) on every operation showed up in profiles of an HTTP server that
+// submits the same few buffers (a connection's receive buffer, a pre-encoded response) over and
+// over. So each instance keeps a small direct-mapped cache: ArrayBuffer (held weakly, so the
+// cache never keeps a JS object alive) -> its backing store. A hit needs the same ArrayBuffer
+// object (identity) with the same data address (an ArrayBuffer never changes its memory without
+// being detached, and a detached one has none), so the cached store is exactly the one
+// GetBackingStore would return. Only stores up to kStoreCacheMaxBytes are cached, and entries
+// whose ArrayBuffer was collected are dropped whenever the reactor becomes idle and after every
+// kStoreCacheSweepEvery cache fills, so the memory cache entries keep alive after their buffers
+// died is bounded (kStoreCacheSize * 64 KiB, and only until the next sweep). 256 entries keep
+// the buffers of a few hundred busy connections (one receive buffer each) without collisions
+// thrashing the cache.
+constexpr size_t kStoreCacheSize = 256;  // a power of two
+constexpr size_t kStoreCacheMaxBytes = 64 * 1024;
+constexpr uint32_t kStoreCacheSweepEvery = 1024;
+
+struct StoreCacheEntry {
+  v8::Global<v8::ArrayBuffer> buffer;  // weak: reset by the GC when the ArrayBuffer dies
+  std::shared_ptr<v8::BackingStore> store;
+  void* data = nullptr;
+};
+
 class Backend;
 
 struct Instance {
@@ -48,6 +71,34 @@ struct Instance {
   size_t sq_cap = 0;
   double* cq = nullptr;
   size_t cq_cap = 0;
+  StoreCacheEntry store_cache[kStoreCacheSize];
+  bool cache_dirty = false;  // some entry is filled
+  uint32_t cache_fills = 0;  // since the last sweep
+  Nan::Persistent<v8::Object> callback_target;  // the receiver of on_event, made once
+
+  // Drops cache entries whose ArrayBuffer has been collected (their stores may hold memory).
+  void SweepStoreCache() {
+    cache_fills = 0;
+    if (!cache_dirty) return;
+    bool any = false;
+    for (StoreCacheEntry& e : store_cache) {
+      if (e.store && e.buffer.IsEmpty()) {
+        e.store.reset();
+        e.data = nullptr;
+      }
+      any = any || e.store != nullptr;
+    }
+    cache_dirty = any;
+  }
+
+  void ClearStoreCache() {
+    for (StoreCacheEntry& e : store_cache) {
+      e.buffer.Reset();
+      e.store.reset();
+      e.data = nullptr;
+    }
+    cache_dirty = false;
+  }
 
   // The poll handle keeps the loop alive only while operations are in flight.
   void UpdateRef() {
@@ -58,6 +109,7 @@ struct Instance {
       uv_ref(reinterpret_cast<uv_handle_t*>(&poll));
     } else {
       uv_unref(reinterpret_cast<uv_handle_t*>(&poll));
+      SweepStoreCache();
     }
   }
 };
@@ -113,6 +165,8 @@ void OnClosed(uv_handle_t* handle) {
   inst->reactor.reset();
   inst->async.reset();
   inst->on_event.Reset();
+  inst->callback_target.Reset();
+  inst->ClearStoreCache();
   inst->sq_store.reset();
   inst->cq_store.reset();
   if (inst->wrap != nullptr) inst->wrap->inst_ = nullptr;
@@ -141,8 +195,7 @@ void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
   if (ready > 0 && !inst->on_event.IsEmpty() && inst->async) {
     // Through the async resource, so the callback has an async context and the microtasks it
     // queues (promise resolutions) run before control returns to the loop.
-    v8::Local<v8::Object> target = Nan::New<v8::Object>();
-    inst->async->runInAsyncScope(target, inst->on_event.GetFunction(), 0, nullptr);
+    inst->async->runInAsyncScope(Nan::New(inst->callback_target), inst->on_event.GetFunction(), 0, nullptr);
   }
 }
 
@@ -193,6 +246,7 @@ NAN_METHOD(Backend::New) {
   inst->cq = static_cast<double*>(inst->cq_store->Data());
   inst->cq_cap = cq_cap;
   inst->on_event.Reset(info[6].As<v8::Function>());
+  inst->callback_target.Reset(Nan::New<v8::Object>());
   inst->async = std::make_unique<Nan::AsyncResource>("miniss:EpollBackend");
   Instance* raw = inst.release();
   uv_unref(reinterpret_cast<uv_handle_t*>(&raw->poll));
@@ -208,14 +262,34 @@ NAN_METHOD(Backend::New) {
   info.GetReturnValue().Set(info.This());
 }
 
+// The backing store of `ab`, from the instance's cache when possible (see StoreCacheEntry).
+std::shared_ptr<v8::BackingStore> StoreOf(Instance* inst, v8::Local<v8::ArrayBuffer> ab) {
+  void* data = ab->Data();  // nullptr when detached or empty
+  const uintptr_t key = reinterpret_cast<uintptr_t>(data);
+  // Fibonacci hashing: the top 8 bits of key * 2^64/phi (the low bits of heap addresses repeat).
+  StoreCacheEntry& e = inst->store_cache[(static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> 56];
+  static_assert(kStoreCacheSize == 256, "the hash above yields 8 bits");
+  if (data != nullptr && e.data == data && e.buffer == ab) return e.store;
+  std::shared_ptr<v8::BackingStore> store = ab->GetBackingStore();
+  if (data != nullptr && store->Data() == data && store->ByteLength() <= kStoreCacheMaxBytes) {
+    e.buffer.Reset(v8::Isolate::GetCurrent(), ab);
+    e.buffer.SetWeak();
+    e.store = store;
+    e.data = data;
+    inst->cache_dirty = true;
+    if (++inst->cache_fills >= kStoreCacheSweepEvery) inst->SweepStoreCache();
+  }
+  return store;
+}
+
 // Binds `len` bytes of a Uint8Array (or any view) to iov and pins its backing store.
-bool BindBuffer(v8::Local<v8::Value> value, int64_t len, struct iovec* iov, std::shared_ptr<void>* pin) {
+bool BindBuffer(Instance* inst, v8::Local<v8::Value> value, int64_t len, struct iovec* iov, std::shared_ptr<void>* pin) {
   if (!value->IsArrayBufferView()) return false;
   v8::Local<v8::ArrayBufferView> view = value.As<v8::ArrayBufferView>();
   const size_t have = view->ByteLength();  // 0 once detached
   const size_t want = len < 0 ? have : static_cast<size_t>(len);
   if (want > have) return false;
-  std::shared_ptr<v8::BackingStore> store = view->Buffer()->GetBackingStore();
+  std::shared_ptr<v8::BackingStore> store = StoreOf(inst, view->Buffer());
   char* data = static_cast<char*>(store->Data());
   if (data == nullptr && want > 0) return false;
   iov->iov_base = data == nullptr ? nullptr : data + view->ByteOffset();
@@ -224,9 +298,21 @@ bool BindBuffer(v8::Local<v8::Value> value, int64_t len, struct iovec* iov, std:
   return true;
 }
 
-std::string StringAt(v8::Local<v8::Array> objs, int32_t index, bool* ok) {
+// Object `index` of a flush: an argument after `objects` when `objects` is null (reading an
+// argument is much cheaper than an element lookup through the V8 API), else from the array.
+bool ObjectAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index, v8::Local<v8::Value>* out) {
+  if (index < 0) return false;
+  if (!objs->IsArray()) {
+    if (index >= info.Length() - 2) return false;
+    *out = info[2 + index];
+    return true;
+  }
+  return Nan::Get(objs.As<v8::Array>(), static_cast<uint32_t>(index)).ToLocal(out);
+}
+
+std::string StringAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index, bool* ok) {
   v8::Local<v8::Value> v;
-  if (index < 0 || !Nan::Get(objs, static_cast<uint32_t>(index)).ToLocal(&v) || !v->IsString()) {
+  if (!ObjectAt(info, objs, index, &v) || !v->IsString()) {
     *ok = false;
     return std::string();
   }
@@ -235,15 +321,16 @@ std::string StringAt(v8::Local<v8::Array> objs, int32_t index, bool* ok) {
   return *ok ? std::string(*s, static_cast<size_t>(s.length())) : std::string();
 }
 
-// flush(count, objects): starts `count` descriptors; returns how many completions are ready.
+// flush(count, objects) or flush(count, null, ...objects): starts `count` descriptors; returns how
+// many completions are ready.
 NAN_METHOD(Backend::Flush) {
   Instance* inst = Live(info);
   if (inst == nullptr) {
     Nan::ThrowError("the backend is closed");
     return;
   }
-  if (!info[0]->IsUint32() || !info[1]->IsArray()) {
-    Nan::ThrowTypeError("flush(count: number, objects: unknown[])");
+  if (!info[0]->IsUint32() || !(info[1]->IsArray() || info[1]->IsNull())) {
+    Nan::ThrowTypeError("flush(count: number, objects: unknown[] | null, ...objects)");
     return;
   }
   const size_t count = Nan::To<uint32_t>(info[0]).FromJust();
@@ -251,7 +338,7 @@ NAN_METHOD(Backend::Flush) {
     Nan::ThrowRangeError("flush: count is larger than the submission buffer");
     return;
   }
-  v8::Local<v8::Array> objs = info[1].As<v8::Array>();
+  v8::Local<v8::Value> objs = info[1];
   Reactor* reactor = inst->reactor.get();
   for (size_t i = 0; i < count; i++) {
     const int32_t* d = inst->sq_i + i * kSqInts;
@@ -274,7 +361,7 @@ NAN_METHOD(Backend::Flush) {
       case kRecv:
       case kSend: {
         v8::Local<v8::Value> v;
-        ok = obj >= 0 && Nan::Get(objs, static_cast<uint32_t>(obj)).ToLocal(&v) && BindBuffer(v, op->a, &op->iov1, &op->pin1);
+        ok = ObjectAt(info, objs, obj, &v) && BindBuffer(inst, v, op->a, &op->iov1, &op->pin1);
         break;
       }
       case kReadv:
@@ -288,15 +375,15 @@ NAN_METHOD(Backend::Flush) {
         op->pins.resize(static_cast<size_t>(nobj));
         for (int32_t j = 0; ok && j < nobj; j++) {
           v8::Local<v8::Value> v;
-          ok = Nan::Get(objs, static_cast<uint32_t>(obj + j)).ToLocal(&v) &&
-               BindBuffer(v, -1, &op->iovs[static_cast<size_t>(j)], &op->pins[static_cast<size_t>(j)]);
+          ok = ObjectAt(info, objs, obj + j, &v) &&
+               BindBuffer(inst, v, -1, &op->iovs[static_cast<size_t>(j)], &op->pins[static_cast<size_t>(j)]);
         }
         break;
       }
       case kOpen:
       case kListen:
       case kConnect:
-        op->path = StringAt(objs, obj, &ok);
+        op->path = StringAt(info, objs, obj, &ok);
         if (ok && op->code == kOpen && op->path.find('\0') != std::string::npos) ok = false;
         break;
       default:
@@ -348,14 +435,14 @@ NAN_METHOD(Backend::InFlight) {
   info.GetReturnValue().Set(static_cast<uint32_t>(inst == nullptr ? 0 : inst->reactor->in_flight()));
 }
 
-// stats(): [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait]
+// stats(): [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait, skipped]
 NAN_METHOD(Backend::Stats) {
   Instance* inst = Live(info);
-  v8::Local<v8::Array> out = Nan::New<v8::Array>(7);
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(8);
   if (inst != nullptr) {
     const ReactorStats& s = inst->reactor->stats();
-    const uint64_t v[7] = {s.submitted, s.immediate, s.waited, s.pool, s.nowait_reads, s.epoll_ctl, s.epoll_wait};
-    for (uint32_t i = 0; i < 7; i++) Nan::Set(out, i, Nan::New(static_cast<double>(v[i])));
+    const uint64_t v[8] = {s.submitted, s.immediate, s.waited, s.pool, s.nowait_reads, s.epoll_ctl, s.epoll_wait, s.skipped};
+    for (uint32_t i = 0; i < 8; i++) Nan::Set(out, i, Nan::New(static_cast<double>(v[i])));
   }
   info.GetReturnValue().Set(out);
 }

@@ -41,6 +41,9 @@
 
 namespace miniss {
 
+constexpr uint8_t kEmptyAfterShortRead = 1;
+constexpr uint8_t kEmptyAfterEagain = 2;
+
 struct FdState {
   Op* rhead = nullptr;  // read-side wait queue (accept, recv, read)
   Op* rtail = nullptr;
@@ -49,6 +52,31 @@ struct FdState {
   bool registered = false;  // in the epoll set (as far as we know)
   bool trusted = false;     // created by this reactor: the registration cannot vanish silently
   bool is_socket = false;   // created by socket()/accept4(): close() is cheap and done inline
+  // Trusted, registered fds only: the receive queue was empty at the last read-side attempt and
+  // no read-side event has arrived since, so the next recv/accept may wait without trying first.
+  // kEmptyAfterEagain: recv/accept got EAGAIN; the next one always waits (trying again would be
+  // another EAGAIN). kEmptyAfterShortRead: a recv returned fewer bytes than asked for, which TCP
+  // does only when it has nothing more queued; whether the next recv waits depends on the
+  // socket's recv_score. Saves the EAGAIN system call a request/response protocol
+  // pays on nearly every recv when the server is ahead of its clients. Cleared by every
+  // read-side event (EPOLLIN/PRI/RDHUP/HUP/ERR) and by shutdown(); edge-triggering guarantees an
+  // event for any data (or FIN) that arrives after the attempt that found the queue empty. Never
+  // set by a recv that returned 0 (end of stream must keep reading 0 at once) or failed.
+  uint8_t read_wait = 0;
+  // Whether recvs tried at submit on this socket found data (+1) or EAGAIN (-1), clamped to
+  // [-16, 16]. A connection whose peer is slower than us (each next request not there yet when
+  // the response went out) goes negative, and a recv after a short read then waits for the edge
+  // without trying; on a saturated server (the next request is already queued by the time it
+  // gets to the connection) it stays positive and recvs are tried first, which costs no
+  // event-loop round trip. While negative, one in 8 such recvs (counted per reactor) is tried
+  // anyway, so the score follows a change of regime.
+  int8_t recv_score = 0;
+  // TCP urgent data was seen on this socket (EPOLLPRI). TCP ends a read at the urgent mark even
+  // when more bytes are queued behind it, so from then on a short read proves nothing and only
+  // EAGAIN marks the read side empty. The PRI event of an urgent segment is always processed
+  // after or before the read that stopped at its mark, never lost: in both orders the flag is
+  // set before the next recv is decided on.
+  bool urgent = false;
 };
 
 // Counters for tests and benchmarks (plain numbers, this thread only).
@@ -60,6 +88,7 @@ struct ReactorStats {
   uint64_t nowait_reads = 0;   // file reads served by preadv2(RWF_NOWAIT) from the page cache
   uint64_t epoll_ctl = 0;      // epoll_ctl calls (ADD/MOD/DEL)
   uint64_t epoll_wait = 0;     // epoll_wait calls
+  uint64_t skipped = 0;        // recv/accept queued without a system call (see FdState::read_wait)
 };
 
 class EpollReactor {
@@ -135,6 +164,7 @@ class EpollReactor {
   void StartSyncSocketCall(Op* op);
 
   int64_t Attempt(Op* op);
+  void NoteRecv(FdState* st, const Op* op, int64_t r);
   void Wait(Op* op, bool read_side);
   void RunQueue(FdState* st, bool read_side);
   void FailQueues(FdState* st, int64_t result);
@@ -169,6 +199,7 @@ class EpollReactor {
   Op* live_ = nullptr;     // every op from Submit to Reap
   size_t live_count_ = 0;
   std::vector<Op*> free_;  // recycled ops
+  uint32_t recv_probe_ = 0;  // see FdState::recv_score
 };
 
 }  // namespace miniss

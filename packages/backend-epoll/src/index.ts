@@ -59,7 +59,21 @@ const SQ_INTS = 8;
 const SQ_DOUBLES = 2;
 /** read(2)/write(2) never move more than this in one call on Linux; larger lengths are clamped (a short result). */
 const MAX_IO = 0x7ffff000;
+/** The most buffers/strings of one batch passed to the addon as call arguments (see flush()). */
+const MAX_SPREAD = 1024;
 const ECANCELED = osConstants.errno.ECANCELED;
+
+/**
+ * Operation ids: `generation * 2^SLOT_BITS + slot`. A slot indexes the table of live operations
+ * (dense, recycled last-freed-first, so the table stays as small as the peak of operations in
+ * flight); the generation (1..GEN_LIMIT-1, bumped at every reuse of the slot) makes an id of a
+ * finished operation differ from the id of the next one in its slot, so a stale id is recognised
+ * (cancel() of it returns false). Ids stay below 2^30: small integers for V8, no heap numbers.
+ * An id repeats only after its slot has been reused GEN_LIMIT - 1 times.
+ */
+const SLOT_BITS = 20;
+const SLOT_MASK = (1 << SLOT_BITS) - 1;
+const GEN_LIMIT = 1 << (30 - SLOT_BITS);
 
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface EpollStats {
@@ -77,6 +91,11 @@ export interface EpollStats {
   epollCtl: number;
   /** epoll_wait calls. */
   epollWait: number;
+  /**
+   * recv/accept operations queued without a system call because the socket said EAGAIN before
+   * and no readiness event has arrived since (included in `waited`).
+   */
+  skipped: number;
 }
 
 /** Options of {@link createBackend}: the shared {@link BackendOptions} plus the thread pool size. */
@@ -164,16 +183,31 @@ export class EpollBackend implements IoBackend {
   readonly #cq: Float64Array;
   readonly #cqCap: number;
 
-  /** Submitted, not yet flushed (parallel arrays). */
+  /** Ids submitted, not yet flushed: the first #qLen entries (the array is reused, not reallocated). */
   #qIds: number[] = [];
-  #qOps: IoOperation[] = [];
-  /** Every operation submitted and not yet returned by poll. */
-  readonly #live = new Map<IoHandleId, IoOperation>();
+  #qLen = 0;
+  /** The other queue array, swapped in while a flush runs (null while one is running). */
+  #qSpare: number[] | null = [];
+  /** Every operation submitted and not yet returned by poll, by slot (see SLOT_BITS). */
+  readonly #slotOp: Array<IoOperation | undefined> = [];
+  /** Generation of each slot's current (or last) operation. */
+  readonly #slotGen: number[] = [];
+  /** Free slots, reused last-freed-first. */
+  readonly #freeSlots: number[] = [];
+  #liveCount = 0;
+  /**
+   * True right after a poll() whose native reap returned some completions and fewer than the
+   * completion buffer holds (so everything that was ready): the next poll(0) answers "nothing"
+   * without crossing into native code (and one more epoll_wait). Cleared by that poll, by
+   * flush, cancel, and whenever the addon dispatches events (onEvent) or the setImmediate wake-up
+   * runs, so it only ever skips the second poll of one "poll until empty" loop. Anything that
+   * becomes ready later makes the epoll fd readable and Node's loop calls onReady again.
+   */
+  #drained = false;
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
-  /** Buffers and strings of the batch being flushed. */
+  /** Buffers and strings of the batch being flushed (emptied after each native flush). */
   readonly #objs: unknown[] = [];
-  #nextId = 1;
   #cb: (() => void) | null = null;
   #fireScheduled = false;
   #closed = false;
@@ -193,6 +227,8 @@ export class EpollBackend implements IoBackend {
     this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
     this.#cq = new Float64Array(cq);
     const onEvent = (): void => {
+      // The addon just dispatched events: completions may be ready that no poll has seen.
+      this.#drained = false;
       if (!this.#closed && this.#cb !== null) this.#cb();
     };
     try {
@@ -204,49 +240,94 @@ export class EpollBackend implements IoBackend {
   }
 
   get inFlight(): number {
-    return this.#live.size;
+    return this.#liveCount;
   }
 
   submit(op: IoOperation): IoHandleId {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the epoll backend is closed: no more operations can be submitted');
     validateOperation(op);
-    const id = this.#nextId++;
-    this.#live.set(id, op);
-    this.#qIds.push(id);
-    this.#qOps.push(op);
+    let slot: number;
+    if (this.#freeSlots.length > 0) {
+      slot = this.#freeSlots.pop()!;
+    } else {
+      slot = this.#slotOp.length;
+      if (slot > SLOT_MASK) {
+        throw new RuntimeError('TOO_MANY_OPERATIONS', `the epoll backend has ${SLOT_MASK + 1} operations in flight already; wait for some to finish`);
+      }
+      this.#slotOp.push(undefined);
+      this.#slotGen.push(0);
+    }
+    let gen = this.#slotGen[slot]! + 1;
+    if (gen === GEN_LIMIT) gen = 1;
+    this.#slotGen[slot] = gen;
+    this.#slotOp[slot] = op;
+    this.#liveCount++;
+    const id = gen * (SLOT_MASK + 1) + slot;
+    this.#qIds[this.#qLen++] = id;
     return id;
+  }
+
+  /** The live operation with this id, or undefined (unknown, stale or finished id). */
+  #opOf(id: number): IoOperation | undefined {
+    if (typeof id !== 'number' || !(id >= 0 && id < 2 ** 30) || (id | 0) !== id) return undefined;
+    const slot = id & SLOT_MASK;
+    return this.#slotGen[slot] === id >>> SLOT_BITS ? this.#slotOp[slot] : undefined;
+  }
+
+  /** Frees the slot of a finished operation (its id must be live); returns the operation. */
+  #release(id: number): IoOperation {
+    const slot = id & SLOT_MASK;
+    const op = this.#slotOp[slot]!;
+    this.#slotOp[slot] = undefined;
+    this.#freeSlots.push(slot);
+    this.#liveCount--;
+    return op;
   }
 
   flush(): number {
     if (this.#closed) return 0;
-    const ids = this.#qIds;
-    const ops = this.#qOps;
-    const total = ids.length;
+    const total = this.#qLen;
     if (total === 0) return 0;
-    // Take the queue first: nothing below calls back into user code, but keep it re-entrant.
-    this.#qIds = [];
-    this.#qOps = [];
+    this.#drained = false;
+    // Take the queue first (swap in the spare array): nothing below calls back into user code,
+    // but keep it re-entrant anyway (a BufferHandle is user data).
+    const ids = this.#qIds;
+    this.#qIds = this.#qSpare ?? [];
+    this.#qSpare = null;
+    this.#qLen = 0;
+    const slotOp = this.#slotOp;
     let done = 0;
     let ready = 0;
     while (done < total) {
       const n = Math.min(this.maxBatchSize, total - done);
       const objs = this.#objs;
-      objs.length = 0;
-      for (let i = 0; i < n; i++) this.#encode(i, ids[done + i]!, ops[done + i]!);
-      ready = this.#native.flush(n, objs);
+      for (let i = 0; i < n; i++) {
+        const id = ids[done + i]!;
+        this.#encode(i, id, slotOp[id & SLOT_MASK]!);
+      }
+      // The objects travel as arguments: reading an argument in C++ is much cheaper than an
+      // element lookup on an array (a generic property access through the V8 API). Only a huge
+      // vectored batch goes as the array.
+      ready = objs.length <= MAX_SPREAD ? this.#native.flush(n, null, ...objs) : this.#native.flush(n, objs);
       objs.length = 0; // the addon pinned what it needs
       done += n;
     }
+    if (this.#qSpare === null) this.#qSpare = ids;
     if (ready > 0) this.#scheduleFire();
     return total;
+  }
+
+  /** Appends a buffer or string of the batch being encoded; returns its index. */
+  #pushObj(o: unknown): number {
+    return this.#objs.push(o) - 1;
   }
 
   #encode(slot: number, id: number, op: IoOperation): void {
     const I = this.#sqI;
     const F = this.#sqF;
-    const objs = this.#objs;
     const b = slot * SQ_INTS;
-    I[b] = OPCODES[op.op];
+    // The opcode is set per case: OPCODES[op.op] is a keyed load with many different keys
+    // (megamorphic), a switch on interned strings compares pointers.
     I[b + 1] = -1;
     I[b + 2] = 0;
     I[b + 3] = 0;
@@ -257,82 +338,107 @@ export class EpollBackend implements IoBackend {
     F[slot * SQ_DOUBLES + 1] = -1;
     switch (op.op) {
       case 'nop':
+        I[b] = OPCODES.nop;
         break;
       case 'timeout':
+        I[b] = OPCODES.timeout;
         F[slot * SQ_DOUBLES + 1] = op.ms;
         break;
       case 'read':
       case 'write':
+        I[b] = op.op === 'read' ? OPCODES.read : OPCODES.write;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = objs.push(bytesOf(op.buffer)) - 1;
+        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
         F[slot * SQ_DOUBLES + 1] = op.offset;
         break;
       case 'recv':
       case 'send':
+        I[b] = op.op === 'recv' ? OPCODES.recv : OPCODES.send;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = objs.push(bytesOf(op.buffer)) - 1;
+        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
         break;
       case 'readv':
       case 'writev':
+        I[b] = op.op === 'readv' ? OPCODES.readv : OPCODES.writev;
         I[b + 1] = int32OrBad(op.fd);
-        I[b + 5] = objs.length;
+        I[b + 5] = this.#objs.length;
         I[b + 6] = op.buffers.length;
-        for (const buf of op.buffers) objs.push(buf);
+        for (const buf of op.buffers) this.#pushObj(buf);
         F[slot * SQ_DOUBLES + 1] = op.offset;
         break;
       case 'fsync':
+        I[b] = OPCODES.fsync;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.datasync === true ? 1 : 0;
         break;
       case 'open':
+        I[b] = OPCODES.open;
         I[b + 2] = op.flags | 0;
         I[b + 3] = op.mode | 0;
-        I[b + 5] = objs.push(op.path) - 1;
+        I[b + 5] = this.#pushObj(op.path);
         break;
       case 'close':
       case 'accept':
+        I[b] = op.op === 'close' ? OPCODES.close : OPCODES.accept;
         I[b + 1] = int32OrBad(op.fd);
         break;
       case 'socket':
+        I[b] = OPCODES.socket;
         I[b + 2] = op.family;
         break;
       case 'listen':
+        I[b] = OPCODES.listen;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.backlog, 0x7fffffff);
         I[b + 3] = op.addr.port;
         I[b + 4] = op.reusePort ? 1 : 0;
-        I[b + 5] = objs.push(op.addr.host) - 1;
+        I[b + 5] = this.#pushObj(op.addr.host);
         break;
       case 'connect':
+        I[b] = OPCODES.connect;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 3] = op.addr.port;
-        I[b + 5] = objs.push(op.addr.host) - 1;
+        I[b + 5] = this.#pushObj(op.addr.host);
         break;
       case 'shutdown':
+        I[b] = OPCODES.shutdown;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.how;
         break;
+      default:
+        I[b] = -1; // unreachable: submit validated the operation
     }
   }
 
   cancel(id: IoHandleId): boolean {
     if (this.#closed) return false;
-    const op = this.#live.get(id);
+    const op = this.#opOf(id);
     if (op === undefined) return false;
-    const queued = this.#qIds.indexOf(id);
+    const q = this.#qIds;
+    let queued = -1;
+    for (let i = 0; i < this.#qLen; i++) {
+      if (q[i] === id) {
+        queued = i;
+        break;
+      }
+    }
     if (queued >= 0) {
       // Not flushed yet: it never reaches the kernel.
-      this.#qIds.splice(queued, 1);
-      this.#qOps.splice(queued, 1);
+      q.copyWithin(queued, queued + 1, this.#qLen);
+      this.#qLen--;
+      this.#drained = false;
       this.#local.push({ handle: id, result: this.#error(op, -ECANCELED), buffer: handleOf(op) });
       this.#scheduleFire();
       return true;
     }
     if (this.#local.some((c) => c.handle === id)) return false;
     const r = this.#native.cancel(id);
-    if (r) this.#scheduleFire();
+    if (r) {
+      this.#drained = false;
+      this.#scheduleFire();
+    }
     return r;
   }
 
@@ -343,21 +449,29 @@ export class EpollBackend implements IoBackend {
     if (this.#local.length > 0) {
       out = this.#local;
       this.#local = [];
-      for (const c of out) this.#live.delete(c.handle);
+      for (const c of out) this.#release(c.handle);
     }
     const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
-    const n = this.#native.reap(wait);
-    if (n === 0) return out ?? NO_COMPLETIONS;
-    out ??= [];
-    const cq = this.#cq;
-    for (let i = 0; i < n; i++) {
-      const id = cq[2 * i]!;
-      const r = cq[2 * i + 1]!;
-      const op = this.#live.get(id);
-      if (op === undefined) continue; // cannot happen: ids are unique per instance
-      this.#live.delete(id);
-      out.push({ handle: id, result: r >= 0 ? r : this.#error(op, r), buffer: handleOf(op) });
+    if (wait === 0 && this.#drained) {
+      // The previous poll took everything that was ready and nothing was flushed since.
+      this.#drained = false;
+      return out ?? NO_COMPLETIONS;
     }
+    const n = this.#native.reap(wait);
+    this.#drained = n > 0 && n < this.#cqCap;
+    if (n === 0) return out ?? NO_COMPLETIONS;
+    const cq = this.#cq;
+    let k = 0;
+    if (out === null) out = new Array<IoCompletion>(n);
+    else k = out.length;
+    for (let i = 0; i < n; i++) {
+      const id = cq[2 * i]! | 0;
+      const r = cq[2 * i + 1]!;
+      if (this.#slotGen[id & SLOT_MASK] !== id >>> SLOT_BITS || this.#slotOp[id & SLOT_MASK] === undefined) continue; // cannot happen
+      const op = this.#release(id);
+      out[k++] = { handle: id, result: r >= 0 ? r : this.#error(op, r), buffer: handleOf(op) };
+    }
+    if (k < out.length) out.length = k;
     return out;
   }
 
@@ -376,6 +490,7 @@ export class EpollBackend implements IoBackend {
 
   readonly #fire = (): void => {
     this.#fireScheduled = false;
+    this.#drained = false;
     if (!this.#closed && this.#cb !== null) this.#cb();
   };
 
@@ -414,6 +529,7 @@ export class EpollBackend implements IoBackend {
       nowaitReads: s[4] ?? 0,
       epollCtl: s[5] ?? 0,
       epollWait: s[6] ?? 0,
+      skipped: s[7] ?? 0,
     };
   }
 
@@ -453,10 +569,12 @@ export class EpollBackend implements IoBackend {
     // Native close cancels what is in flight, waits for pool threads inside a system call,
     // closes the fds of finished opens/accepts nobody will reap, and closes its own fds.
     this.#native.close();
-    this.#qIds = [];
-    this.#qOps = [];
+    this.#qLen = 0;
     this.#local = [];
-    this.#live.clear();
+    this.#slotOp.length = 0;
+    this.#slotGen.length = 0;
+    this.#freeSlots.length = 0;
+    this.#liveCount = 0;
   }
 }
 

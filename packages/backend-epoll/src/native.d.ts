@@ -11,15 +11,18 @@ export declare class NativeEpollBackend {
    * @param onEvent Called from the event loop whenever completions are ready to reap.
    */
   constructor(sq: ArrayBuffer, cq: ArrayBuffer, sqCap: number, cqCap: number, maxEvents: number, poolThreads: number, onEvent: () => void);
-  /** Starts `count` descriptors (their buffers/strings are in `objects`); returns completions ready. */
-  flush(count: number, objects: unknown[]): number;
+  /**
+   * Starts `count` descriptors; their buffers/strings are in `objects`, or, when `objects` is
+   * null, are the following arguments (cheaper to read in C++). Returns completions ready.
+   */
+  flush(count: number, objects: unknown[] | null, ...rest: unknown[]): number;
   /** Dispatches events (waiting up to timeoutMs) and writes completions to cq; returns how many. */
   reap(timeoutMs: number): number;
   /** Requests cancellation; false if unknown or already complete. */
   cancel(id: number): boolean;
   /** Operations handed to native code and not yet reaped. */
   inFlight(): number;
-  /** [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait] */
+  /** [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait, skipped] */
   stats(): number[];
   /** A non-blocking eventfd owned by the backend, or -errno. */
   eventfd(): number;
