@@ -19,7 +19,7 @@ import { JoinHandle, TaskState, type TaskScheduler } from './task.js';
  *    tasks run per drain; the rest continue from `setImmediate`, so a task that keeps spawning
  *    cannot starve I/O.
  * 3. Tasks submit I/O through {@link Runtime.io}: the operation goes to the backend's submission
- *    queue at once, and one flush per batch (again one `queueMicrotask`) hands the whole batch
+ *    queue at once, and one flush per batch (one microtask) hands the whole batch
  *    to the kernel in one boundary crossing.
  * 4. The backend's one pollable fd is watched by Node's loop; when it fires, the runtime reaps
  *    every completion with `poll(0)` and resolves the waiting promises, whose continuations run
@@ -78,24 +78,58 @@ export interface ShutdownOptions {
   graceMs?: number;
 }
 
-interface PendingIo {
-  resolve: (n: number) => void;
-  reject: (e: unknown) => void;
-  signal: AbortSignal | undefined;
-  onAbort: (() => void) | undefined;
-  owner: IoOwner | undefined;
+/**
+ * @internal One operation in flight: how to settle its promise, and its links in its owner's
+ * list. One small object per operation (a class, so every record has the same shape).
+ */
+export class PendingIo {
+  onAbort: (() => void) | undefined = undefined;
+  /** Neighbours in the owner's list of operations in flight. */
+  prev: PendingIo | null = null;
+  next: PendingIo | null = null;
+  constructor(
+    readonly id: IoHandleId,
+    public resolve: (n: number) => void,
+    public reject: (e: unknown) => void,
+    readonly signal: AbortSignal | undefined,
+    readonly owner: IoOwner | undefined,
+  ) {}
 }
 
 /**
  * @internal Something that owns in-flight operations (a file, a stream, a listener): the runtime
- * keeps the ids of its operations here so closing it can cancel them first. Closing an fd does
- * not wake an io_uring request already holding the file, so the owner must cancel before closing.
+ * links the records of its operations into a list headed here (no Set insertion per operation),
+ * so closing it can cancel them first. Closing an fd does not wake an io_uring request already
+ * holding the file, so the owner must cancel before closing. Initialise it to null.
  */
 export interface IoOwner {
-  readonly _inflight: Set<IoHandleId>;
+  _ioHead?: PendingIo | null;
+  /**
+   * Unused (the list above replaced it); still declared by file.ts, which this helper does not
+   * own. Remove once File declares `_ioHead: PendingIo | null = null` instead.
+   */
+  readonly _inflight?: Set<IoHandleId>;
 }
 
+/** Pending operations live in a direct-mapped table by `id & IO_TABLE_MASK`; collisions go to a Map. */
+const IO_TABLE_SIZE = 4096;
+const IO_TABLE_MASK = IO_TABLE_SIZE - 1;
+
+// The resolving functions of the promise being created by io(): the executor is one shared
+// function, not a closure per operation.
+let capturedResolve: ((n: number) => void) | undefined;
+let capturedReject: ((e: unknown) => void) | undefined;
+function captureResolvers(resolve: (n: number) => void, reject: (e: unknown) => void): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
+}
+
+/** A settled promise whose then() queues a microtask (queueMicrotask costs an AsyncResource per call). */
+const RESOLVED: Promise<void> = Promise.resolve();
+
 const DRAIN_BUDGET = 4096;
+/** The smallest size at which the live-task array is compacted (see `_compactLive`). */
+const LIVE_MIN = 64;
 const CURRENT = Symbol.for('miniss.currentRuntime');
 
 type Slot = { [CURRENT]?: Runtime | undefined };
@@ -116,6 +150,10 @@ export class Runtime implements TaskScheduler {
   // Run queue: a growable array used as a FIFO with a moving head (no shift()).
   private _queue: Array<JoinHandle<unknown>> = [];
   private _head = 0;
+  // The newest spawned task waits here, not in `_queue`: it is the one `await spawn(fn)` takes
+  // back at once, so the common spawn-and-await pays one field store instead of an array push
+  // and pop. The next spawn (or the drain) moves it to the queue's tail, keeping FIFO order.
+  private _newest: JoinHandle<unknown> | null = null;
   private _drainScheduled = false;
   private readonly _drainBound = () => this._drain();
   // Late callbacks of settled handles, run from one microtask per batch.
@@ -123,15 +161,22 @@ export class Runtime implements TaskScheduler {
   private _notifyScheduled = false;
   private readonly _notifyBound = () => this._notifyPending();
 
-  // Live tasks (queued or running) form an intrusive doubly-linked list through the handles, so
-  // shutdown can cancel them without a Set insertion per spawn.
-  private _liveHead: JoinHandle<unknown> | null = null;
+  // Live tasks (queued or running), so shutdown can cancel them: spawn appends to an array and
+  // settled entries are dropped lazily, when the array has grown past twice the tasks it held live
+  // after the last compaction (amortised O(1); settling a task writes nothing here). Measured
+  // a few ns per spawn+await cheaper than an intrusive doubly-linked list, whose two stores into
+  // older objects per spawn hit the GC write barrier. Settled handles wait for the next
+  // compaction: at most about twice the recent peak of live tasks (64 at least).
+  private _live: Array<JoinHandle<unknown>> = [];
+  private _liveLimit = LIVE_MIN;
 
   /** The task whose function is executing right now (synchronously), or null. */
   currentTask: JoinHandle<unknown> | null = null;
 
   // I/O bookkeeping.
-  private readonly _pendingIo = new Map<IoHandleId, PendingIo>();
+  private readonly _ioTable: Array<PendingIo | undefined> = new Array<PendingIo | undefined>(IO_TABLE_SIZE).fill(undefined);
+  private readonly _ioOverflow = new Map<IoHandleId, PendingIo>();
+  private _ioPending = 0;
   private _flushScheduled = false;
   private readonly _flushBound = () => this._flush();
   private readonly _resources = new Set<TrackedResource>();
@@ -242,11 +287,12 @@ export class Runtime implements TaskScheduler {
     this._spawned++;
     this._active++;
     const h = handle as JoinHandle<unknown>;
-    const head = this._liveHead;
-    h._next = head;
-    if (head !== null) head._prev = h;
-    this._liveHead = h;
-    this._queue.push(h);
+    const live = this._live;
+    live.push(h);
+    if (live.length > this._liveLimit) this._compactLive();
+    const prev = this._newest;
+    if (prev !== null) this._queue.push(prev);
+    this._newest = h;
     if (!this._drainScheduled) {
       this._drainScheduled = true;
       setImmediate(this._drainBound);
@@ -284,10 +330,15 @@ export class Runtime implements TaskScheduler {
 
   /** @internal TaskScheduler: a handle awaited before the drain reached it starts right away. */
   _runNow(handle: JoinHandle<unknown>): void {
-    // `await spawn(fn)` awaits the newest task: drop it from the queue's tail so a loop of
-    // spawn-and-await does not grow the queue until the next drain.
+    // `await spawn(fn)` awaits the newest task: take it out of `_newest` (or the queue's tail) so
+    // a loop of spawn-and-await does not grow the queue until the next drain.
     // Awaiting a batch of spawned handles in spawn order takes them from the queue's head the
     // same way, so the queue never holds a long run of already-started entries.
+    if (this._newest === handle) {
+      this._newest = null;
+      this._run(handle);
+      return;
+    }
     const q = this._queue;
     if (q.length > this._head) {
       if (q[q.length - 1] === handle) q.pop();
@@ -316,13 +367,6 @@ export class Runtime implements TaskScheduler {
   /** @internal TaskScheduler bookkeeping. */
   _taskSettled(handle: JoinHandle<unknown>, cancelled: boolean, failedUnobserved: boolean): void {
     this._active--;
-    const prev = handle._prev;
-    const next = handle._next;
-    if (prev !== null) prev._next = next;
-    else if (this._liveHead === handle) this._liveHead = next;
-    if (next !== null) next._prev = prev;
-    handle._prev = null;
-    handle._next = null;
     if (cancelled) this._cancelled++;
     else if (handle._state === TaskState.Ok) this._completed++;
     else {
@@ -340,7 +384,14 @@ export class Runtime implements TaskScheduler {
     this._drainScheduled = false;
     const q = this._queue;
     let budget = DRAIN_BUDGET;
-    while (this._head < q.length) {
+    for (;;) {
+      if (this._head >= q.length) {
+        // The queue is done: the newest spawn (perhaps by a task of this drain) comes last.
+        const n = this._newest;
+        if (n === null) break;
+        this._newest = null;
+        q.push(n);
+      }
       if (budget-- === 0) {
         this._drainScheduled = true;
         setImmediate(this._drainBound);
@@ -409,27 +460,46 @@ export class Runtime implements TaskScheduler {
     this._ioSubmitted++;
     if (!this._flushScheduled) {
       this._flushScheduled = true;
-      queueMicrotask(this._flushBound);
+      void RESOLVED.then(this._flushBound);
     }
-    return new Promise<number>((resolve, reject) => {
-      const p: PendingIo = { resolve, reject, signal, onAbort: undefined, owner };
-      if (owner !== undefined) owner._inflight.add(id);
-      if (signal !== undefined) {
-        p.onAbort = () => {
-          // Reject now; the backend still completes the operation once (ECANCELED or its
-          // result) and keeps its buffer pinned until then.
-          const entry = this._pendingIo.get(id);
-          if (entry === undefined) return;
-          entry.resolve = noop;
-          entry.reject = noop;
-          this._backend.cancel(id);
-          this._scheduleFlush();
-          reject(abortReason(signal));
-        };
-        signal.addEventListener('abort', p.onAbort, { once: true });
-      }
-      this._pendingIo.set(id, p);
-    });
+    // Per operation: the promise (with its two resolving functions) and one PendingIo record.
+    // No closure unless a signal was given; no Map or Set insertion in the common case.
+    const promise = new Promise<number>(captureResolvers);
+    const p = new PendingIo(id, capturedResolve!, capturedReject!, signal, owner);
+    capturedResolve = undefined;
+    capturedReject = undefined;
+    if (owner !== undefined) {
+      const head = owner._ioHead ?? null;
+      p.next = head;
+      if (head !== null) head.prev = p;
+      owner._ioHead = p;
+    }
+    if (signal !== undefined) {
+      const reject = p.reject;
+      p.onAbort = () => {
+        // Reject now; the backend still completes the operation once (ECANCELED or its
+        // result) and keeps its buffer pinned until then.
+        if (this._ioFind(id) !== p) return;
+        p.resolve = noop;
+        p.reject = noop;
+        this._backend.cancel(id);
+        this._scheduleFlush();
+        reject(abortReason(signal));
+      };
+      signal.addEventListener('abort', p.onAbort, { once: true });
+    }
+    const slot = id & IO_TABLE_MASK;
+    if (this._ioTable[slot] === undefined) this._ioTable[slot] = p;
+    else this._ioOverflow.set(id, p);
+    this._ioPending++;
+    return promise;
+  }
+
+  /** The record of operation `id` if it is still pending. */
+  private _ioFind(id: IoHandleId): PendingIo | undefined {
+    const p = this._ioTable[id & IO_TABLE_MASK];
+    if (p !== undefined && p.id === id) return p;
+    return this._ioOverflow.size === 0 ? undefined : this._ioOverflow.get(id);
   }
 
   private _flush(): void {
@@ -441,19 +511,29 @@ export class Runtime implements TaskScheduler {
     for (;;) {
       const batch: IoCompletion[] = this._backend.poll(0);
       if (batch.length === 0) return;
-      for (let i = 0; i < batch.length; i++) this._complete(batch[i]!);
+      for (let i = 0; i < batch.length; i++) {
+        const c = batch[i]!;
+        this._complete(c.handle, c.result);
+      }
     }
   }
 
-  private _complete(c: IoCompletion): void {
-    const p = this._pendingIo.get(c.handle);
-    if (p === undefined) return;
-    this._pendingIo.delete(c.handle);
+  private _complete(id: IoHandleId, result: number | Error): void {
+    const slot = id & IO_TABLE_MASK;
+    let p = this._ioTable[slot];
+    if (p !== undefined && p.id === id) {
+      this._ioTable[slot] = undefined;
+    } else {
+      p = this._ioOverflow.size === 0 ? undefined : this._ioOverflow.get(id);
+      if (p === undefined) return;
+      this._ioOverflow.delete(id);
+    }
+    this._ioPending--;
     this._ioCompleted++;
-    if (p.owner !== undefined) p.owner._inflight.delete(c.handle);
+    if (p.owner !== undefined) unlinkFromOwner(p);
     if (p.onAbort !== undefined) p.signal!.removeEventListener('abort', p.onAbort);
-    if (typeof c.result === 'number') p.resolve(c.result);
-    else p.reject(c.result);
+    if (typeof result === 'number') p.resolve(result);
+    else p.reject(result);
   }
 
   /**
@@ -462,15 +542,16 @@ export class Runtime implements TaskScheduler {
    */
   _cancelOwned(owner: IoOwner): void {
     if (this._backendClosed) return;
-    for (const id of owner._inflight) this._backend.cancel(id);
-    if (owner._inflight.size > 0) this._scheduleFlush();
+    const head = owner._ioHead ?? null;
+    for (let p = head; p !== null; p = p.next) this._backend.cancel(p.id);
+    if (head !== null) this._scheduleFlush();
   }
 
   /** Batching backends hand cancellations to the kernel at the next flush: make sure one comes. */
   private _scheduleFlush(): void {
     if (!this._flushScheduled && !this._backendClosed) {
       this._flushScheduled = true;
-      queueMicrotask(this._flushBound);
+      void RESOLVED.then(this._flushBound);
     }
   }
 
@@ -570,11 +651,16 @@ export class Runtime implements TaskScheduler {
     this._backend.onReady(null);
     this._backend.close();
     const shutdownErr = new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime shut down while the operation was in flight');
-    for (const p of this._pendingIo.values()) {
+    const pending = [...this._ioTable, ...this._ioOverflow.values()];
+    this._ioTable.fill(undefined);
+    this._ioOverflow.clear();
+    this._ioPending = 0;
+    for (const p of pending) {
+      if (p === undefined) continue;
+      if (p.owner !== undefined) unlinkFromOwner(p);
       if (p.onAbort !== undefined) p.signal!.removeEventListener('abort', p.onAbort);
       p.reject(shutdownErr);
     }
-    this._pendingIo.clear();
     if ((globalThis as Slot)[CURRENT] === this) (globalThis as Slot)[CURRENT] = undefined;
     for (const e of this._unobservedFailures) {
       process.emitWarning(`a miniss task failed and nobody awaited it: ${(e as Error)?.stack ?? String(e)}`, {
@@ -585,9 +671,27 @@ export class Runtime implements TaskScheduler {
     if (errors.length > 0) throw errors[0];
   }
 
+  /** Drops settled handles from the live array (in place, order kept). */
+  private _compactLive(): void {
+    const live = this._live;
+    let k = 0;
+    for (let i = 0; i < live.length; i++) {
+      const t = live[i]!;
+      if (t._state < TaskState.Ok) live[k++] = t;
+    }
+    live.length = k;
+    // Twice what is live, and at least half the old limit (so a burst that settled does not make
+    // the next burst compact again and again): each compaction follows at least limit/2 spawns.
+    this._liveLimit = Math.max(LIVE_MIN, 2 * k, this._liveLimit >> 1);
+  }
+
   /** Cancels every task still live (queued or running), oldest first. */
   private _cancelLive(): void {
-    while (this._liveHead !== null) this._liveHead.cancel('the runtime shut down');
+    // Cancelling runs hooks that may settle other tasks; spawns are refused during shutdown.
+    const live = this._live;
+    this._live = [];
+    this._liveLimit = LIVE_MIN;
+    for (let i = 0; i < live.length; i++) live[i]!.cancel('the runtime shut down');
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -603,10 +707,10 @@ export class Runtime implements TaskScheduler {
       tasksFailed: this._failed,
       tasksCancelled: this._cancelled,
       tasksActive: this._active,
-      runQueueLength: this._queue.length - this._head,
+      runQueueLength: this._queue.length - this._head + (this._newest !== null ? 1 : 0),
       ioSubmitted: this._ioSubmitted,
       ioCompleted: this._ioCompleted,
-      ioInFlight: this._pendingIo.size,
+      ioInFlight: this._ioPending,
       openResources: this._resources.size,
       backend: this._backend.name,
       backendLadder: this._ladder.map((r) => ({ ...r })),
@@ -627,6 +731,17 @@ function abortReason(signal: AbortSignal): unknown {
 }
 
 function noop(): void {}
+
+/** Takes an operation's record out of its owner's list of operations in flight. */
+function unlinkFromOwner(p: PendingIo): void {
+  const prev = p.prev;
+  const next = p.next;
+  if (prev !== null) prev.next = next;
+  else if (p.owner!._ioHead === p) p.owner!._ioHead = next;
+  if (next !== null) next.prev = prev;
+  p.prev = null;
+  p.next = null;
+}
 
 // -----------------------------------------------------------------------------------------------
 // Thread-level entry points

@@ -139,11 +139,9 @@ export class JoinHandle<T> implements PromiseLike<T> {
   /** @internal */ _fn: ((signal?: AbortSignal) => T | PromiseLike<T>) | null;
   /** @internal */ _value: unknown = undefined;
   /** @internal */ _controller: AbortController | null = null;
-  /** @internal */ _cancelHooks: Array<() => void> | null = null;
+  /** @internal Cancel hooks: an intrusive doubly-linked list (O(1) add and remove), newest first. */ _cancelHooks: CancelHook | null = null;
   /** @internal */ _requeued = false;
   /** @internal */ _observed = false;
-  /** @internal Links in the runtime's list of live tasks. */ _prev: JoinHandle<unknown> | null = null;
-  /** @internal */ _next: JoinHandle<unknown> | null = null;
   // The first waiter is stored inline; `await handle` almost always has exactly one.
   private _w0ok: OnOk = undefined;
   private _w0err: OnErr = undefined;
@@ -196,13 +194,23 @@ export class JoinHandle<T> implements PromiseLike<T> {
    */
   onCancel(fn: () => void): () => void {
     if (this._state >= TaskState.Ok) return noop;
-    (this._cancelHooks ??= []).push(fn);
-    return () => {
-      const hooks = this._cancelHooks;
-      if (hooks === null) return;
-      const i = hooks.indexOf(fn);
-      if (i >= 0) hooks.splice(i, 1);
-    };
+    const hook = new CancelHook(this as JoinHandle<unknown>, fn);
+    const head = this._cancelHooks;
+    hook.next = head;
+    if (head !== null) head.prev = hook;
+    this._cancelHooks = hook;
+    return hook.remove;
+  }
+
+  /** @internal Unlinks `hook` (O(1)); a hook already removed or already run is ignored. */
+  _removeHook(hook: CancelHook): void {
+    const prev = hook.prev;
+    const next = hook.next;
+    if (prev === null) this._cancelHooks = next;
+    else prev.next = next;
+    if (next !== null) next.prev = prev;
+    hook.prev = hook.next = null;
+    hook.task = null;
   }
 
   then<A = T, B = never>(onOk?: ((value: T) => A | PromiseLike<A>) | null, onErr?: ((reason: any) => B | PromiseLike<B>) | null): Thenable<A | B> {
@@ -242,14 +250,31 @@ export class JoinHandle<T> implements PromiseLike<T> {
     this._state = ok ? TaskState.Ok : TaskState.Failed;
     this._value = value;
     this._fn = null;
-    const cancelled = value instanceof CancelledError && !ok;
+    const cancelled = !ok && value instanceof CancelledError;
+    let hook = this._cancelHooks;
+    if (hook !== null) {
+      this._cancelHooks = null;
+      // Detach every hook first (a removal after the task settled, from a hook or later, is a
+      // no-op) and reverse the list, so hooks run in registration order.
+      let oldest: CancelHook | null = null;
+      while (hook !== null) {
+        const next: CancelHook | null = hook.next;
+        hook.task = null;
+        hook.prev = null;
+        hook.next = oldest;
+        oldest = hook;
+        hook = next;
+      }
+      hook = oldest;
+    }
     if (cancelled) {
-      const hooks = this._cancelHooks;
-      this._cancelHooks = null;
       if (this._controller !== null) this._controller.abort(value);
-      if (hooks !== null) for (const h of hooks) h();
-    } else {
-      this._cancelHooks = null;
+      while (hook !== null) {
+        const next: CancelHook | null = hook.next;
+        hook.next = null;
+        hook.fn();
+        hook = next;
+      }
     }
     this._sched._taskSettled(this as JoinHandle<unknown>, cancelled, !ok && !this._observed);
     if (this._w0next === null) return;
@@ -278,6 +303,23 @@ export class JoinHandle<T> implements PromiseLike<T> {
       }
     }
   }
+}
+
+/**
+ * @internal One `onCancel` registration: a node of its task's hook list. `remove` is bound once,
+ * so unregistering is O(1) (no search), and calling it twice or after the task settled is harmless.
+ */
+export class CancelHook {
+  prev: CancelHook | null = null;
+  next: CancelHook | null = null;
+  constructor(
+    public task: JoinHandle<unknown> | null,
+    readonly fn: () => void,
+  ) {}
+  readonly remove = (): void => {
+    const t = this.task;
+    if (t !== null) t._removeHook(this);
+  };
 }
 
 function noop(): void {}

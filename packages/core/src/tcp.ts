@@ -1,9 +1,9 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { IoHandleId, SocketAddress } from './backend.js';
+import type { SocketAddress } from './backend.js';
 import { InvalidArgumentError, IoError, RuntimeError, closedError } from './errors.js';
 import type { IoCallOptions } from './file.js';
-import { currentRuntime, type IoOwner, type Runtime, type TrackedResource } from './runtime.js';
+import { currentRuntime, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 export interface TcpAddress {
   /** A numeric address or a host name (resolved with the system resolver). */
@@ -55,8 +55,8 @@ function checkBytes(buf: unknown, syscall: string): Uint8Array {
  * itself and the grace period drains the connections already accepted.
  */
 export class TcpListener implements TrackedResource, IoOwner, AsyncIterable<TcpStream> {
-  /** @internal */
-  readonly _inflight = new Set<IoHandleId>();
+  /** @internal Operations in flight (a list kept by the runtime, for close() to cancel them). */
+  _ioHead: PendingIo | null = null;
   private _closed = false;
   private _closing: Promise<void> | null = null;
   private _address: SocketAddress;
@@ -161,8 +161,8 @@ export class TcpListener implements TrackedResource, IoOwner, AsyncIterable<TcpS
  * rejects with `EBADF`. Streams left open are closed when their runtime shuts down.
  */
 export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8Array> {
-  /** @internal */
-  readonly _inflight = new Set<IoHandleId>();
+  /** @internal Operations in flight (a list kept by the runtime, for close() to cancel them). */
+  _ioHead: PendingIo | null = null;
   private _closed = false;
   private _closing: Promise<void> | null = null;
 

@@ -108,17 +108,36 @@ export function timeout<T>(ms: number, work: TimeoutWork<T>): Promise<T> {
   } else {
     return Promise.reject(new InvalidArgumentError('timeout: work must be a promise (thenable) or a function returning one'));
   }
-  return new Promise<T>((resolve, reject) => {
-    const wheel = d.wheel;
-    const e = new TimeoutTimer<T>(wheel, ms, resolve, reject);
-    e.controller = controller;
+  const wheel = d.wheel;
+  // One shared executor instead of a closure per call.
+  const out = new Promise<T>(capture as (resolve: (v: T) => void, reject: (e: unknown) => void) => void);
+  const e = new TimeoutTimer<T>(wheel, ms, capturedResolve as (v: T) => void, capturedReject!);
+  capturedResolve = capturedReject = null;
+  e.controller = controller;
+  try {
     e.id = wheel.insertAt(wheel.deadlineAfter(ms), e);
-    if (d.runtime.currentTask !== null) e.unhook = d._onTaskCancel(() => e.onTaskCancelled());
+  } catch (err) {
+    e.reject(err); // e.g. TIMER_LIMIT: the call rejects, as any failure inside it does
+    return out;
+  }
+  if (d.runtime.currentTask !== null) e.unhook = d._onTaskCancel(() => e.onTaskCancelled());
+  try {
     p.then(
       (v) => e.workDone(true, v),
       (err: unknown) => e.workDone(false, err),
     );
-  });
+  } catch (err) {
+    e.workDone(false, err); // a thenable whose then() throws: the call rejects with that error
+  }
+  return out;
+}
+
+// The settle functions of the promise `new Promise(capture)` just made (read at once, then cleared).
+let capturedResolve: ((v: unknown) => void) | null = null;
+let capturedReject: ((e: unknown) => void) | null = null;
+function capture(resolve: (v: unknown) => void, reject: (e: unknown) => void): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
 }
 
 /** `timeout(ms, work)` with the arguments the other way round (the seeds' `FutureExt::with_timeout`). */

@@ -89,6 +89,10 @@ describe('handles in this process', () => {
       expect(during.length).toBeGreaterThan(before.length);
       await p;
     });
-    expect(activeResources()).toEqual(before);
+    // Nothing of ours is left: no resource kind has more live handles than before. (Not strict
+    // equality: a timer of the test harness alive at the start may have ended meanwhile.)
+    const count = (xs: string[]) => xs.reduce((m, x) => m.set(x, (m.get(x) ?? 0) + 1), new Map<string, number>());
+    const was = count(before);
+    for (const [kind, n] of count(activeResources())) expect(n, kind).toBeLessThanOrEqual(was.get(kind) ?? 0);
   });
 });

@@ -219,6 +219,50 @@ describe('setTimer / clearTimer', () => {
       expect(clearTimer(12345678)).toBe(false);
     });
   });
+
+  it('a burst of due sleeps is resolved in chunks: early continuations run before the whole burst is resolved', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await turn();
+      const seen: number[] = [];
+      const ps: Promise<void>[] = [];
+      const firedBefore = timerStats(rt).fired;
+      for (let i = 0; i < 5_000; i++) ps.push(sleep(5).then(() => void seen.push(timerStats(rt).fired - firedBefore)));
+      await Promise.all(ps);
+      expect(seen.length).toBe(5_000);
+      // The first continuations ran after one chunk, not after all 5,000 sleeps were resolved.
+      expect(seen[0]).toBeLessThan(1_000);
+      expect(seen[seen.length - 1]).toBe(5_000);
+    });
+  });
+
+  it('a timer that falls due while others are firing fires in the same wake-up, not a tick later', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      const t0 = now();
+      let wakeupsAtFirst = -1;
+      let firstAt = 0;
+      let secondAt = 0;
+      const done = new Promise<void>((resolve) => {
+        setTimer(5, () => {
+          firstAt = now() - t0;
+          wakeupsAtFirst = timerStats(rt).wakeups;
+          const until = now() + 15;
+          while (now() < until); // a burst of callbacks that takes longer than a tick
+        });
+        setTimer(10, () => {
+          secondAt = now() - t0;
+          resolve();
+        });
+      });
+      await done;
+      expect(firstAt).toBeGreaterThanOrEqual(5);
+      expect(secondAt).toBeGreaterThanOrEqual(10);
+      // Either both were due at the first wake-up or the second fell due during the first's
+      // callback: one wake-up fired both.
+      expect(timerStats(rt).wakeups).toBe(wakeupsAtFirst);
+    });
+  });
 });
 
 describe('errors', () => {

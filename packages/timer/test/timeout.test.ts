@@ -103,4 +103,20 @@ describe('timeout / withTimeout', () => {
       expect(timerStats(rt).active).toBe(0);
     });
   });
+
+  it('rejects (never throws) when the work is a thenable whose then() throws, and leaves no timer', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await turn();
+      const bad = {
+        then(): never {
+          throw new Error('bad then');
+        },
+      };
+      let p: Promise<unknown> | undefined;
+      expect(() => (p = timeout(1_000, bad as unknown as PromiseLike<unknown>))).not.toThrow();
+      await expect(p).rejects.toThrow('bad then');
+      expect(timerStats(rt).active).toBe(0);
+    });
+  });
 });

@@ -200,6 +200,85 @@ describe('TimerWheel: cancellation', () => {
     expect(wheel.nextExpiration()).toBe(Infinity);
     expect(wheel.poll(2 ** 41)).toBe(0);
   });
+
+  it('clear(reason) calls the onDrop of a function target (kept by reschedule); fire never calls it', () => {
+    const wheel = new TimerWheel({ clock: new ManualClock() });
+    const log: string[] = [];
+    wheel.insertAt(5, () => log.push('fired 5'), (r) => log.push(`dropped 5 ${r.message}`));
+    const b = wheel.insertAt(70, () => log.push('fired 70'), (r) => log.push(`dropped 70 ${r.message}`));
+    wheel.insertAt(80, () => log.push('fired 80')); // no onDrop: dropped silently
+    expect(wheel.poll(10)).toBe(1);
+    expect(wheel.reschedule(b, 5_000)).not.toBe(-1);
+    expect(wheel.clear(new Error('bye'))).toBe(2);
+    expect(log).toEqual(['fired 5', 'dropped 70 bye']);
+    // Indices are reused: a new timer in a freed index has no stale onDrop.
+    wheel.insertAt(100, () => log.push('fired 100'));
+    expect(wheel.clear(new Error('again'))).toBe(1);
+    expect(log).toEqual(['fired 5', 'dropped 70 bye']);
+  });
+
+  it('an emptied wheel hands out indices from 0 again, in order, and old ids stay stale', () => {
+    const wheel = new TimerWheel({ clock: new ManualClock() });
+    const mask = 2 ** 24 - 1;
+    const old = [10, 20, 30].map((d) => wheel.insertAt(d, () => {}));
+    expect(old.map((id) => id & mask)).toEqual([0, 1, 2]);
+    for (const k of [2, 0, 1]) expect(wheel.cancel(old[k]!)).toBe(true);
+    let fired = 0;
+    const fresh = [10, 20, 30].map((d) => wheel.insertAt(d, () => fired++));
+    expect(fresh.map((id) => id & mask)).toEqual([0, 1, 2]); // not the free list's 1, 0, 2
+    for (const id of old) {
+      expect(wheel.isActive(id)).toBe(false);
+      expect(wheel.cancel(id)).toBe(false);
+    }
+    expect(fresh.every((id) => wheel.isActive(id))).toBe(true);
+    expect(wheel.poll(30)).toBe(3);
+    expect(fired).toBe(3);
+    // Emptied by firing too: the next timer takes index 0 with a newer id than any before.
+    const again = wheel.insertAt(40, () => {});
+    expect(again & mask).toBe(0);
+    expect(again).not.toBe(fresh[0]);
+    expect(again).not.toBe(old[0]);
+    expect(wheel.cancel(fresh[0]!)).toBe(false);
+    expect(wheel.isActive(again)).toBe(true);
+  });
+
+  it('poll(now, maxFire) fires at most maxFire; the rest stays due (hasDue, nextExpiration = now) and can still be cancelled', () => {
+    const wheel = new TimerWheel({ clock: new ManualClock() });
+    const fired: number[] = [];
+    const ids = Array.from({ length: 10 }, (_, k) => wheel.insertAt(5 + (k % 2), () => fired.push(k)));
+    wheel.insertAt(100, () => fired.push(100));
+    expect(wheel.poll(10, 4)).toBe(4);
+    expect(wheel.hasDue).toBe(true);
+    expect(wheel.nextExpiration()).toBe(10);
+    expect(wheel.cancel(ids[9]!)).toBe(true); // due but not fired yet: still cancellable
+    expect(wheel.poll(10, 4)).toBe(4); // same tick: the rest is fired anyway
+    expect(wheel.poll(10)).toBe(1);
+    expect(wheel.hasDue).toBe(false);
+    expect(fired.sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(wheel.nextExpiration()).toBe(64); // the level-1 slot holding tick 100 cascades at 64
+    expect(wheel.poll(100)).toBe(1);
+    expect(wheel.size).toBe(0);
+  });
+
+  it('a target that schedules enough timers to grow the arrays mid-poll does not disturb the rest of the firing list', () => {
+    const wheel = new TimerWheel({ clock: new ManualClock(), initialCapacity: 16 });
+    const fired: number[] = [];
+    const later: number[] = [];
+    for (let k = 0; k < 10; k++) {
+      wheel.insertAt(3, () => {
+        fired.push(k);
+        if (k === 0) for (let j = 0; j < 5_000; j++) wheel.insertAt(10 + (j % 50), () => later.push(j));
+        if (k === 1) wheel.cancel(cancelMe);
+      });
+    }
+    const cancelMe = wheel.insertAt(3, () => fired.push(-1));
+    expect(wheel.poll(3)).toBe(10);
+    expect(fired.sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(wheel.size).toBe(5_000);
+    expect(wheel.poll(100)).toBe(5_000);
+    expect(later.length).toBe(5_000);
+    expect(wheel.size).toBe(0);
+  });
 });
 
 describe('TimerWheel: far deadlines and wrap-around', () => {
