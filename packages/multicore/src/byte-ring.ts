@@ -22,7 +22,9 @@
  * consistent, so the store of the tail is a release of the record bytes written before it and the
  * load that observes it is the matching acquire (ECMA-262 memory model, "synchronizes-with").
  *
- * Records are 8-byte aligned: `[u32 length][u8 type][u8 flags][u16 kind][u32 id][u32 aux][body]`.
+ * Records are 8-byte aligned: `[u32 length][u32 type | flags << 8 | kind << 16][u32 id][u32 aux][body]`,
+ * the header written and read as four aligned 32-bit words in native byte order (both ends are
+ * threads of one process): a message costs four stores plus its body.
  * A record never straddles the end of the data area: when it does not fit before the end, the
  * producer writes a WRAP marker there and continues at offset 0. A record larger than half the
  * ring is split into fragments by the caller (flag FRAG_MORE), so any message fits eventually.
@@ -57,6 +59,8 @@ function align8(n: number): number {
 export class RingWriter {
   readonly i32: Int32Array;
   readonly u8: Uint8Array;
+  /** The data area as 32-bit words (record headers). */
+  readonly u32: Uint32Array;
   readonly dv: DataView;
   readonly size: number;
   private readonly mask: number;
@@ -70,6 +74,7 @@ export class RingWriter {
     this.i32 = new Int32Array(sab, 0, RING_HEADER_BYTES / 4);
     this.size = sab.byteLength - RING_HEADER_BYTES;
     this.u8 = new Uint8Array(sab, RING_HEADER_BYTES, this.size);
+    this.u32 = new Uint32Array(sab, RING_HEADER_BYTES, this.size >>> 2);
     this.dv = new DataView(sab, RING_HEADER_BYTES, this.size);
     this.mask = this.size - 1;
     this.maxRecord = this.size / 2;
@@ -92,18 +97,17 @@ export class RingWriter {
       this.cachedHead = Atomics.load(this.i32, HEAD) >>> 0;
       if (this.size - ((this.tail - this.cachedHead) >>> 0) < need) return -1;
     }
-    const dv = this.dv;
+    const u32 = this.u32;
     if (n > toEnd) {
-      dv.setUint32(pos, WRAP, true);
+      u32[pos >>> 2] = WRAP;
       this.tail = (this.tail + toEnd) >>> 0;
       pos = 0;
     }
-    dv.setUint32(pos, len, true);
-    dv.setUint8(pos + 4, type);
-    dv.setUint8(pos + 5, flags);
-    dv.setUint16(pos + 6, kind, true);
-    dv.setUint32(pos + 8, id, true);
-    dv.setUint32(pos + 12, aux, true);
+    const q = pos >>> 2;
+    u32[q] = len;
+    u32[q + 1] = (type & 0xff) | ((flags & 0xff) << 8) | ((kind & 0xffff) << 16);
+    u32[q + 2] = id;
+    u32[q + 3] = aux;
     this.tail = (this.tail + n) >>> 0;
     return pos + RECORD_HEADER;
   }
@@ -135,6 +139,10 @@ export class RingWriter {
 export class RingReader {
   readonly i32: Int32Array;
   readonly u8: Uint8Array;
+  /** The data area as 32-bit words (record headers). */
+  readonly u32: Uint32Array;
+  /** The data area as float64s (bodies start 8-byte aligned: a number body is `f64[bodyOffset >>> 3]`). */
+  readonly f64: Float64Array;
   readonly dv: DataView;
   readonly size: number;
   private readonly mask: number;
@@ -155,6 +163,8 @@ export class RingReader {
     this.i32 = new Int32Array(sab, 0, RING_HEADER_BYTES / 4);
     this.size = sab.byteLength - RING_HEADER_BYTES;
     this.u8 = new Uint8Array(sab, RING_HEADER_BYTES, this.size);
+    this.u32 = new Uint32Array(sab, RING_HEADER_BYTES, this.size >>> 2);
+    this.f64 = new Float64Array(sab, RING_HEADER_BYTES, this.size >>> 3);
     this.dv = new DataView(sab, RING_HEADER_BYTES, this.size);
     this.mask = this.size - 1;
     this.head = Atomics.load(this.i32, HEAD) >>> 0;
@@ -178,19 +188,21 @@ export class RingReader {
       this.cachedTail = Atomics.load(this.i32, TAIL) >>> 0;
       if (this.head === this.cachedTail) return false;
     }
-    const dv = this.dv;
+    const u32 = this.u32;
     let pos = this.head & this.mask;
-    let len = dv.getUint32(pos, true);
+    let len = u32[pos >>> 2]!;
     if (len === WRAP) {
       this.head = (this.head + (this.size - pos)) >>> 0;
       pos = 0;
-      len = dv.getUint32(0, true);
+      len = u32[0]!;
     }
-    this.type = dv.getUint8(pos + 4);
-    this.flags = dv.getUint8(pos + 5);
-    this.kind = dv.getUint16(pos + 6, true);
-    this.id = dv.getUint32(pos + 8, true);
-    this.aux = dv.getUint32(pos + 12, true);
+    const q = pos >>> 2;
+    const tk = u32[q + 1]!;
+    this.type = tk & 0xff;
+    this.flags = (tk >>> 8) & 0xff;
+    this.kind = tk >>> 16;
+    this.id = u32[q + 2]!;
+    this.aux = u32[q + 3]!;
     this.bodyOffset = pos + RECORD_HEADER;
     this.bodyLen = len - RECORD_HEADER;
     this.head = (this.head + align8(len)) >>> 0;

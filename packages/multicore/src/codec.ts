@@ -39,8 +39,15 @@ export interface Encoded {
 }
 
 const EMPTY = new Uint8Array(0);
+// A number travels as its 8 bytes. Encoding returns a view of this scratch (no allocation per
+// message): the bytes are valid until the next encode, and CoreNode copies them into the ring at
+// once (or into a backlog entry of its own). Decoding has its own scratch.
 const f64 = new Float64Array(1);
 const f64bytes = new Uint8Array(f64.buffer);
+/** The buffer behind the bytes of an encoded number (callers that keep bytes must copy these). */
+export const SCRATCH = f64.buffer;
+const decF64 = new Float64Array(1);
+const decBytes = new Uint8Array(decF64.buffer);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -222,7 +229,7 @@ export function encodeValue(value: unknown): Encoded {
       return { kind: Kind.Undefined, bytes: EMPTY, sabs: null };
     case 'number':
       f64[0] = value;
-      return { kind: Kind.F64, bytes: f64bytes.slice(), sabs: null };
+      return { kind: Kind.F64, bytes: f64bytes, sabs: null };
     case 'boolean':
       return { kind: value ? Kind.True : Kind.False, bytes: EMPTY, sabs: null };
     case 'string':
@@ -238,7 +245,7 @@ export function encodeArgs(args: unknown[]): Encoded {
   if (args.length === 0) return { kind: Kind.NoArgs, bytes: EMPTY, sabs: null };
   if (args.length === 1 && typeof args[0] === 'number') {
     f64[0] = args[0];
-    return { kind: Kind.OneF64, bytes: f64bytes.slice(), sabs: null };
+    return { kind: Kind.OneF64, bytes: f64bytes, sabs: null };
   }
   return serialize(args);
 }
@@ -250,8 +257,16 @@ export function decodeArgs(kind: number, bytes: Uint8Array, sabs: SharedArrayBuf
 }
 
 function readF64(bytes: Uint8Array): number {
-  f64bytes.set(bytes.subarray(0, 8));
-  return f64[0]!;
+  const d = decBytes;
+  d[0] = bytes[0]!;
+  d[1] = bytes[1]!;
+  d[2] = bytes[2]!;
+  d[3] = bytes[3]!;
+  d[4] = bytes[4]!;
+  d[5] = bytes[5]!;
+  d[6] = bytes[6]!;
+  d[7] = bytes[7]!;
+  return decF64[0]!;
 }
 
 export function decodeValue(kind: number, bytes: Uint8Array, sabs: SharedArrayBuffer[] | null): unknown {

@@ -2,9 +2,10 @@ import { writeSync } from 'node:fs';
 import type { MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { RuntimeError, type JoinHandle, type Runtime } from '@miniss/core';
-import { RingReader, RingWriter } from './byte-ring.js';
-import { decodeArgs, decodeError, decodeValue, encodeArgs, encodeError, encodeValue, type Encoded } from './codec.js';
+import { RECORD_HEADER, RingReader, RingWriter } from './byte-ring.js';
+import { Kind, SCRATCH, decodeArgs, decodeError, decodeValue, encodeArgs, encodeError, encodeValue, type Encoded } from './codec.js';
 import { CoreTaskHandle } from './handle.js';
+import { PendingTable } from './pending.js';
 import {
   ACTIVE,
   BACKLOG,
@@ -15,6 +16,7 @@ import {
   GLOBAL_SHUTDOWN,
   MSGS_IN,
   MSGS_OUT,
+  PIN_CPU,
   SLEEPING,
   SLEEPS,
   STATE,
@@ -40,11 +42,17 @@ import { compile, explainNotShippable, sourceOf, type ShippedFn } from './shippi
  *    `wait` word, to ring its doorbell when it frees space.
  * 2. While awake, the core polls its incoming rings once per event-loop turn (`setImmediate`),
  *    so its own I/O and timers keep running between polls. Each poll runs every record that has
- *    been published and frees them with one store of the head per ring.
- * 3. After `spinMs` without traffic the core goes to sleep in its backend: it raises its
- *    `SLEEPING` flag, re-checks every ring (so a message published between its last poll and the
- *    flag is not missed: the sender's load of the flag and the receiver's load of the tail are
- *    ordered by the flag store, the same Dekker pattern as Seastar's `smp` sleep), and waits on
+ *    been published and frees them with one store of the head per ring. When a turn finds
+ *    nothing but traffic was recent, the core also spins synchronously for at most
+ *    {@link SYNC_SPIN_MS} on the rings' tail words before it yields the turn: a reply or the
+ *    next task of a busy exchange then lands in well under a microsecond instead of one loop
+ *    turn later, and the core's own I/O waits at most that long.
+ * 3. After `spinMs` without traffic (`awaitSpinMs` while this core waits for results from other
+ *    cores, long enough to cover the other core's wake-up) the core goes to sleep in its
+ *    backend: it raises its `SLEEPING` flag, re-checks every ring (so a message published
+ *    between its last poll and the flag is not missed: the sender's load of the flag and the
+ *    receiver's load of the tail are ordered by the flag store, the same Dekker pattern as
+ *    Seastar's `smp` sleep), and waits on
  *    its doorbell. The doorbell is an eventfd with a `read` kept in flight through the runtime on
  *    native backends, or `Atomics.waitAsync` on a word of the control block on the `node` backend.
  *    A sender rings only when it wins the compare-and-exchange of the flag from 1 to 0, so a burst
@@ -67,6 +75,15 @@ const F_SABS = 8;
 /** Records a poll handles per ring before it lets the event loop run. */
 const POLL_BUDGET = 1024;
 
+/** Longest synchronous wait for the next message inside one event-loop turn, ms. */
+export const SYNC_SPIN_MS = 0.01;
+/** Longest time one tick keeps serving messages before it yields to the event loop, ms. */
+export const TICK_BUDGET_MS = 0.1;
+/** Empty rounds after which the microtask spin gives up (a round is ~50-100 ns). */
+const MICRO_SPIN_IDLE = 200;
+/** Within one turn, messages to one core are published at least every this many. */
+const PUBLISH_EVERY = 64;
+
 export interface CoreNodeInit {
   core: number;
   cores: number;
@@ -78,8 +95,12 @@ export interface CoreNodeInit {
   runtime: Runtime;
   /** How long an idle core polls before it sleeps, ms. */
   spinMs: number;
+  /** How long a core that waits for results from other cores polls before it sleeps, ms. */
+  awaitSpinMs: number;
   /** Called on a worker when core 0 asks it to shut down. */
   onShutdownRequest?: (graceMs: number) => void;
+  /** Called before the core sleeps and at most every 20 ms while it is awake (publishes load for stats). */
+  onPublish?: () => void;
 }
 
 interface OutMsg {
@@ -99,6 +120,8 @@ interface Out {
   dirty: boolean;
   /** Local sources of functions already sent to this core, by fn id. */
   sentFns: Set<number>;
+  /** Messages written since the last publication. */
+  unpublished: number;
 }
 
 interface InMsg {
@@ -129,12 +152,6 @@ interface FnEntry {
   src: string;
 }
 
-interface Pending {
-  handle: CoreTaskHandle<unknown>;
-  /** Local tasks (placed on this very core) keep their runtime handle for cancellation. */
-  local: JoinHandle<unknown> | null;
-}
-
 type Signalling = { signalFd?(fd: number): void; eventfd?(): number };
 
 const EIGHT = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -149,22 +166,49 @@ export class CoreNode {
   private readonly inn: Array<In | null>;
   private readonly ports: Array<MessagePort | null>;
   private readonly spinMs: number;
+  private readonly awaitSpinMs: number;
+  /** Tasks sent to other cores and not settled (all of `inflight` but this core's own). */
+  private remoteInflight = 0;
+  /**
+   * This core has a CPU of its own (pinned): only then does it spin `awaitSpinMs` for results.
+   * Unpinned, the kernel may run the core it waits for on this very CPU, where spinning would
+   * only keep that core from running.
+   */
+  private pinned = false;
   private readonly onShutdownRequest: ((graceMs: number) => void) | undefined;
+  private readonly onPublish: (() => void) | undefined;
+  private lastPublish = 0;
 
   // Tasks this core sent (or placed on itself), by id.
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending = new PendingTable<CoreTaskHandle<unknown>>();
   private readonly inflight: Int32Array;
   private nextId = 1;
   private rr = 0;
   private readonly fnByObj = new WeakMap<object, FnEntry>();
   private readonly fnBySrc = new Map<string, FnEntry>();
   private nextFnId = 1;
+  private lastFn: unknown = null;
+  private lastEntry: FnEntry | null = null;
   private nextBatch = 1;
 
   // Loop state.
   private started = false;
   private stopped = false;
   private tickScheduled = false;
+  /** True while poll() runs: messages emitted then are published by the poll's caller. */
+  private inPoll = false;
+  /** Handles this core settled during the current poll (their continuations wait for the tick to end). */
+  private settledInPoll = 0;
+  /** Messages published by emit() itself (counted into MSGS_OUT at the next flush). */
+  private sentImmediately = 0;
+  private microSpinning = false;
+  private microStart = 0;
+  private microIdle = 0;
+  private readonly microSpinBound = () => this.microSpin();
+  private activeLocal = 0;
+  private completedLocal = 0;
+  private readonly activeBy: Int32Array;
+  private countersDirty = false;
   private flushScheduled = false;
   private activity = false;
   private lastActive = 0;
@@ -191,9 +235,12 @@ export class CoreNode {
     this.ctl = new Int32Array(init.control);
     this.base = coreBase(init.core);
     this.spinMs = init.spinMs;
+    this.awaitSpinMs = Math.max(init.spinMs, init.awaitSpinMs);
     this.onShutdownRequest = init.onShutdownRequest;
+    this.onPublish = init.onPublish;
     this.ports = init.ports;
     this.inflight = new Int32Array(init.cores);
+    this.activeBy = new Int32Array(init.cores);
     this.signaller = init.runtime.backend as unknown as Signalling;
     this.out = [];
     this.inn = [];
@@ -203,7 +250,7 @@ export class CoreNode {
         this.inn.push(null);
         continue;
       }
-      this.out.push({ writer: new RingWriter(init.rings[init.core * init.cores + c]!), backlog: [], dirty: false, sentFns: new Set() });
+      this.out.push({ writer: new RingWriter(init.rings[init.core * init.cores + c]!), backlog: [], dirty: false, sentFns: new Set(), unpublished: 0 });
       this.inn.push({
         reader: new RingReader(init.rings[c * init.cores + init.core]!),
         frags: null,
@@ -227,12 +274,16 @@ export class CoreNode {
   start(): void {
     if (this.started) return;
     this.started = true;
+    this.pinned = Atomics.load(this.ctl, this.base + PIN_CPU) >= 0;
     const b = this.signaller;
-    // The eventfd doorbell is used only on backends where it was verified here (epoll). With the
-    // io_uring backend of this tree, a read of the eventfd kept in flight sometimes never
-    // completes (a lost wake-up, seen 4 times in 6 runs of 8 tasks over 4 cores), so that backend
-    // uses the Atomics.waitAsync doorbell until that is fixed; see NOTES.md.
-    const eventfdOk = this.runtime.backend.name === 'epoll' || process.env.MINISS_MULTICORE_EVENTFD === '1';
+    // The eventfd doorbell is used on the native Linux backends (epoll, io_uring). An io_uring ring
+    // created with DEFER_TASKRUN (opt-in there) stops signalling on this kernel while such a read
+    // waits, so that backend's eventfd() refuses in that mode and the Atomics.waitAsync doorbell is
+    // used instead (the catch below); see packages/backend-iouring/README.md.
+    const forced = process.env.MINISS_MULTICORE_DOORBELL;
+    const name = this.runtime.backend.name;
+    const eventfdOk =
+      forced === 'atomics' ? false : forced === 'eventfd' || process.env.MINISS_MULTICORE_EVENTFD === '1' || name === 'epoll' || name === 'io_uring';
     if (eventfdOk && typeof b.eventfd === 'function' && typeof b.signalFd === 'function') {
       try {
         this.bellFd = b.eventfd();
@@ -330,9 +381,9 @@ export class CoreNode {
       Atomics.add(this.ctl, this.base + BELL, 1);
       Atomics.notify(this.ctl, this.base + BELL);
     }
-    for (const p of [...this.pending.values()]) {
-      if (p.local !== null) p.local.cancel('the core shut down');
-      p.handle._settle(false, err);
+    for (const h of this.pending.values()) {
+      if (h._local !== null) h._local.cancel('the core shut down');
+      h._settle(false, err);
     }
     this.pending.clear();
     for (const port of this.ports) {
@@ -398,6 +449,10 @@ export class CoreNode {
     if (typeof core !== 'number' || !Number.isInteger(core) || core < 0 || core >= this.cores) {
       throw new RuntimeError('INVALID_ARGUMENT', `core must be an integer in 0..${this.cores - 1}, got ${String(core)}`);
     }
+    // A sleeping destination takes tens of microseconds to wake: ring its doorbell first, so the
+    // wake-up overlaps the work of writing the task (cold, that work takes as long). The core then
+    // finds the task within its spin window; had it given up already, publishing rings again.
+    if (core !== this.core && Atomics.load(this.ctl, coreBase(core) + SLEEPING) === 1) this.wake(core);
     const id = this.nextId++;
     const h = new CoreTaskHandle<Awaited<T>>(id, core, this.cancelBound as (h: CoreTaskHandle<Awaited<T>>) => void);
     let entry: FnEntry;
@@ -414,12 +469,13 @@ export class CoreNode {
       return h;
     }
     this.inflight[core]!++;
+    if (core !== this.core) this.remoteInflight++;
     if (core === this.core) {
-      this.pending.set(id, { handle: h as CoreTaskHandle<unknown>, local: null });
+      this.pending.set(h as CoreTaskHandle<unknown>);
       this.runLocal(id, entry, encoded);
       return h;
     }
-    this.pending.set(id, { handle: h as CoreTaskHandle<unknown>, local: null });
+    this.pending.set(h as CoreTaskHandle<unknown>);
     const o = this.out[core]!;
     let flags = 0;
     let head = 0;
@@ -465,8 +521,17 @@ export class CoreNode {
 
   private fnEntry(fn: unknown): FnEntry {
     if (typeof fn === 'function') {
+      if (fn === this.lastFn) return this.lastEntry!;
       const e = this.fnByObj.get(fn);
-      if (e !== undefined) return e;
+      if (e !== undefined) {
+        this.lastFn = fn;
+        this.lastEntry = e;
+        return e;
+      }
+      // A fresh closure of a source seen before (an arrow written inline in a loop): found by
+      // its text, without the checks and without growing the WeakMap.
+      const known = this.fnBySrc.get(Function.prototype.toString.call(fn));
+      if (known !== undefined) return known;
     }
     const src = sourceOf(fn);
     let e = this.fnBySrc.get(src);
@@ -475,6 +540,8 @@ export class CoreNode {
       this.fnBySrc.set(src, e);
     }
     this.fnByObj.set(fn as object, e);
+    this.lastFn = fn;
+    this.lastEntry = e;
     return e;
   }
 
@@ -485,8 +552,9 @@ export class CoreNode {
     if (p === undefined) return;
     this.pending.delete(h.id);
     this.inflight[h.core]!--;
+    if (h.core !== this.core) this.remoteInflight--;
     if (h.core === this.core) {
-      p.local?.cancel(`task ${h.id} was cancelled`);
+      p._local?.cancel(`task ${h.id} was cancelled`);
       return;
     }
     if (!this.isGone(h.core)) this.emit(h.core, MsgType.Cancel, 0, 0, h.id, 0, EMPTY);
@@ -506,17 +574,17 @@ export class CoreNode {
     this.taskAccepted(this.core);
     let jh: JoinHandle<unknown>;
     try {
-      jh = this.runtime.spawn(taskThunk(shipped, args));
+      jh = this.runtime.spawn(taskThunk(shipped, args, noReport));
     } catch (err) {
       this.taskFinished(this.core);
       this.settleLocal(id, false, err, entry.src);
       return;
     }
     const p = this.pending.get(id);
-    if (p !== undefined) p.local = jh;
+    if (p !== undefined) p._local = jh;
     // Observe the task from a microtask: `then` on a queued JoinHandle starts it at once, and a
     // task must not run synchronously inside spawnOn (the caller may still cancel it).
-    queueMicrotask(() => {
+    void RESOLVED.then(() => {
       jh.then(
         (v) => {
           this.taskFinished(this.core);
@@ -541,24 +609,45 @@ export class CoreNode {
         const e = encodeValue(value);
         v = decodeValue(e.kind, e.bytes, e.sabs);
       } catch (err) {
-        p.handle._settle(false, resultNotCloneable(err));
+        p._settle(false, resultNotCloneable(err));
         return;
       }
-      p.handle._settle(true, v);
+      p._settle(true, v);
     } else {
-      p.handle._settle(false, explainNotShippable(value, src, this.core));
+      p._settle(false, explainNotShippable(value, src, this.core));
     }
   }
 
+  // Load counters: this core is the only writer of its ACTIVE/COMPLETED words and of its row of
+  // per-sender counts, so it counts locally and publishes them with plain atomic stores once per
+  // poll or flush (not one locked read-modify-write per task).
   private taskAccepted(from: number): void {
-    Atomics.add(this.ctl, this.base + ACTIVE, 1);
-    Atomics.add(this.ctl, activeByIndex(this.cores, this.core, from), 1);
+    this.activeLocal++;
+    this.activeBy[from]!++;
+    this.countersChanged();
   }
 
   private taskFinished(from: number): void {
-    Atomics.sub(this.ctl, this.base + ACTIVE, 1);
-    Atomics.sub(this.ctl, activeByIndex(this.cores, this.core, from), 1);
-    Atomics.add(this.ctl, this.base + COMPLETED, 1);
+    this.activeLocal--;
+    this.activeBy[from]!--;
+    this.completedLocal++;
+    this.countersChanged();
+  }
+
+  private countersChanged(): void {
+    this.countersDirty = true;
+    if (!this.inPoll && !this.flushScheduled) {
+      this.flushScheduled = true;
+      RESOLVED.then(this.flushBound);
+    }
+  }
+
+  private publishCounters(): void {
+    this.countersDirty = false;
+    const ctl = this.ctl;
+    Atomics.store(ctl, this.base + ACTIVE, this.activeLocal);
+    Atomics.store(ctl, this.base + COMPLETED, this.completedLocal);
+    for (let s = 0; s < this.cores; s++) Atomics.store(ctl, activeByIndex(this.cores, this.core, s), this.activeBy[s]!);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -582,11 +671,12 @@ export class CoreNode {
    */
   coreLost(c: number, err: Error): void {
     if (c === this.core) return;
-    for (const [id, p] of this.pending) {
-      if (p.handle.core !== c) continue;
-      this.pending.delete(id);
-      p.handle._settle(false, err);
+    for (const h of this.pending.values()) {
+      if (h.core !== c) continue;
+      this.pending.delete(h.id);
+      h._settle(false, err);
     }
+    this.remoteInflight -= this.inflight[c]!;
     this.inflight[c] = 0;
     this.dropBacklog(c);
     const i = this.inn[c]!;
@@ -608,20 +698,50 @@ export class CoreNode {
 
   private emit(to: number, type: number, flags: number, kind: number, id: number, aux: number, body: Uint8Array): void {
     const o = this.out[to]!;
-    const m: OutMsg = { type, flags, kind, id, aux, body, sent: 0 };
-    if (o.backlog.length > 0 || !this.write(o.writer, m)) {
-      o.backlog.push(m);
-      this.backlogCount++;
-      Atomics.store(this.ctl, this.base + BACKLOG, this.backlogCount);
-      o.writer.setWaiting(true);
+    const w = o.writer;
+    let off = -1;
+    // Fast path: nothing queued before it and it fits in one record: write it in place.
+    if (o.backlog.length === 0 && body.length + RECORD_HEADER <= w.maxRecord) {
+      off = w.begin(type, flags, kind, id, aux, body.length);
+      if (off >= 0 && body.length > 0) w.u8.set(body, off);
+    }
+    if (off < 0) {
+      // The message waits in the backlog: it must own its bytes (an encoded number is a scratch view).
+      if (body.buffer === SCRATCH) body = body.slice();
+      const m: OutMsg = { type, flags, kind, id, aux, body, sent: 0 };
+      if (o.backlog.length > 0 || !this.write(w, m)) {
+        o.backlog.push(m);
+        this.backlogCount++;
+        Atomics.store(this.ctl, this.base + BACKLOG, this.backlogCount);
+        w.setWaiting(true);
+      }
     }
     if (!o.dirty) {
+      // The first message to this core in this turn (or poll) is published at once, and rings
+      // the destination's doorbell if it sleeps: a lone request or reply should not wait for the
+      // rest of the turn's code (cold, that is tens of microseconds). Later messages of the same
+      // turn are published together at its end, one store for the batch. (Publishing before
+      // wake() reads the SLEEPING flag keeps the Dekker order the doorbell relies on.)
       o.dirty = true;
       this.dirtyList.push(to);
+      if (off >= 0) {
+        w.publish();
+        this.wake(to);
+        this.sentImmediately++;
+        o.unpublished = 0;
+      }
+    } else if (off >= 0 && ++o.unpublished >= PUBLISH_EVERY) {
+      // A long batch (a poll answering hundreds of tasks): publish every PUBLISH_EVERY messages so
+      // the other core starts on them while this one is still producing.
+      w.publish();
+      this.wake(to);
+      this.sentImmediately++;
+      o.unpublished = 0;
     }
-    if (!this.flushScheduled) {
+    // Inside a poll the tick publishes at its end; elsewhere one microtask per turn does.
+    if (!this.flushScheduled && !this.inPoll) {
       this.flushScheduled = true;
-      queueMicrotask(this.flushBound);
+      RESOLVED.then(this.flushBound);
     }
     this.kick();
   }
@@ -644,6 +764,7 @@ export class CoreNode {
   /** Publishes every ring written this turn and wakes the cores that sleep. */
   private flush(): void {
     this.flushScheduled = false;
+    if (this.countersDirty) this.publishCounters();
     const list = this.dirtyList;
     if (list.length === 0) return;
     let sent = 0;
@@ -651,13 +772,15 @@ export class CoreNode {
       const to = list[i]!;
       const o = this.out[to]!;
       o.dirty = false;
+      o.unpublished = 0;
       if (o.writer.publish()) {
         sent++;
         this.wake(to);
       }
     }
     list.length = 0;
-    Atomics.add(this.ctl, this.base + MSGS_OUT, sent);
+    Atomics.add(this.ctl, this.base + MSGS_OUT, sent + this.sentImmediately);
+    this.sentImmediately = 0;
   }
 
   private flushBacklogs(): number {
@@ -746,14 +869,76 @@ export class CoreNode {
   private tick(): void {
     this.tickScheduled = false;
     if (this.stopped || this.sleeping) return;
-    const n = this.poll() + this.flushBacklogs();
-    const now = performance.now();
-    if (n > 0 || this.activity) {
-      this.activity = false;
-      this.lastActive = now;
+    const start = performance.now();
+    let now = start;
+    let window = this.spinMs;
+    for (;;) {
+      this.settledInPoll = 0;
+      const n = this.poll() + this.flushBacklogs();
+      now = performance.now();
+      if (n > 0 || this.activity) {
+        this.activity = false;
+        this.lastActive = now;
+      }
+      window = this.remoteInflight > 0 && this.pinned ? this.awaitSpinMs : this.spinMs;
+      // Handles settled: return to the event loop so their continuations (which may send the
+      // next tasks) run now. Otherwise keep serving while messages keep coming, bounded.
+      if (this.settledInPoll > 0 || this.stopped || this.sleeping) break;
+      if (now - this.lastActive >= window || now - start >= TICK_BUDGET_MS) break;
+      // Bounded synchronous spin on the tail words (one atomic load per ring per round).
+      const until = Math.min(now + SYNC_SPIN_MS, this.lastActive + window, start + TICK_BUDGET_MS);
+      let more = false;
+      while (now < until) {
+        if (this.anyIncoming()) {
+          more = true;
+          break;
+        }
+        now = performance.now();
+      }
+      if (!more) break;
     }
-    if (now - this.lastActive < this.spinMs) this.scheduleTick();
-    else this.sleep();
+    if (this.stopped || this.sleeping) return;
+    if (this.onPublish !== undefined && now - this.lastPublish >= 20) {
+      this.lastPublish = now;
+      this.onPublish();
+    }
+    if (now - this.lastActive < window) {
+      this.scheduleTick();
+      // Handles were settled: their continuations run as microtasks once this tick returns, and
+      // typically send the next task at once. Keep polling between those microtasks for a short
+      // while, so the reply is seen microseconds later instead of one event-loop turn later.
+      if (this.settledInPoll > 0 && !this.microSpinning) {
+        this.microSpinning = true;
+        this.microStart = now;
+        this.microIdle = 0;
+        RESOLVED.then(this.microSpinBound);
+      }
+    } else this.sleep();
+  }
+
+  /**
+   * One round of the microtask spin: poll if something was published, then queue itself again
+   * behind whatever microtasks are pending. Gives up after MICRO_SPIN_IDLE empty rounds in a row
+   * or TICK_BUDGET_MS in all (the setImmediate tick scheduled meanwhile takes over).
+   */
+  private microSpin(): void {
+    if (this.stopped || this.sleeping) {
+      this.microSpinning = false;
+      return;
+    }
+    if (this.anyIncoming()) {
+      this.poll();
+      this.lastActive = performance.now();
+      this.microIdle = 0;
+      if (this.lastActive - this.microStart > TICK_BUDGET_MS) {
+        this.microSpinning = false;
+        return;
+      }
+    } else if (++this.microIdle > MICRO_SPIN_IDLE) {
+      this.microSpinning = false;
+      return;
+    }
+    RESOLVED.then(this.microSpinBound);
   }
 
   private anyIncoming(): boolean {
@@ -777,6 +962,10 @@ export class CoreNode {
   }
 
   private sleep(): void {
+    if (this.onPublish !== undefined) {
+      this.lastPublish = performance.now();
+      this.onPublish();
+    }
     const ctl = this.ctl;
     const b = this.base;
     const v = Atomics.load(ctl, b + BELL);
@@ -824,7 +1013,8 @@ export class CoreNode {
     this.sleeping = false;
     Atomics.store(this.ctl, this.base + SLEEPING, 0);
     this.activity = true;
-    this.scheduleTick();
+    // Poll right here (we run from the doorbell's promise reaction): a loop turn saved per wake-up.
+    if (!this.tickScheduled) this.tick();
   }
 
   // -------------------------------------------------------------------------------------------
@@ -832,6 +1022,19 @@ export class CoreNode {
 
   /** Runs every published record of every incoming ring. Returns how many. */
   poll(): number {
+    this.inPoll = true;
+    let total = 0;
+    try {
+      total = this.pollRings();
+    } finally {
+      this.inPoll = false;
+    }
+    // Replies written by tasks that finished inside the poll: one publication per ring.
+    if (this.dirtyList.length > 0 || this.countersDirty) this.flush();
+    return total;
+  }
+
+  private pollRings(): number {
     let total = 0;
     for (let c = 0; c < this.cores; c++) {
       const i = this.inn[c];
@@ -844,6 +1047,7 @@ export class CoreNode {
           (i.frags ??= []).push(r.u8.slice(r.bodyOffset, r.bodyOffset + r.bodyLen));
           continue;
         }
+        if ((r.flags & (F_SRC | F_SABS | F_ERR)) === 0 && i.frags === null && i.parked.length === 0 && this.fastRecord(c, i, r)) continue;
         let body: Uint8Array;
         if (i.frags !== null) {
           i.frags.push(r.u8.subarray(r.bodyOffset, r.bodyOffset + r.bodyLen));
@@ -902,10 +1106,10 @@ export class CoreNode {
   }
 
   private onTask(from: number, i: In, m: InMsg): void {
-    const dv = new DataView(m.body.buffer, m.body.byteOffset, m.body.byteLength);
+    const dv = (m.flags & (F_SRC | F_SABS)) !== 0 ? new DataView(m.body.buffer, m.body.byteOffset, m.body.byteLength) : null;
     let p = 0;
     if (m.flags & F_SRC) {
-      const len = dv.getUint32(0, true);
+      const len = dv!.getUint32(0, true);
       const src = decoder.decode(m.body.subarray(4, 4 + len));
       p = 4 + len;
       let shipped: ShippedFn | Error;
@@ -918,7 +1122,7 @@ export class CoreNode {
     }
     let sabs: SharedArrayBuffer[] | null = null;
     if (m.flags & F_SABS) {
-      const batch = dv.getUint32(p, true);
+      const batch = dv!.getUint32(p, true);
       const got = i.sabs.get(batch);
       if (got === undefined) {
         // The SharedArrayBuffers are still in transit on the port: wait for them, keeping order.
@@ -931,19 +1135,8 @@ export class CoreNode {
       sabs = got;
       p += 4;
     }
-    const shipped = i.fns.get(m.aux);
-    if (shipped === undefined) {
-      this.reply(from, m.id, false, new RuntimeError('PROTOCOL_ERROR', `core ${this.core} has no function #${m.aux} from core ${from}`), '');
-      return;
-    }
-    if (shipped instanceof Error) {
-      this.reply(from, m.id, false, shipped, '');
-      return;
-    }
-    if (this.refuseTasks) {
-      this.reply(from, m.id, false, new RuntimeError('RUNTIME_SHUTDOWN', `core ${this.core} is shutting down: the task was not started`), '');
-      return;
-    }
+    const shipped = this.shippedFor(from, i, m.id, m.aux);
+    if (shipped === null) return;
     let args: unknown[];
     try {
       args = decodeArgs(m.kind, m.body.subarray(p), sabs);
@@ -951,29 +1144,98 @@ export class CoreNode {
       this.reply(from, m.id, false, err, '');
       return;
     }
+    this.startTask(from, i, m.id, shipped, args);
+  }
+
+  /** The compiled function `fnId` from core `from`, or null after answering the task with why not. */
+  private shippedFor(from: number, i: In, id: number, fnId: number): ShippedFn | null {
+    const shipped = i.fns.get(fnId);
+    if (shipped === undefined) {
+      this.reply(from, id, false, new RuntimeError('PROTOCOL_ERROR', `core ${this.core} has no function #${fnId} from core ${from}`), '');
+      return null;
+    }
+    if (shipped instanceof Error) {
+      this.reply(from, id, false, shipped, '');
+      return null;
+    }
+    if (this.refuseTasks) {
+      this.reply(from, id, false, new RuntimeError('RUNTIME_SHUTDOWN', `core ${this.core} is shutting down: the task was not started`), '');
+      return null;
+    }
+    return shipped;
+  }
+
+  /**
+   * Fast path of a record read straight from the ring (no copy, no message object): a task whose
+   * function is known and whose arguments are none or one number, or a result that is a number,
+   * undefined, null or a boolean. Returns false for anything else (the general path handles it).
+   */
+  private fastRecord(from: number, i: In, r: RingReader): boolean {
+    if (r.type === MsgType.Result) {
+      let v: unknown;
+      switch (r.kind) {
+        case Kind.F64:
+          v = r.f64[r.bodyOffset >>> 3];
+          break;
+        case Kind.Undefined:
+          v = undefined;
+          break;
+        case Kind.Null:
+          v = null;
+          break;
+        case Kind.True:
+          v = true;
+          break;
+        case Kind.False:
+          v = false;
+          break;
+        default:
+          return false;
+      }
+      const h = this.pending.get(r.id);
+      if (h === undefined) return true; // cancelled here already
+      this.pending.delete(r.id);
+      this.inflight[from]!--;
+      this.remoteInflight--;
+      this.settledInPoll++;
+      h._settle(true, v);
+      return true;
+    }
+    if (r.type === MsgType.Task && (r.kind === Kind.NoArgs || r.kind === Kind.OneF64)) {
+      const args = r.kind === Kind.NoArgs ? [] : [r.f64[r.bodyOffset >>> 3]];
+      const shipped = this.shippedFor(from, i, r.id, r.aux);
+      if (shipped !== null) this.startTask(from, i, r.id, shipped, args);
+      return true;
+    }
+    return false;
+  }
+
+  private startTask(from: number, i: In, id: number, shipped: ShippedFn, args: unknown[]): void {
     this.taskAccepted(from);
+    // The task reports its own outcome when `fn` returns a plain value or throws: the reply is
+    // then written inside this poll (and published at its end) instead of one promise reaction
+    // later. A promise result is reported when it settles, through the runtime's handle.
+    let reported = false;
+    const report = (ok: boolean, v: unknown): void => {
+      if (reported) return;
+      reported = true;
+      i.running.delete(id);
+      this.taskFinished(from);
+      this.reply(from, id, ok, v, shipped.src);
+    };
     let jh: JoinHandle<unknown>;
     try {
-      jh = this.runtime.spawn(taskThunk(shipped, args));
+      jh = this.runtime.spawn(taskThunk(shipped, args, report));
     } catch (err) {
-      this.taskFinished(from);
-      this.reply(from, m.id, false, err, shipped.src);
+      report(false, err);
       return;
     }
-    const id = m.id;
-    i.running.set(id, jh);
+    // Awaiting a fresh handle starts the task right here (no trip through the run queue).
     jh.then(
-      (v) => {
-        i.running.delete(id);
-        this.taskFinished(from);
-        this.reply(from, id, true, v, shipped.src);
-      },
-      (e) => {
-        i.running.delete(id);
-        this.taskFinished(from);
-        this.reply(from, id, false, e, shipped.src);
-      },
+      (v) => report(true, v),
+      (e) => report(false, e),
     );
+    if (!reported) i.running.set(id, jh);
   }
 
   private reply(to: number, id: number, ok: boolean, value: unknown, src: string): void {
@@ -1024,6 +1286,8 @@ export class CoreNode {
     }
     this.pending.delete(m.id);
     this.inflight[from]!--;
+    this.remoteInflight--;
+    this.settledInPoll++;
     let ok = (m.flags & F_ERR) === 0;
     let value: unknown;
     try {
@@ -1032,7 +1296,7 @@ export class CoreNode {
       ok = false;
       value = err;
     }
-    p.handle._settle(ok, value);
+    p._settle(ok, value);
   }
 }
 
@@ -1043,15 +1307,33 @@ function sabBatchOf(m: InMsg): number {
   return dv.getUint32(p, true);
 }
 
-/** The function the core's runtime runs: `fn(...args, signal)`; the signal is made only when used. */
-function taskThunk(shipped: ShippedFn, args: unknown[]): (signal: AbortSignal) => unknown {
+/**
+ * The function the core's runtime runs: `fn(...args, signal)`. A synchronous outcome (a value
+ * that is not a thenable, or a throw) is handed to `report` at once.
+ */
+function taskThunk(shipped: ShippedFn, args: unknown[], report: (ok: boolean, v: unknown) => void): (signal: AbortSignal) => unknown {
   const fn = shipped.fn;
+  const call = (signal: AbortSignal | undefined): unknown => {
+    let r: unknown;
+    try {
+      r = signal === undefined ? fn(...args) : fn(...args, signal);
+    } catch (err) {
+      report(false, err);
+      throw err;
+    }
+    if (r === null || (typeof r !== 'object' && typeof r !== 'function') || typeof (r as PromiseLike<unknown>).then !== 'function') {
+      report(true, r);
+    }
+    return r;
+  };
   if (shipped.declared > args.length || shipped.usesRestOrArguments) {
-    return (signal: AbortSignal) => fn(...args, signal);
+    return (signal: AbortSignal) => call(signal);
   }
   // Declaring no parameter tells the runtime not to create an AbortController (~1.7 us).
-  return (() => fn(...args)) as (signal: AbortSignal) => unknown;
+  return (() => call(undefined)) as (signal: AbortSignal) => unknown;
 }
+
+function noReport(): void {}
 
 export function coreGoneError(core: number, state: number): RuntimeError {
   if (state === CoreState.Crashed) {
@@ -1081,6 +1363,8 @@ function concat(parts: Uint8Array[]): Uint8Array {
 }
 
 const EMPTY = new Uint8Array(0);
+/** `RESOLVED.then(f)` queues a microtask for a fraction of `queueMicrotask`'s cost (no AsyncResource). */
+const RESOLVED = Promise.resolve();
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 

@@ -1,4 +1,4 @@
-import { CancelledError } from '@miniss/core';
+import { CancelledError, type JoinHandle } from '@miniss/core';
 
 /**
  * The handle of a task placed on a core: the JoinHandle surface (`then`/`catch`/`finally`,
@@ -18,6 +18,8 @@ export class CoreTaskHandle<T> implements PromiseLike<T> {
   private _resolve: ((v: T) => void) | null = null;
   private _reject: ((e: unknown) => void) | null = null;
   /** @internal */ _observed = false;
+  /** @internal A task placed on its own core keeps its runtime handle here (for cancellation). */
+  _local: JoinHandle<unknown> | null = null;
   /** @internal Called by cancel() while pending: sends the cancellation to the core. */
   _onCancel: ((h: CoreTaskHandle<T>) => void) | null;
 

@@ -17,6 +17,7 @@ import {
   PIN_CPU,
   PIN_ERRNO,
   PIN_FAILED,
+  SLEEPING,
   SLEEPS,
   STATE,
   TASKS_ACTIVE,
@@ -25,15 +26,24 @@ import {
   createControlBlock,
 } from './layout.js';
 import { setCurrentCore } from './current.js';
-import { pinThread } from './pin.js';
+import { pinThread, restoreAffinity, threadAffinity } from './pin.js';
 import type { WorkerInit } from './worker.js';
 
 export interface MultiCoreConfig extends RuntimeConfig {
   cores?: number;
   /** Pin core i to CPU i through the native backend's setAffinity (default true). */
   pin?: boolean;
-  /** How long an idle core keeps polling its rings before it sleeps on its doorbell, ms (default cpuThreadTimeoutMs = 10... capped at 1). */
+  /**
+   * How long an idle core keeps polling its rings after its last message before it sleeps on its
+   * doorbell, ms (default 0.05 = 50 us; fractions allowed).
+   */
   spinMs?: number;
+  /**
+   * How long a core that waits for results from other cores keeps polling before it sleeps, ms
+   * (default 0.2: longer than a wake-up of the other core, so a round trip to an idle core costs
+   * one wake-up, not two).
+   */
+  awaitSpinMs?: number;
 }
 
 export interface CoreStat {
@@ -45,9 +55,11 @@ export interface CoreStat {
   /** Tasks other cores placed here and not settled (the load measure's remote part). */
   tasksFromOtherCores: number;
   tasksCompletedForOtherCores: number;
-  /** The core runtime's own tasksActive and openResources (workers publish them every 20 ms). */
+  /** The core runtime's own tasksActive and openResources (a worker publishes them before it sleeps and at most every 20 ms while awake). */
   tasksActive: number;
   openResources: number;
+  /** The core is asleep on its doorbell right now (its SLEEPING flag is up). */
+  asleep: boolean;
   sleeps: number;
   wakeups: number;
   backlog: number;
@@ -82,6 +94,9 @@ export class MultiCoreRuntime {
   private readonly exited: Array<Promise<void>> = [];
   private readonly crashes = new Map<number, Error>();
   private shutdownPromise: Promise<void> | null = null;
+  /** The calling thread's `Cpus_allowed_list` before core 0 was pinned (null: not pinned / not Linux). */
+  private affinityBefore: string | null = null;
+  private affinityRestore: 'restored' | 'unchanged' | 'failed' | null = null;
   /** Called when a core crashes (an uncaught error on its thread). */
   onCoreCrash: ((core: number, err: Error) => void) | null = null;
 
@@ -98,11 +113,18 @@ export class MultiCoreRuntime {
     this.cores = n;
     const pin = cfg.pin ?? true;
     const cpus = availableParallelism();
-    const spinMs = cfg.spinMs ?? Math.min(1, cfg.cpuThreadTimeoutMs ?? 10);
-    const { cores: _c, pin: _p, spinMs: _s, ...rest } = cfg;
+    const spinMs = cfg.spinMs ?? 0.05;
+    const awaitSpinMs = cfg.awaitSpinMs ?? 0.2;
+    for (const [k, v] of [['spinMs', spinMs], ['awaitSpinMs', awaitSpinMs]] as const) {
+      if (typeof v !== 'number' || !(v >= 0) || v > 1000) {
+        throw new RuntimeError('INVALID_CONFIG', `${k} must be a number of milliseconds in 0..1000, got ${String(v)}`);
+      }
+    }
+    const { cores: _c, pin: _p, spinMs: _s, awaitSpinMs: _a, ...rest } = cfg;
     void _c;
     void _p;
     void _s;
+    void _a;
     const coreConfig: RuntimeConfig = { ...rest, features: (cfg.features ?? []).filter((f) => f !== 'multicore') };
 
     this.control = createControlBlock(n);
@@ -122,7 +144,7 @@ export class MultiCoreRuntime {
 
     this.runtime0 = new Runtime(coreConfig);
     setCurrentCore(0);
-    this.node0 = new CoreNode({ core: 0, cores: n, control: this.control, rings, ports: ports[0]!, runtime: this.runtime0, spinMs });
+    this.node0 = new CoreNode({ core: 0, cores: n, control: this.control, rings, ports: ports[0]!, runtime: this.runtime0, spinMs, awaitSpinMs });
     for (let c = 1; c < n; c++) {
       const init: WorkerInit = {
         core: c,
@@ -132,6 +154,7 @@ export class MultiCoreRuntime {
         ports: ports[c]!,
         config: coreConfig,
         spinMs,
+        awaitSpinMs,
         pinCpu: pin && c < cpus ? c : -1,
       };
       const w = new Worker(WORKER_URL, { workerData: init, transferList: ports[c]!.filter((p): p is MessagePort => p !== null) });
@@ -151,6 +174,8 @@ export class MultiCoreRuntime {
       );
     }
     // Pin core 0 after the workers exist: threads inherit their creator's affinity mask.
+    // Core 0 is the caller's thread: remember its affinity to give it back at shutdown.
+    this.affinityBefore = pin ? threadAffinity() : null;
     pinThread(this.runtime0, pin ? 0 : -1, this.ctl, coreBase(0));
     Atomics.store(this.ctl, coreBase(0) + STATE, CoreState.Running);
     this.node0.start();
@@ -227,6 +252,10 @@ export class MultiCoreRuntime {
     this.node0.refuse();
     for (let c = 1; c < this.cores; c++) this.node0.sendShutdown(c, graceMs);
     this.node0.detachBackend();
+    // Give the calling thread its affinity back (before the backend that can set it closes).
+    if (this.affinityBefore !== null && Atomics.load(this.ctl, coreBase(0) + PIN_CPU) >= 0) {
+      this.affinityRestore = restoreAffinity(this.runtime0, this.affinityBefore);
+    }
     let shutdownErr: unknown = null;
     try {
       await this.runtime0.shutdown({ graceMs });
@@ -257,11 +286,24 @@ export class MultiCoreRuntime {
   }
 
   /** Whole-runtime stats: per-core state, pinning, load and transport counters, crashes. */
-  stats(): { cores: number; pinned: boolean; shuttingDown: boolean; perCore: CoreStat[]; core0: ReturnType<Runtime['stats']> } {
+  stats(): {
+    cores: number;
+    pinned: boolean;
+    /**
+     * What shutdown did about the calling thread's CPU affinity (core 0 was pinned to CPU 0):
+     * 'restored' to `affinityBefore`, 'unchanged' (nothing to do), 'failed' (it stays pinned;
+     * restoring a multi-CPU mask needs `taskset`), null before shutdown or when core 0 was not pinned.
+     */
+    core0Affinity: { before: string | null; restore: 'restored' | 'unchanged' | 'failed' | null };
+    shuttingDown: boolean;
+    perCore: CoreStat[];
+    core0: ReturnType<Runtime['stats']>;
+  } {
     const perCore = this.perCore();
     return {
       cores: this.cores,
       pinned: perCore.every((c) => c.pinnedCpu !== null),
+      core0Affinity: { before: this.affinityBefore, restore: this.affinityRestore },
       shuttingDown: this.shutdownPromise !== null,
       perCore,
       core0: this.runtime0.stats(),
@@ -284,6 +326,7 @@ export class MultiCoreRuntime {
         tasksCompletedForOtherCores: Atomics.load(this.ctl, b + COMPLETED),
         tasksActive: c === 0 ? s0.tasksActive : Atomics.load(this.ctl, b + TASKS_ACTIVE),
         openResources: c === 0 ? s0.openResources : Atomics.load(this.ctl, b + OPEN_RESOURCES),
+        asleep: Atomics.load(this.ctl, b + SLEEPING) === 1,
         sleeps: Atomics.load(this.ctl, b + SLEEPS),
         wakeups: Atomics.load(this.ctl, b + WAKEUPS),
         backlog: Atomics.load(this.ctl, b + BACKLOG),

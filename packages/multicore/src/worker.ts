@@ -17,6 +17,7 @@ export interface WorkerInit {
   ports: Array<MessagePort | null>;
   config: RuntimeConfig;
   spinMs: number;
+  awaitSpinMs: number;
   /** CPU to pin to, or -1 for none. */
   pinCpu: number;
 }
@@ -29,14 +30,18 @@ setCurrentCore(init.core);
 const runtime = new Runtime(init.config);
 pinThread(runtime, init.pinCpu, ctl, base);
 
-// A core must stay alive while it waits for work from other cores, which no handle of its own
-// loop represents; the interval also publishes the runtime's load for coreStats().
+// The runtime's load for coreStats(), published by the core's loop (before it sleeps, and at
+// most every 20 ms while it is awake): an idle core is not woken by a timer for it.
 const publish = (): void => {
   const s = runtime.stats();
   Atomics.store(ctl, base + TASKS_ACTIVE, s.tasksActive);
   Atomics.store(ctl, base + OPEN_RESOURCES, s.openResources);
 };
-const keepAlive = setInterval(publish, 20);
+// A core must stay alive while it waits for work from other cores, which no handle of its own
+// loop represents (a pending Atomics.waitAsync does not hold a thread): a listener on the parent
+// port does, without ever waking the thread. Removed when the core stops.
+const keepAlive = (): void => {};
+parentPort?.on('message', keepAlive);
 
 let stopping = false;
 const node: CoreNode = new CoreNode({
@@ -47,6 +52,8 @@ const node: CoreNode = new CoreNode({
   ports: init.ports,
   runtime,
   spinMs: init.spinMs,
+  awaitSpinMs: init.awaitSpinMs,
+  onPublish: publish,
   onShutdownRequest: (graceMs) => void stop(graceMs),
 });
 
@@ -67,8 +74,8 @@ async function stop(graceMs: number): Promise<void> {
   await node.drainOutgoing(1000);
   Atomics.store(ctl, base + STATE, CoreState.Exited);
   node.stop(new RuntimeError('RUNTIME_SHUTDOWN', `core ${init.core} has shut down`));
-  clearInterval(keepAlive);
   parentPort?.postMessage({ type: 'exited', core: init.core });
+  parentPort?.off('message', keepAlive);
 }
 
 Atomics.store(ctl, base + STATE, CoreState.Running);

@@ -79,6 +79,19 @@ describe('MultiCoreRuntime', () => {
     await closed(mc);
   });
 
+  it('keeps 10,000 tasks in flight from one core (more than its pending table has slots): each gets its own result', async () => {
+    const mc = new MultiCoreRuntime({ cores: 2, pin: false });
+    const N = 10_000;
+    const hs = [];
+    for (let i = 0; i < N; i++) hs.push(mc.spawnOn(1, (k: number) => k * 3, i));
+    hs[17]!.cancel();
+    const got = await Promise.all(hs.map((h) => h.then((v) => v, (e: { code?: string }) => e.code)));
+    expect(got[17]).toBe('CANCELLED');
+    for (let i = 0; i < N; i++) if (i !== 17 && got[i] !== i * 3) throw new Error(`task ${i} got ${String(got[i])}`);
+    expect(mc.stats().perCore[0]!.backlog).toBe(0);
+    await closed(mc);
+  });
+
   it("cancels a remote task: handle.cancel() reaches the task's AbortSignal", async () => {
     const mc = new MultiCoreRuntime({ cores: 2, pin: false });
     const flag = new SharedArrayBuffer(4);
@@ -141,6 +154,10 @@ describe('MultiCoreRuntime', () => {
     expect(mc.cores).toBe(2);
     expect(await mc.blockOn(() => mc.broadcast(() => 7))).toEqual([7, 7]);
     expect(mc.stats().perCore.map((c) => c.state)).toEqual(['exited', 'exited']);
+    for (const bad of [-1, Number.NaN, 5000]) {
+      expect(() => new MultiCoreRuntime({ cores: 2, spinMs: bad })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+      expect(() => new MultiCoreRuntime({ cores: 2, awaitSpinMs: bad })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+    }
     for (const bad of [0, -1, 1.5, Number.NaN]) {
       expect(() => createRuntime({ features: ['multicore'], cores: bad })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
       expect(() => new MultiCoreRuntime(bad)).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
