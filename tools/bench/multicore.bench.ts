@@ -308,7 +308,7 @@ export async function run(opts: { messages?: number; trips?: number } = {}): Pro
       }
       return [median(idle), median(portIdle)];
     };
-    const doorbell = backend === 'epoll' ? 'eventfd' : 'Atomics.waitAsync';
+    const doorbell = process.env.MINISS_MULTICORE_DOORBELL === 'atomics' || backend === 'node' ? 'Atomics.waitAsync' : 'eventfd';
     const [idleUs, portIdleUs] = await idleTrips(mc);
     const floorUs = await wakeFloorUs(Math.min(trips, 50));
     rows.push({

@@ -40,8 +40,11 @@ function mergeRuns(all: BenchSuite[][]): BenchSuite[] {
   const out: BenchSuite[] = [];
   for (const first of all[0]!) {
     const same = all.map((r) => r.find((s) => s.subsystem === first.subsystem)).filter((s): s is BenchSuite => !!s);
+    // A row is the same figure in another run when its name and its competitor match (a suite may
+    // compare one miniss figure with two competitors under one name).
+    const key = (r: BenchRow): string => `${r.name}\u0000${r.baselineName}`;
     const rows: BenchRow[] = first.rows.map((row) => {
-      const seen = same.map((s) => s.rows.find((r) => r.name === row.name)).filter((r): r is BenchRow => !!r);
+      const seen = same.map((s) => s.rows.find((r) => key(r) === key(row))).filter((r): r is BenchRow => !!r);
       const ratios = seen.map(advantage).sort((a, b) => a - b);
       const range = `median of ${seen.length} runs (ratio ${ratios[0]!.toFixed(2)}..${ratios.at(-1)!.toFixed(2)})`;
       return {

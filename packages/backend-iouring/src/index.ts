@@ -74,10 +74,9 @@ const ECANCELED = osConstants.errno.ECANCELED;
 const ETIMEDOUT = osConstants.errno.ETIMEDOUT;
 
 /**
- * Backend extension (not in core's contract): a `connect` may carry `timeoutMs`. The backend
- * links an IORING_OP_LINK_TIMEOUT to the connect, and the connect fails with `ETIMEDOUT` when
- * it is not done in time. Only callers of this backend's `submit` can use it: core's
- * `TcpStream.connect` does not pass it (see README).
+ * A `connect` may carry `timeoutMs` (core's contract; `features.linkedTimeouts` is true here): the
+ * backend links an IORING_OP_LINK_TIMEOUT to the connect, and the connect fails with `ETIMEDOUT`
+ * when it is not done in time. `TcpStream.connect(addr, { timeoutMs })` passes it through.
  */
 export type IoUringConnectOperation = Extract<IoOperation, { op: 'connect' }> & { timeoutMs?: number };
 
@@ -271,7 +270,7 @@ export class IoUringBackend implements IoBackend {
       throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'io_uring' could not start: ${e?.message ?? String(err)}`, { cause: err });
     }
     const flags = this.#native.stats()[4] ?? 0;
-    this.features = Object.freeze({ directIo: true, batchSubmit: true, vectoredIo: true, sqpoll: (flags & IORING_SETUP_SQPOLL) !== 0 });
+    this.features = Object.freeze({ directIo: true, batchSubmit: true, vectoredIo: true, sqpoll: (flags & IORING_SETUP_SQPOLL) !== 0, linkedTimeouts: true });
   }
 
   get inFlight(): number {

@@ -77,7 +77,7 @@ describe.runIf(support.ok)('io_uring backend', () => {
     const DEFER = 1 << 13;
     expect(s.setupFlags & COOP).toBe(COOP);
     expect(s.setupFlags & DEFER).toBe(0);
-    expect(b.features).toEqual({ directIo: true, batchSubmit: true, vectoredIo: true, sqpoll: false });
+    expect(b.features).toEqual({ directIo: true, batchSubmit: true, vectoredIo: true, sqpoll: false, linkedTimeouts: true });
     expect(b.name).toBe('io_uring');
   });
 

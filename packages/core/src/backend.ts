@@ -83,7 +83,12 @@ export type IoOperation =
   /** Binds `fd` (from `socket`) and listens. `reusePort` sets `SO_REUSEPORT`; `SO_REUSEADDR` is always set. */
   | { op: 'listen'; fd: number; addr: SocketAddress; backlog: number; reusePort: boolean }
   | { op: 'accept'; fd: number }
-  | { op: 'connect'; fd: number; addr: SocketAddress }
+  /**
+   * Connects `fd`. `timeoutMs` is honoured only by a backend whose `features.linkedTimeouts` is
+   * true (the kernel ends the connect with `ETIMEDOUT`); `TcpStream.connect` passes it only to such
+   * a backend and times the connect itself on the others.
+   */
+  | { op: 'connect'; fd: number; addr: SocketAddress; timeoutMs?: number }
   | { op: 'recv'; fd: number; buffer: IoBuffer; len: number }
   | { op: 'send'; fd: number; buffer: IoBuffer; len: number }
   /** `how`: 0 read side, 1 write side, 2 both (`SHUT_RD`, `SHUT_WR`, `SHUT_RDWR`). */
@@ -107,6 +112,8 @@ export interface IoBackendFeatures {
   vectoredIo: boolean;
   /** A kernel thread polls the submission queue (io_uring `SQPOLL`): no syscall to submit. */
   sqpoll: boolean;
+  /** `connect` honours `timeoutMs` in the kernel (io_uring `IORING_OP_LINK_TIMEOUT`). Absent means false. */
+  linkedTimeouts?: boolean;
 }
 
 export type BackendName = 'io_uring' | 'epoll' | 'kqueue' | 'node';

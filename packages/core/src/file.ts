@@ -1,7 +1,7 @@
 import { constants as fsConstants } from 'node:fs';
-import type { BufferHandle, IoBuffer, IoHandleId } from './backend.js';
+import type { BufferHandle, IoBuffer } from './backend.js';
 import { InvalidArgumentError, RuntimeError, closedError } from './errors.js';
-import { currentRuntime, type IoOwner, type Runtime, type TrackedResource } from './runtime.js';
+import { currentRuntime, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 /** How to open a file. With no flags a file is opened read-only. */
 export interface OpenFlags {
@@ -97,7 +97,8 @@ function checkBuffers(bufs: unknown, syscall: string): Uint8Array[] {
  */
 export class File implements TrackedResource, IoOwner {
   /** @internal */
-  readonly _inflight = new Set<IoHandleId>();
+  /** @internal Head of this file's in-flight operations (see IoOwner). */
+  _ioHead: PendingIo | null = null;
   private _closed = false;
   private _closing: Promise<void> | null = null;
 

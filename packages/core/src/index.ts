@@ -62,5 +62,5 @@ export {
   type BufferPoolStats,
 } from './buffer-pool.js';
 export { File, openFlagsToNumber, type IoCallOptions, type OpenFlags } from './file.js';
-export { TcpListener, TcpStream, type BindOptions, type TcpAddress } from './tcp.js';
+export { TcpListener, TcpStream, type BindOptions, type ConnectOptions, type TcpAddress } from './tcp.js';
 export { doctor, formatDoctor, type DoctorReport } from './doctor.js';

@@ -101,6 +101,9 @@ export function validateOperation(op: IoOperation): void {
         throw new InvalidArgumentError(`${op.op}: addr must be { host: string, port: 0..65535 }`);
       }
       if (op.op === 'connect' && a.port === 0) throw new InvalidArgumentError('connect: port 0 is not a destination');
+      if (op.op === 'connect' && op.timeoutMs !== undefined && !(typeof op.timeoutMs === 'number' && op.timeoutMs > 0 && Number.isFinite(op.timeoutMs))) {
+        throw new InvalidArgumentError(`connect: timeoutMs must be a positive finite number of milliseconds, got ${String(op.timeoutMs)}`);
+      }
       if (op.op === 'listen' && (!Number.isInteger(op.backlog) || op.backlog < 0)) {
         throw new InvalidArgumentError('listen: backlog must be a non-negative integer');
       }

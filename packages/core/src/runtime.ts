@@ -104,11 +104,6 @@ export class PendingIo {
  */
 export interface IoOwner {
   _ioHead?: PendingIo | null;
-  /**
-   * Unused (the list above replaced it); still declared by file.ts, which this helper does not
-   * own. Remove once File declares `_ioHead: PendingIo | null = null` instead.
-   */
-  readonly _inflight?: Set<IoHandleId>;
 }
 
 /** Pending operations live in a direct-mapped table by `id & IO_TABLE_MASK`; collisions go to a Map. */
@@ -324,7 +319,7 @@ export class Runtime implements TaskScheduler {
     this._notifyQueue.push(handle);
     if (!this._notifyScheduled) {
       this._notifyScheduled = true;
-      queueMicrotask(this._notifyBound);
+      void RESOLVED.then(this._notifyBound);
     }
   }
 

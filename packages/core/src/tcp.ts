@@ -1,7 +1,8 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { SocketAddress } from './backend.js';
-import { InvalidArgumentError, IoError, RuntimeError, closedError } from './errors.js';
+import { constants as osConstants } from 'node:os';
+import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromErrno } from './errors.js';
 import type { IoCallOptions } from './file.js';
 import { currentRuntime, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
@@ -18,6 +19,14 @@ export interface BindOptions {
   backlog?: number;
   signal?: AbortSignal;
 }
+
+export interface ConnectOptions extends IoCallOptions {
+  /** Bounds the connect: past it the call rejects with `ETIMEDOUT` and the attempt is cancelled. */
+  timeoutMs?: number;
+}
+
+/** errno of ETIMEDOUT, from the OS (110 on Linux, 60 on macOS and the BSDs). */
+const ETIMEDOUT = osConstants.errno.ETIMEDOUT;
 
 function checkPort(port: unknown, allowZero: boolean): number {
   if (typeof port !== 'number' || !Number.isInteger(port) || port < (allowZero ? 0 : 1) || port > 65535) {
@@ -175,15 +184,36 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
     _rt._trackResource(this);
   }
 
-  /** Connects to `addr` (a host name is resolved first). Rejects with `ECONNREFUSED` etc. */
-  static async connect(addr: TcpAddress, opts: IoCallOptions = {}): Promise<TcpStream> {
+  /**
+   * Connects to `addr` (a host name is resolved first). Rejects with `ECONNREFUSED` etc.
+   * `timeoutMs` bounds the connect itself (not the name lookup): past it the attempt is cancelled
+   * and the call rejects with an `IoError` code `ETIMEDOUT`. On a backend with
+   * `features.linkedTimeouts` (io_uring) the kernel times it (a linked timeout); elsewhere a timer
+   * cancels the operation.
+   */
+  static async connect(addr: TcpAddress, opts: ConnectOptions = {}): Promise<TcpStream> {
     const rt = currentRuntime();
     if (addr === null || typeof addr !== 'object') throw new InvalidArgumentError('addr must be an object { host, port }');
     const port = checkPort(addr.port, false);
+    const timeoutMs = opts.timeoutMs;
+    if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs > 0 && Number.isFinite(timeoutMs))) {
+      throw new InvalidArgumentError(`timeoutMs must be a positive finite number of milliseconds, got ${String(timeoutMs)}`);
+    }
     const { host, family } = await resolveHost(addr.host ?? '127.0.0.1', 'connect', port);
     const fd = await rt.io({ op: 'socket', family }, opts.signal);
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      await rt.io({ op: 'connect', fd, addr: { host, port, family } }, opts.signal);
+      if (timeoutMs === undefined) {
+        await rt.io({ op: 'connect', fd, addr: { host, port, family } }, opts.signal);
+      } else if (rt.backend.features.linkedTimeouts === true) {
+        await rt.io({ op: 'connect', fd, addr: { host, port, family }, timeoutMs }, opts.signal);
+      } else {
+        // No kernel-side timeout: a timer aborts the operation with ETIMEDOUT as its reason.
+        const ac = new AbortController();
+        timer = setTimeout(() => ac.abort(ioErrorFromErrno(-ETIMEDOUT, 'connect', { address: host, port })), timeoutMs);
+        const signal = opts.signal ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal;
+        await rt.io({ op: 'connect', fd, addr: { host, port, family } }, signal);
+      }
     } catch (err) {
       await rt.io({ op: 'close', fd }).catch(() => undefined);
       if (err instanceof IoError) {
@@ -191,6 +221,8 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
         err.port ??= port;
       }
       throw err;
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
     }
     return new TcpStream(rt, fd);
   }

@@ -3,6 +3,7 @@
  * while in flight) written once and run for every backend that loads and works here. Backends
  * that are not installed or not supported by this OS/kernel are listed as skipped with the reason.
  */
+import { spawn as spawnChild, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -375,6 +376,52 @@ describe.each(probes.filter((p) => p.ok).map((p) => p.name))('conformance: %s', 
         expect((err as IoError).port).toBe(port);
       });
     });
+
+    it('connect with timeoutMs rejects ETIMEDOUT when the peer never answers, and cleans up', async () => {
+      // A listener that never accepts (a python3 child, so no backend of ours is involved) with a
+      // backlog of 0: once its accept queue is full, the kernel drops further SYNs and a connect hangs.
+      const py = spawnSync('python3', ['--version']);
+      if (py.status !== 0) {
+        console.warn('connect timeout test skipped: needs python3 for a listener that never accepts');
+        return;
+      }
+      const child = spawnChild('python3', ['-c', 'import socket,sys,time\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(30)'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        const port = await new Promise<number>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('python3 listener did not start')), 10_000);
+          child.stdout!.once('data', (d: Buffer) => {
+            clearTimeout(t);
+            resolve(Number(d.toString().trim()));
+          });
+        });
+        await run(async () => {
+          await expectCode(TcpStream.connect({ host: '127.0.0.1', port }, { timeoutMs: -1 }), 'INVALID_ARGUMENT');
+          await expectCode(TcpStream.connect({ host: '127.0.0.1', port }, { timeoutMs: Number.NaN }), 'INVALID_ARGUMENT');
+          const open: TcpStream[] = [];
+          let timedOut: IoError | undefined;
+          for (let i = 0; i < 8 && !timedOut; i++) {
+            const t0 = Date.now();
+            try {
+              open.push(await TcpStream.connect({ host: '127.0.0.1', port }, { timeoutMs: 150 }));
+            } catch (err) {
+              expect((err as IoError).code).toBe('ETIMEDOUT');
+              expect(Date.now() - t0).toBeGreaterThanOrEqual(140);
+              expect(Date.now() - t0).toBeLessThan(5_000);
+              timedOut = err as IoError;
+            }
+          }
+          expect(timedOut, 'some connect must hang once the accept queue is full').toBeDefined();
+          expect(timedOut!.port).toBe(port);
+          // A connect that completes in time is not affected by its timeout.
+          const l = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+          const [c, s] = await Promise.all([TcpStream.connect({ host: '127.0.0.1', port: l.address.port }, { timeoutMs: 5_000 }), l.accept()]);
+          await Promise.all([...open, c, s].map((x) => x.close()));
+          await l.close();
+        });
+      } finally {
+        child.kill('SIGKILL');
+      }
+    }, 20_000);
 
     it('binding a port in use rejects EADDRINUSE; bad addresses reject INVALID_ARGUMENT', async () => {
       await run(async () => {
