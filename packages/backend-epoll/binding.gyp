@@ -1,6 +1,11 @@
 {
   # The epoll backend is Linux-only. On any other OS package.json's "miniss.nativeOs" makes
   # miniss-build-native skip the build, and this file compiles nothing as a second guard.
+  "variables": {
+    # op.cc/thread_pool.cc and their headers are shared with the kqueue backend (@miniss/native-common).
+    # Relative to this file: gyp's make generator cannot place objects for absolute source paths.
+    "native_common": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('@miniss/native-common/package.json')))\")"
+  },
   "targets": [
     {
       "target_name": "miniss_epoll",
@@ -9,10 +14,13 @@
           "sources": [
             "native/binding.cc",
             "native/epoll.cc",
-            "native/op.cc",
-            "native/thread_pool.cc"
+            "<(native_common)/src/op.cc",
+            "<(native_common)/src/thread_pool.cc"
           ],
-          "include_dirs": ["<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")"],
+          "include_dirs": [
+            "<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")",
+            "<(native_common)/include"
+          ],
           "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-cast-function-type"],
           "cflags_cc!": ["-fno-exceptions"],
           "defines": ["_GNU_SOURCE"],

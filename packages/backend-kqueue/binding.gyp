@@ -6,7 +6,10 @@
   # set (package.json "miniss.nativeEnv").
   "variables": {
     "kq_inc": "<!(node -p \"process.env.MINISS_KQUEUE_INCLUDE_DIR || ''\")",
-    "kq_lib": "<!(node -p \"process.env.MINISS_KQUEUE_LIB_DIR || ''\")"
+    "kq_lib": "<!(node -p \"process.env.MINISS_KQUEUE_LIB_DIR || ''\")",
+    # op.cc/thread_pool.cc and their headers are shared with the epoll backend (@miniss/native-common).
+    # Relative to this file: gyp's make generator cannot place objects for absolute source paths.
+    "native_common": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('@miniss/native-common/package.json')))\")"
   },
   "targets": [
     {
@@ -16,10 +19,13 @@
           "sources": [
             "native/binding.cc",
             "native/kqueue.cc",
-            "native/op.cc",
-            "native/thread_pool.cc"
+            "<(native_common)/src/op.cc",
+            "<(native_common)/src/thread_pool.cc"
           ],
-          "include_dirs": ["<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")"],
+          "include_dirs": [
+            "<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")",
+            "<(native_common)/include"
+          ],
           "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-cast-function-type"],
           "cflags_cc!": ["-fno-exceptions"],
           "xcode_settings": {

@@ -34,7 +34,7 @@ import type { NativeEpollAddon, NativeEpollBackend } from './native.js';
  * operations are written as (id, result) pairs into a second shared buffer by one `reap` call.
  */
 
-// Keep in sync with enum OpCode in native/op.h.
+// Keep in sync with enum OpCode in @miniss/native-common (include/miniss/op.h).
 const OPCODES = {
   nop: 0,
   timeout: 1,

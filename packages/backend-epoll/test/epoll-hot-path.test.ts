@@ -4,38 +4,20 @@
 // queue is known to be empty.
 import { spawn, spawnSync } from 'node:child_process';
 import * as net from 'node:net';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createBackend, isSupported, type EpollBackend } from '@miniss/backend-epoll';
-import { Driver, connect, eventually, listen, openFdCount, recvExactly, sendAll } from './helpers.js';
+import { Driver, connect, eventually, listen, recvExactly, sendAll, withTimeout } from '@miniss/backend-testkit';
+import { perTestBackend } from '@miniss/backend-testkit/suites';
 
 const support = isSupported();
 if (!support.ok) console.warn(`epoll hot-path tests skipped: ${support.reason}`);
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-    }),
-  ]);
-}
-
 describe.runIf(support.ok)('epoll backend: per-operation fast paths', () => {
   let b: EpollBackend;
   let d: Driver;
-  let fdsBefore = 0;
-  const toClose: number[] = [];
-  beforeEach(() => {
-    fdsBefore = openFdCount();
-    b = createBackend();
-    d = new Driver(b);
-  });
-  afterEach(async () => {
-    await Promise.all(toClose.splice(0).map((fd) => d.io({ op: 'close', fd }).catch(() => 0)));
-    b.close();
-    expect(b.inFlight).toBe(0);
-    expect(openFdCount()).toBe(fdsBefore);
+  const toClose = perTestBackend(createBackend, (nb, nd) => {
+    b = nb;
+    d = nd;
   });
 
   it('recycles operation slots under new ids; a finished id is stale for cancel()', async () => {

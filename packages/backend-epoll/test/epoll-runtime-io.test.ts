@@ -4,19 +4,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Runtime, TcpListener, TcpStream, tryCurrentRuntime } from '@miniss/core';
 import { isSupported } from '@miniss/backend-epoll';
+import { withTimeout } from '@miniss/backend-testkit';
 
 const support = isSupported();
 if (!support.ok) console.warn(`epoll runtime I/O tests skipped: ${support.reason}`);
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
-    }),
-  ]);
-}
 
 describe.runIf(support.ok)('runtime I/O path on epoll', () => {
   afterEach(async () => {

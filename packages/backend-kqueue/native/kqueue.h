@@ -30,8 +30,8 @@
 #include <utility>
 #include <vector>
 
-#include "op.h"
-#include "thread_pool.h"
+#include "miniss/op.h"  // @miniss/native-common
+#include "miniss/thread_pool.h"
 
 namespace miniss {
 

@@ -39,7 +39,7 @@ import type { NativeKqueueAddon, NativeKqueueBackend } from './native.js';
  * was built against a kqueue emulation library (MINISS_KQUEUE_INCLUDE_DIR/MINISS_KQUEUE_LIB_DIR).
  */
 
-// Keep in sync with enum OpCode in native/op.h.
+// Keep in sync with enum OpCode in @miniss/native-common (include/miniss/op.h).
 const OPCODES = {
   nop: 0,
   timeout: 1,

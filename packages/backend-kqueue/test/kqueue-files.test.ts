@@ -1,181 +1,55 @@
+// The readiness-model file suite (tools/backend-testkit/src/files.ts) on kqueue, plus its own tests
+// (allocateBuffer without O_DIRECT, the IOV_MAX limit).
 import { randomBytes } from 'node:crypto';
-import { constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { constants as osConstants, tmpdir } from 'node:os';
+import { constants, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { IoError } from '@miniss/core';
-import { createBackend, isSupported, type KqueueBackend } from '@miniss/backend-kqueue';
-import { Driver, openFdCount } from './helpers.js';
+import { expect, it } from 'vitest';
+import { createBackend, isSupported } from '@miniss/backend-kqueue';
+import { fileSuite } from '@miniss/backend-testkit/suites';
 
-const support = isSupported();
-if (!support.ok) console.warn(`kqueue file tests skipped: ${support.reason}`);
-
-let dir = '';
-beforeAll(() => {
-  dir = mkdtempSync(join(process.env.MINISS_TEST_DIR ?? tmpdir(), 'miniss-kqueue-'));
-});
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
-
-describe.runIf(support.ok)('kqueue backend: files', () => {
-  let b: KqueueBackend;
-  let d: Driver;
-  let fdsBefore = 0;
-  beforeEach(() => {
-    fdsBefore = openFdCount();
-    b = createBackend();
-    d = new Driver(b);
-  });
-  afterEach(() => {
-    b.close();
-    expect(b.inFlight).toBe(0);
-    expect(openFdCount()).toBe(fdsBefore);
-  });
-
-  it('reads a file byte-for-byte as node:fs sees it, at offsets and at the current position', async () => {
-    const path = join(dir, 'data.bin');
-    const data = randomBytes(1024 * 1024 + 123);
-    writeFileSync(path, data);
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDONLY, mode: 0 });
-    // Positional reads of uneven chunks, many in flight at once.
-    const chunk = 65536 + 7;
-    const parts: Promise<number>[] = [];
-    const out = new Uint8Array(data.length);
-    for (let off = 0; off < data.length; off += chunk) {
-      const view = out.subarray(off, Math.min(off + chunk, data.length));
-      parts.push(d.io({ op: 'read', fd, buffer: view, offset: off, len: view.length }));
-    }
-    const got = await Promise.all(parts);
-    expect(got.reduce((a, n) => a + n, 0)).toBe(data.length);
-    expect(Buffer.from(out).equals(data)).toBe(true);
-    // Sequential reads at the current position (offset -1), one at a time.
-    const seq = new Uint8Array(data.length);
-    let pos = 0;
-    for (;;) {
-      const view = seq.subarray(pos, Math.min(pos + 100_000, seq.length));
-      const n = await d.io({ op: 'read', fd, buffer: view, offset: -1, len: view.length });
-      if (n === 0) break;
-      pos += n;
-    }
-    expect(pos).toBe(data.length);
-    expect(Buffer.from(seq).equals(data)).toBe(true);
-    // At EOF: 0.
-    expect(await d.io({ op: 'read', fd, buffer: new Uint8Array(10), offset: data.length, len: 10 })).toBe(0);
+fileSuite({
+  name: 'kqueue',
+  createBackend,
+  isSupported,
+  checkReadPath: (b, reads) => {
     // No preadv2(RWF_NOWAIT) on the BSDs: every regular-file read ran on the thread pool.
-    expect(b.stats().pool).toBeGreaterThanOrEqual(parts.length + 10);
-    await d.io({ op: 'close', fd });
-  });
-
-  it('reads into allocateBuffer memory (zeroed native memory); directIo is not claimed', async () => {
-    expect(b.features.directIo).toBe(false);
-    const path = join(dir, 'native-buf.bin');
-    const data = randomBytes(64 * 1024);
-    writeFileSync(path, data);
-    const buf = b.allocateBuffer(64 * 1024, 4096);
-    expect(buf.byteLength).toBe(64 * 1024);
-    expect(buf.every((x) => x === 0)).toBe(true);
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDWR, mode: 0 });
-    expect(await d.io({ op: 'read', fd, buffer: buf, offset: 0, len: buf.length })).toBe(data.length);
-    expect(Buffer.from(buf).equals(data)).toBe(true);
-    buf.fill(0xab, 0, 4096);
-    expect(await d.io({ op: 'write', fd, buffer: buf, offset: 4096, len: 4096 })).toBe(4096);
-    await d.io({ op: 'fsync', fd });
-    expect(readFileSync(path).subarray(4096, 8192).every((x) => x === 0xab)).toBe(true);
-    expect(() => b.allocateBuffer(100, 3)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
-    await d.io({ op: 'close', fd });
-  });
-
-  it('writes, appends at the current position, writev/readv, fsync and datasync', async () => {
-    const path = join(dir, 'w.txt');
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDWR | constants.O_CREAT | constants.O_TRUNC, mode: 0o644 });
-    const enc = new TextEncoder();
-    expect(await d.io({ op: 'write', fd, buffer: enc.encode('hello '), offset: -1, len: 6 })).toBe(6);
-    expect(await d.io({ op: 'write', fd, buffer: enc.encode('world'), offset: -1, len: 5 })).toBe(5);
-    expect(await d.io({ op: 'writev', fd, buffers: [enc.encode('!'), enc.encode(' and'), enc.encode(' more')], offset: -1 })).toBe(10);
-    expect(await d.io({ op: 'write', fd, buffer: enc.encode('HELLO'), offset: 0, len: 5 })).toBe(5);
-    await d.io({ op: 'fsync', fd });
-    await d.io({ op: 'fsync', fd, datasync: true });
-    expect(readFileSync(path, 'utf8')).toBe('HELLO world! and more');
-    const a = new Uint8Array(6);
-    const c = new Uint8Array(100);
-    expect(await d.io({ op: 'readv', fd, buffers: [a, c], offset: 0 })).toBe(21);
-    expect(Buffer.from(a).toString()).toBe('HELLO ');
-    expect(Buffer.from(c.subarray(0, 15)).toString()).toBe('world! and more');
-    await d.io({ op: 'close', fd });
-  });
-
-  it('reports open errors with code, errno, syscall and path', async () => {
-    const path = join(dir, 'does-not-exist');
-    const err = await d.error({ op: 'open', path, flags: constants.O_RDONLY, mode: 0 });
-    expect(err).toBeInstanceOf(IoError);
-    expect(err.code).toBe('ENOENT');
-    expect(err.errno).toBe(-osConstants.errno.ENOENT);
-    expect(err.syscall).toBe('open');
-    expect((err as IoError).path).toBe(path);
-  });
-
-  it('closes no fd it does not own: reading a closed or bogus fd is EBADF', async () => {
-    const path = join(dir, 'x.txt');
-    writeFileSync(path, 'abc');
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDONLY, mode: 0 });
-    await d.io({ op: 'close', fd });
-    // Right after the close, in one batch (one flush, no await in between), so nothing else in
-    // this process can have been handed the number again.
-    const onClosed = await Promise.all(
-      [
-        { op: 'read', fd, buffer: new Uint8Array(3), offset: 0, len: 3 },
-        { op: 'write', fd, buffer: new Uint8Array(3), offset: 0, len: 3 },
-        { op: 'fsync', fd },
-        { op: 'read', fd, buffer: new Uint8Array(3), offset: -1, len: 3 },
-      ].map((op) => d.error(op as never)),
-    );
-    expect(onClosed.map((e) => e.code)).toEqual(['EBADF', 'EBADF', 'EBADF', 'EBADF']);
-    for (const bad of [-1, 987654, 2 ** 40]) {
-      const e1 = await d.error({ op: 'read', fd: bad, buffer: new Uint8Array(3), offset: 0, len: 3 });
-      expect(e1.code).toBe('EBADF');
-      const e2 = await d.error({ op: 'write', fd: bad, buffer: new Uint8Array(3), offset: 0, len: 3 });
-      expect(e2.code).toBe('EBADF');
-      const e3 = await d.error({ op: 'fsync', fd: bad });
-      expect(e3.code).toBe('EBADF');
-      const e4 = await d.error({ op: 'close', fd: bad });
-      expect(e4.code).toBe('EBADF');
-    }
-  });
-
-  it('refuses a buffer detached between submit and flush with EFAULT instead of touching it', async () => {
-    const path = join(dir, 'y.txt');
-    writeFileSync(path, 'abcdef');
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDONLY, mode: 0 });
-    const buf = new Uint8Array(6);
-    const p = d.io({ op: 'read', fd, buffer: buf, offset: 0, len: 6 });
-    structuredClone(buf.buffer, { transfer: [buf.buffer] }); // detaches before the flush microtask
-    await expect(p).rejects.toMatchObject({ code: 'EFAULT' });
-    await d.io({ op: 'close', fd });
-  });
-
-  it('readv/writev take up to IOV_MAX (1024) buffers; more are refused at submit', async () => {
-    const path = join(dir, 'iov.txt');
-    writeFileSync(path, 'abc');
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDWR, mode: 0 });
-    try {
-      const many = Array.from({ length: 1025 }, () => new Uint8Array(1));
-      expect(() => b.submit({ op: 'readv', fd, buffers: many, offset: 0 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
-      expect(await d.io({ op: 'readv', fd, buffers: many.slice(0, 1024), offset: 0 })).toBe(3);
-      expect(Buffer.concat(many.slice(0, 3)).toString()).toBe('abc');
-    } finally {
+    expect(b.stats().pool).toBeGreaterThanOrEqual(reads + 10);
+  },
+  extraTests: (ctx) => {
+    it('reads into allocateBuffer memory (zeroed native memory); directIo is not claimed', async () => {
+      const { b, d, dir } = ctx();
+      expect(b.features.directIo).toBe(false);
+      const path = join(dir, 'native-buf.bin');
+      const data = randomBytes(64 * 1024);
+      writeFileSync(path, data);
+      const buf = b.allocateBuffer(64 * 1024, 4096);
+      expect(buf.byteLength).toBe(64 * 1024);
+      expect(buf.every((x) => x === 0)).toBe(true);
+      const fd = await d.io({ op: 'open', path, flags: constants.O_RDWR, mode: 0 });
+      expect(await d.io({ op: 'read', fd, buffer: buf, offset: 0, len: buf.length })).toBe(data.length);
+      expect(Buffer.from(buf).equals(data)).toBe(true);
+      buf.fill(0xab, 0, 4096);
+      expect(await d.io({ op: 'write', fd, buffer: buf, offset: 4096, len: 4096 })).toBe(4096);
+      await d.io({ op: 'fsync', fd });
+      expect(readFileSync(path).subarray(4096, 8192).every((x) => x === 0xab)).toBe(true);
+      expect(() => b.allocateBuffer(100, 3)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
       await d.io({ op: 'close', fd });
-    }
-  });
-
-  it('rejects malformed operations at submit with INVALID_ARGUMENT', () => {
-    expect(() => b.submit({ op: 'read', fd: 0, buffer: new Uint8Array(4), offset: 0, len: 5 })).toThrow(
-      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
-    );
-    expect(() => b.submit({ op: 'read', fd: 0, buffer: new Uint8Array(4), offset: -2, len: 1 })).toThrow(
-      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
-    );
-    expect(() => b.submit({ op: 'bogus' } as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
-    expect(b.inFlight).toBe(0);
-  });
+    });
+  },
+  moreTests: (ctx) => {
+    it('readv/writev take up to IOV_MAX (1024) buffers; more are refused at submit', async () => {
+      const { b, d, dir } = ctx();
+      const path = join(dir, 'iov.txt');
+      writeFileSync(path, 'abc');
+      const fd = await d.io({ op: 'open', path, flags: constants.O_RDWR, mode: 0 });
+      try {
+        const many = Array.from({ length: 1025 }, () => new Uint8Array(1));
+        expect(() => b.submit({ op: 'readv', fd, buffers: many, offset: 0 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+        expect(await d.io({ op: 'readv', fd, buffers: many.slice(0, 1024), offset: 0 })).toBe(3);
+        expect(Buffer.concat(many.slice(0, 3)).toString()).toBe('abc');
+      } finally {
+        await d.io({ op: 'close', fd });
+      }
+    });
+  },
 });

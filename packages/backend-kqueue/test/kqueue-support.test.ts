@@ -116,9 +116,10 @@ describe.runIf(plainLinux)('@miniss/backend-kqueue on Linux without a kqueue lib
   });
 });
 
-// A compile check only: every file of native/ (binding.cc too, with Node's and nan's headers)
-// against test/shim/sys/event.h with -fsyntax-only. It runs nothing; it fails when the code
-// stops being well-formed C++ against the BSD declarations.
+// A compile check only: every file of native/ (binding.cc too, with Node's and nan's headers) and
+// @miniss/native-common's op.cc and thread_pool.cc, against test/shim/sys/event.h with
+// -fsyntax-only. It runs nothing; it fails when the code stops being well-formed C++ against the
+// BSD declarations.
 const haveCxx = spawnSync(process.env.CXX || 'c++', ['--version'], { encoding: 'utf8' }).status === 0;
 describe.runIf(haveCxx)('kqueue reactor compile check (shim <sys/event.h>, -fsyntax-only)', () => {
   it('native/kqueue.cc, op.cc, thread_pool.cc and binding.cc compile with -Wall -Wextra -Werror', () => {

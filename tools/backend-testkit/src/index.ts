@@ -1,9 +1,15 @@
-import { readdirSync } from 'node:fs';
+// Helpers shared by the backend packages' tests (@miniss/backend-epoll, -kqueue, -iouring): a minimal
+// Driver that runs one IoBackend the way core's Runtime does, TCP helpers made through the backend
+// (listen, connect, sendAll, recvExactly), openFdCount for leak checks and eventually for polling.
+import { existsSync, readdirSync } from 'node:fs';
+import type { Worker } from 'node:worker_threads';
 import type { IoBackend, IoCompletion, IoOperation } from '@miniss/core';
 
-/** Open descriptors of this process (Linux: /proc/self/fd, minus the one readdir itself opens). */
+const FD_DIR = existsSync('/proc/self/fd') ? '/proc/self/fd' : '/dev/fd';
+
+/** Open descriptors of this process (Linux: /proc/self/fd; macOS and the BSDs: /dev/fd). */
 export function openFdCount(): number {
-  return readdirSync('/proc/self/fd').length;
+  return readdirSync(FD_DIR).length;
 }
 
 /** Waits until `check()` is true, polling every few ms, up to `ms`. */
@@ -109,4 +115,32 @@ export async function recvExactly(d: Driver, fd: number, n: number): Promise<Uin
     off += r;
   }
   return out;
+}
+
+/**
+ * Waits for a worker to end by itself, then terminates it. Node 20 sometimes takes seconds to end
+ * a worker that used dynamic import() (seen with a one-line ESM file and no miniss code at all),
+ * which made tests hit vitest's 30 s timeout now and then.
+ */
+export async function exitOrTerminate(w: Worker): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const exited = await Promise.race([
+    new Promise<boolean>((r) => w.once('exit', () => r(true))),
+    new Promise<boolean>((r) => {
+      timer = setTimeout(() => r(false), 2000);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (!exited) await w.terminate();
+}
+
+/** Rejects when `p` has not settled within `ms` (naming `what`), so a hang fails one test quickly. */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+    }),
+  ]);
 }

@@ -1,11 +1,11 @@
-// One I/O operation as the reactor sees it: plain C++, no V8.
+// One I/O operation as a readiness reactor (epoll, kqueue) sees it: plain C++, no V8.
 //
 // The binding decodes a descriptor from shared memory into an Op, pins the memory of its buffers
 // (`pins` hold the ArrayBuffer backing stores as opaque shared_ptr<void>, so this file needs no V8
 // header), and hands it to the reactor. The reactor owns the Op from Submit until Reap, when the
 // pins are dropped: memory the kernel or a pool thread may still touch is never released earlier.
-#ifndef MINISS_KQUEUE_OP_H_
-#define MINISS_KQUEUE_OP_H_
+#ifndef MINISS_OP_H_
+#define MINISS_OP_H_
 
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -17,7 +17,8 @@
 
 namespace miniss {
 
-// Keep in sync with OPCODES in src/index.ts.
+// Keep in sync with OPCODES in src/index.ts of every backend that uses this header
+// (@miniss/backend-epoll, @miniss/backend-kqueue).
 enum OpCode : int32_t {
   kNop = 0,
   kTimeout = 1,
@@ -75,7 +76,7 @@ struct Op {
   // Bookkeeping owned by the reactor.
   Where where = Where::kNew;
   uint8_t kind = 0;  // read/write on a readiness fd: kKindSocket or kKindStream (0 = not classified)
-  bool in_progress = false;  // connect: the non-blocking connect() was issued, waiting for EPOLLOUT
+  bool in_progress = false;  // connect: the non-blocking connect() was issued, waiting for writability (EPOLLOUT / EVFILT_WRITE)
   Op* qnext = nullptr;       // next op in the same fd wait queue
   bool cancel_requested = false;
   uint64_t deadline_ns = 0;
@@ -136,4 +137,4 @@ inline bool ProducesFd(int32_t code) { return code == kOpen || code == kAccept |
 
 }  // namespace miniss
 
-#endif  // MINISS_KQUEUE_OP_H_
+#endif  // MINISS_OP_H_

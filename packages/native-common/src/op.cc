@@ -1,5 +1,8 @@
-// System calls shared by the reactor and its pool threads (POSIX only, no epoll here).
-#include "op.h"
+// System calls shared by the reactor and its pool threads (POSIX only: no epoll, no kqueue here).
+// Platform differences are #ifdefs: sin_len/sin6_len where the address carries its length
+// (SIN6_LEN: macOS and the BSDs), fsync for fdatasync on macOS, getsockname for SO_DOMAIN where
+// SO_DOMAIN is missing.
+#include "miniss/op.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
