@@ -44,7 +44,17 @@ if (args.has('--if-needed')) {
   const built = existsSync(rel) ? readdirSync(rel).filter((f) => f.endsWith('.node')) : [];
   if (built.length > 0) {
     const out = Math.min(...built.map((f) => statSync(join(rel, f)).mtimeMs));
-    const src = Math.max(newestMtime(join(cwd, 'native')), statSync(join(cwd, 'binding.gyp')).mtimeMs);
+    // Sources of this package, plus those of @miniss/native-common when the package compiles them.
+    const dirs = [join(cwd, 'native')];
+    if (pkg.dependencies?.['@miniss/native-common']) {
+      try {
+        const common = dirname(createRequire(join(cwd, 'package.json')).resolve('@miniss/native-common/package.json'));
+        dirs.push(join(common, 'include'), join(common, 'src'));
+      } catch {
+        // not installed: node-gyp will say so
+      }
+    }
+    const src = Math.max(...dirs.map((d) => (existsSync(d) ? newestMtime(d) : 0)), statSync(join(cwd, 'binding.gyp')).mtimeMs);
     if (out >= src) {
       log('native addon is up to date');
       process.exit(0);
