@@ -95,6 +95,8 @@ const ERROR_RESPONSES: Record<number, Buffer> = {
     'HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large',
   ),
 };
+/** Sent by the idle sweep to a connection that went quiet in the middle of a request (RFC 9110 15.5.9). */
+const REQUEST_TIMEOUT = latin1('HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout');
 const PATH_ROOT = 47; // '/'
 const PATH_ECHO = latin1('/echo');
 
@@ -219,7 +221,14 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
       } else if (++st.idleSweeps >= sweepsToClose) {
         stats.idleClosed++;
         st.closing = true;
-        void st.conn.close();
+        if (st.busy) {
+          // Part of a request is buffered (its head or body stopped arriving): say so before closing.
+          const conn = st.conn;
+          void conn.sendAll(REQUEST_TIMEOUT).then(
+            () => conn.close(),
+            () => conn.close(),
+          );
+        } else void st.conn.close();
       }
     }
     sweepTimer = setTimer(sweepEvery, sweep);

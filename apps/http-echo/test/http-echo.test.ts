@@ -304,6 +304,16 @@ describe.each(backends)('apps/http-echo on $name', ({ name, ok }) => {
     expect(responses(active.data()).length).toBeGreaterThan(0);
   });
 
+  it.runIf(ok)('a connection that goes quiet in the middle of a request gets 408 before the idle close', async () => {
+    const head = await open();
+    head.sock.write('GET / HTTP/1.1\r\nHost: x\r\n');
+    const body = await open();
+    body.sock.write('POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc');
+    await Promise.all([head.closed, body.closed]);
+    expect(responses(head.data()).map((r) => r.status)).toEqual([408]);
+    expect(responses(body.data()).map((r) => r.status)).toEqual([408]);
+  });
+
   it.runIf(ok)('one bad client does not disturb another', async () => {
     const good = await open();
     good.sock.write('GET / HTTP/1.1\r\n\r\n');

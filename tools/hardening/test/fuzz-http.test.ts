@@ -1,7 +1,7 @@
 /**
  * HTTP parser fuzzing against a running apps/http-echo (a child process on port 0, idle timeout
  * 1 s): random bytes and mutated valid requests (byte flips, insertions, deletions, truncation,
- * duplication, header floods, huge lengths). Each connection must be answered with 400/413/431 or a
+ * duplication, header floods, huge lengths). Each connection must be answered with 400/408/413/431 or a
  * valid answer (200/404, after an optional 100 Continue), or be closed, within a bound: never stuck.
  * With `fin` the client shuts its write side after sending (the server must then close); without it
  * the server must answer or close by its idle timeout. Afterwards the server still serves GET / and
@@ -15,7 +15,7 @@ const seed = process.env.MINISS_FUZZ_SEED ? Number(process.env.MINISS_FUZZ_SEED)
 const cases = process.env.MINISS_FUZZ_RUNS ? Number(process.env.MINISS_FUZZ_RUNS) : 400;
 const IDLE_MS = 1000;
 const BOUND_MS = IDLE_MS + 3000;
-const ALLOWED = new Set([200, 404, 400, 413, 431]);
+const ALLOWED = new Set([200, 404, 400, 408, 413, 431]);
 
 const valid = [
   'GET / HTTP/1.1\r\nHost: x\r\n\r\n',
