@@ -117,7 +117,6 @@ export function sleep(ms: number, opts?: SleepOptions): Promise<void> {
     if (signal.aborted) return Promise.reject(abortReason(signal));
   }
   const wheel = d.wheel;
-  const when = wheel.deadlineAfter(ms);
   if (wheel.size >= MAX_TIMERS) return Promise.reject(new RuntimeError('TIMER_LIMIT', `a timer wheel holds at most ${MAX_TIMERS} timers at once`));
   // One shared executor instead of a closure per sleep (about a third of a promise's cost).
   const p = new Promise<void>(capture);
@@ -128,14 +127,14 @@ export function sleep(ms: number, opts?: SleepOptions): Promise<void> {
     // Nothing can cancel this sleep but shutdown: the promise's own resolve is the timer's
     // target and its reject the drop hook, so the sleep allocates no state of its own and
     // firing touches one object less.
-    wheel.insertAt(when, resolve, reject);
+    wheel.schedule(ms, resolve, reject);
     return p;
   }
   const e = d._pool.pop() ?? new SleepTimer();
   e.driver = d;
   e.resolve = resolve;
   e.reject = reject;
-  e.id = wheel.insertAt(when, e);
+  e.id = wheel.schedule(ms, e);
   if (signal !== undefined && signal !== null) {
     e.signal = signal;
     signal.addEventListener('abort', e);
@@ -156,7 +155,7 @@ export function setTimer(ms: number, callback: () => void): TimerId {
     throw new InvalidArgumentError(`setTimer: callback must be a function, got ${typeof callback}`);
   }
   const wheel = d.wheel;
-  return wheel.insertAt(wheel.deadlineAfter(ms), callback);
+  return wheel.schedule(ms, callback);
 }
 
 /**

@@ -115,7 +115,7 @@ export function timeout<T>(ms: number, work: TimeoutWork<T>): Promise<T> {
   capturedResolve = capturedReject = null;
   e.controller = controller;
   try {
-    e.id = wheel.insertAt(wheel.deadlineAfter(ms), e);
+    e.id = wheel.schedule(ms, e);
   } catch (err) {
     e.reject(err); // e.g. TIMER_LIMIT: the call rejects, as any failure inside it does
     return out;
