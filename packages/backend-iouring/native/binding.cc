@@ -36,6 +36,32 @@ constexpr int kShutdownWaitMs = 2000;
 // Callback rounds per eventfd wake-up when completions arrive inline (see OnPoll).
 constexpr int kMaxReadyRounds = 8;
 
+// Pinning a buffer means holding its std::shared_ptr<v8::BackingStore>; asking V8 for it
+// (ArrayBuffer::GetBackingStore) on every operation costs a lookup in V8's backing-store
+// bookkeeping and an atomic reference count, and an HTTP server submits the same few buffers (a
+// connection's receive buffer, a pre-encoded response) over and over. So each instance keeps a
+// small direct-mapped cache (the same design as the epoll backend's): ArrayBuffer (held weakly,
+// so the cache never keeps a JS object alive) -> its backing store. A hit needs the same
+// ArrayBuffer object (identity) with the same data address (an ArrayBuffer never changes its
+// memory without being detached, and a detached one has none), so the cached store is exactly
+// the one GetBackingStore would return. The operation's slot gets its own copy of the
+// shared_ptr, so the memory stays pinned until the completion is reaped whatever happens to the
+// cache entry or the ArrayBuffer. Only stores up to kStoreCacheMaxBytes are cached; entries whose
+// ArrayBuffer was collected are dropped whenever the ring goes idle and after every
+// kStoreCacheSweepEvery fills, so the memory the cache keeps alive after its buffers died is
+// bounded (kStoreCacheSize * 64 KiB, until the next sweep); everything is dropped at close.
+constexpr size_t kStoreCacheSize = 256;  // a power of two (the hash below yields 8 bits)
+constexpr size_t kStoreCacheMaxBytes = 64 * 1024;
+constexpr uint32_t kStoreCacheSweepEvery = 1024;
+// Arguments of flush() before the batch's objects (see Backend::Flush).
+constexpr int kFlushFixedArgs = 3;
+
+struct StoreCacheEntry {
+  v8::Global<v8::ArrayBuffer> buffer;  // weak: reset by the GC when the ArrayBuffer dies
+  std::shared_ptr<v8::BackingStore> store;
+  void* data = nullptr;
+};
+
 class Backend;
 
 struct Instance {
@@ -59,6 +85,34 @@ struct Instance {
   double* cq = nullptr;
   size_t cq_cap = 0;
   std::unique_ptr<Completion[]> scratch;
+  StoreCacheEntry store_cache[kStoreCacheSize];
+  bool cache_dirty = false;  // some entry is filled
+  uint32_t cache_fills = 0;  // since the last sweep
+  Nan::Persistent<v8::Object> callback_target;  // the receiver of on_ready, made once
+
+  // Drops cache entries whose ArrayBuffer has been collected (their stores may hold memory).
+  void SweepStoreCache() {
+    cache_fills = 0;
+    if (!cache_dirty) return;
+    bool any = false;
+    for (StoreCacheEntry& e : store_cache) {
+      if (e.store && e.buffer.IsEmpty()) {
+        e.store.reset();
+        e.data = nullptr;
+      }
+      any = any || e.store != nullptr;
+    }
+    cache_dirty = any;
+  }
+
+  void ClearStoreCache() {
+    for (StoreCacheEntry& e : store_cache) {
+      e.buffer.Reset();
+      e.store.reset();
+      e.data = nullptr;
+    }
+    cache_dirty = false;
+  }
 
   // The poll handle keeps the loop alive only while something is pending.
   void UpdateRef() {
@@ -69,6 +123,7 @@ struct Instance {
       uv_ref(reinterpret_cast<uv_handle_t*>(&poll));
     } else {
       uv_unref(reinterpret_cast<uv_handle_t*>(&poll));
+      SweepStoreCache();
     }
   }
 };
@@ -128,6 +183,8 @@ void OnClosed(uv_handle_t* handle) {
   inst->on_ready.Reset();
   inst->sq_store.reset();
   inst->cq_store.reset();
+  inst->ClearStoreCache();
+  inst->callback_target.Reset();
   if (inst->wrap != nullptr) inst->wrap->inst_ = nullptr;
   void (*done)(void*) = inst->hook_done;
   void* done_arg = inst->hook_arg;
@@ -168,7 +225,7 @@ void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
     // queues (promise continuations, which submit the next operations and flush) run before
     // control comes back here.
     inst->in_callback = true;
-    v8::Local<v8::Object> target = Nan::New<v8::Object>();
+    v8::Local<v8::Object> target = Nan::New(inst->callback_target);
     inst->async->runInAsyncScope(target, inst->on_ready.GetFunction(), 0, nullptr);
     inst->in_callback = false;
     if (inst->closing || !inst->engine || engine->closed()) return;
@@ -241,6 +298,7 @@ NAN_METHOD(Backend::New) {
   inst->scratch.reset(new Completion[cq_cap]);
   inst->on_ready.Reset(info[8].As<v8::Function>());
   inst->async = std::make_unique<Nan::AsyncResource>("miniss:IoUringBackend");
+  inst->callback_target.Reset(Nan::New<v8::Object>());
   Instance* raw = inst.release();
   uv_unref(reinterpret_cast<uv_handle_t*>(&raw->poll));
   r = uv_poll_start(&raw->poll, UV_READABLE, OnPoll);
@@ -255,21 +313,55 @@ NAN_METHOD(Backend::New) {
   info.GetReturnValue().Set(info.This());
 }
 
+// The backing store of `ab`, from the instance's cache when possible (see StoreCacheEntry).
+std::shared_ptr<v8::BackingStore> StoreOf(Instance* inst, v8::Local<v8::ArrayBuffer> ab) {
+  void* data = ab->Data();  // nullptr when detached or empty
+  const uintptr_t key = reinterpret_cast<uintptr_t>(data);
+  // Fibonacci hashing: the top 8 bits of key * 2^64/phi (the low bits of heap addresses repeat).
+  static_assert(kStoreCacheSize == 256, "the hash below yields 8 bits");
+  StoreCacheEntry& e = inst->store_cache[(static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> 56];
+  if (data != nullptr && e.data == data && e.buffer == ab) return e.store;
+  std::shared_ptr<v8::BackingStore> store = ab->GetBackingStore();
+  if (data != nullptr && store->Data() == data && store->ByteLength() <= kStoreCacheMaxBytes) {
+    e.buffer.Reset(v8::Isolate::GetCurrent(), ab);
+    e.buffer.SetWeak();
+    e.store = store;
+    e.data = data;
+    inst->cache_dirty = true;
+    if (++inst->cache_fills >= kStoreCacheSweepEvery) inst->SweepStoreCache();
+  }
+  return store;
+}
+
 // Points `data`/`len` at the first `len` bytes of a Uint8Array (len < 0: all of it) and pins
 // its backing store. False when the view is not one, is detached, or is shorter than `len`.
-bool BindBuffer(v8::Local<v8::Value> value, int64_t len, void** data, size_t* out_len, std::shared_ptr<void>* pin) {
+bool BindBuffer(Instance* inst, v8::Local<v8::Value> value, int64_t len, void** data, size_t* out_len,
+                std::shared_ptr<void>* pin) {
   if (!value->IsArrayBufferView()) return false;
   v8::Local<v8::ArrayBufferView> view = value.As<v8::ArrayBufferView>();
   const size_t have = view->ByteLength();  // 0 once detached
   const size_t want = len < 0 ? have : static_cast<size_t>(len);
   if (want > have) return false;
-  std::shared_ptr<v8::BackingStore> store = view->Buffer()->GetBackingStore();
+  std::shared_ptr<v8::BackingStore> store = StoreOf(inst, view->Buffer());
   char* base = static_cast<char*>(store->Data());
   if (base == nullptr && want > 0) return false;
   *data = base == nullptr ? nullptr : base + view->ByteOffset();
   *out_len = want;
   *pin = std::move(store);
   return true;
+}
+
+// Object `index` of the batch: an argument after the fixed ones (objs is null), or an element
+// of the array `objs` (a batch with too many objects to pass as arguments).
+bool ObjectAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
+              v8::Local<v8::Value>* out) {
+  if (index < 0) return false;
+  if (!objs->IsArray()) {
+    if (index >= info.Length() - kFlushFixedArgs) return false;
+    *out = info[kFlushFixedArgs + index];
+    return true;
+  }
+  return Nan::Get(objs.As<v8::Array>(), static_cast<uint32_t>(index)).ToLocal(out);
 }
 
 bool StringOf(v8::Local<v8::Value> v, std::string* out) {
@@ -280,18 +372,22 @@ bool StringOf(v8::Local<v8::Value> v, std::string* out) {
   return true;
 }
 
-// flush(count, objects, hold): turns `count` descriptors into SQEs and submits them with one
-// io_uring_enter (deferred to the end of the ready callback when called from inside it).
-// Returns how many descriptors were taken; the rest did not fit and stay queued in JS. `hold`
-// says whether JS still holds queued work after this call (keeps the loop alive).
+// flush(count, hold, objects) or flush(count, hold, null, ...objects): turns `count` descriptors
+// into SQEs and submits them with one io_uring_enter (deferred to the end of the ready callback
+// when called from inside it). Descriptor words 5 and 6 are the index of its first object (buffer
+// or string) in the batch and how many it has; the objects travel as call arguments (reading an
+// argument is much cheaper than an element lookup through the V8 API) or, for a huge vectored
+// batch, as one array. Returns how many descriptors were taken; the rest did not fit and stay
+// queued in JS. `hold` says whether JS still holds queued work after this call (keeps the loop
+// alive).
 NAN_METHOD(Backend::Flush) {
   Instance* inst = Live(info);
   if (inst == nullptr) {
     Nan::ThrowError("the backend is closed");
     return;
   }
-  if (!info[0]->IsUint32() || !info[1]->IsArray()) {
-    Nan::ThrowTypeError("flush(count: number, objects: unknown[], hold: boolean)");
+  if (!info[0]->IsUint32() || !(info[2]->IsArray() || info[2]->IsNull())) {
+    Nan::ThrowTypeError("flush(count: number, hold: boolean, objects: unknown[] | null, ...objects)");
     return;
   }
   const size_t count = Nan::To<uint32_t>(info[0]).FromJust();
@@ -299,8 +395,7 @@ NAN_METHOD(Backend::Flush) {
     Nan::ThrowRangeError("flush: count is larger than the submission buffer");
     return;
   }
-  v8::Local<v8::Array> objs = info[1].As<v8::Array>();
-  v8::Local<v8::Context> context = Nan::GetCurrentContext();
+  v8::Local<v8::Value> objs = info[2];
   Engine* engine = inst->engine.get();
   size_t taken = 0;
   OpDesc d;
@@ -326,25 +421,23 @@ NAN_METHOD(Backend::Flush) {
       case kOpRecv:
       case kOpSend: {
         v8::Local<v8::Value> v;
-        ok = objs->Get(context, static_cast<uint32_t>(taken)).ToLocal(&v) && BindBuffer(v, d.a, &d.data, &d.len, &d.pin);
+        ok = ObjectAt(info, objs, w[5], &v) && BindBuffer(inst, v, d.a, &d.data, &d.len, &d.pin);
         break;
       }
       case kOpReadv:
       case kOpWritev: {
-        v8::Local<v8::Value> v;
-        ok = objs->Get(context, static_cast<uint32_t>(taken)).ToLocal(&v) && v->IsArray();
-        if (!ok) break;
-        v8::Local<v8::Array> arr = v.As<v8::Array>();
-        const uint32_t n = arr->Length();
-        if (n > 1024) {
+        const int32_t first = w[5];
+        const int32_t n = w[6];
+        if (first < 0 || n < 0 || n > 1024) {
           ok = false;
           break;
         }
-        d.iov.resize(n);
-        d.pins.resize(n);
-        for (uint32_t j = 0; ok && j < n; ++j) {
+        d.iov.resize(static_cast<size_t>(n));
+        d.pins.resize(static_cast<size_t>(n));
+        for (int32_t j = 0; ok && j < n; ++j) {
           v8::Local<v8::Value> b;
-          ok = arr->Get(context, j).ToLocal(&b) && BindBuffer(b, -1, &d.iov[j].iov_base, &d.iov[j].iov_len, &d.pins[j]);
+          const size_t k = static_cast<size_t>(j);
+          ok = ObjectAt(info, objs, first + j, &b) && BindBuffer(inst, b, -1, &d.iov[k].iov_base, &d.iov[k].iov_len, &d.pins[k]);
         }
         break;
       }
@@ -352,7 +445,7 @@ NAN_METHOD(Backend::Flush) {
       case kOpListen:
       case kOpConnect: {
         v8::Local<v8::Value> v;
-        ok = objs->Get(context, static_cast<uint32_t>(taken)).ToLocal(&v) && StringOf(v, &d.str);
+        ok = ObjectAt(info, objs, w[5], &v) && StringOf(v, &d.str);
         if (ok && d.op == kOpOpen && d.str.find('\0') != std::string::npos) ok = false;
         break;
       }
@@ -363,7 +456,7 @@ NAN_METHOD(Backend::Flush) {
     // A buffer detached (transferred) or shrunk since submit: fail the operation rather than
     // touch memory that is not there.
     if (!ok) d.prep_error = EFAULT;
-    if (!engine->Prepare(static_cast<uint32_t>(d.id & ((1ULL << 22) - 1)), d)) break;
+    if (!engine->Prepare(static_cast<uint32_t>(d.id & kSlotMask), d)) break;
     d.pin.reset();
     d.pins.clear();
     d.iov.clear();
@@ -371,7 +464,7 @@ NAN_METHOD(Backend::Flush) {
   d.pin.reset();
   d.pins.clear();
   if (!inst->in_callback) engine->SubmitPrepared(false);
-  inst->js_hold = info[2]->IsTrue();
+  inst->js_hold = info[1]->IsTrue();
   inst->UpdateRef();
   info.GetReturnValue().Set(static_cast<uint32_t>(taken));
 }

@@ -64,8 +64,9 @@ enum OpCode : int32_t {
 constexpr uint64_t kInternalUserData = 1ULL << 62;
 // With kInternalUserData: the multishot accept of listener record `user_data & kSlotMask`.
 constexpr uint64_t kListenerTag = 1ULL << 61;
-// Ids are `generation * 2^22 + slot` (see src/index.ts); the low bits name the slot.
-constexpr uint64_t kSlotMask = (1ULL << 22) - 1;
+// Ids are `generation * 2^20 + slot` with generation 1..1023 (see src/index.ts), so they stay
+// below 2^30 (small integers in JS); the low bits name the slot.
+constexpr uint64_t kSlotMask = (1ULL << 20) - 1;
 // Accepted connections a listener keeps queued for later accept operations before the engine
 // stops its multishot accept (the kernel's listen backlog holds the rest, as without multishot).
 constexpr size_t kMaxQueuedAccepts = 128;

@@ -64,8 +64,17 @@ const OP_CANCEL = 16;
 const SQ_INTS = 8;
 const SQ_DOUBLES = 3;
 const CQ_DOUBLES = 3;
-/** Ids are `generation * 2^22 + slot`; native code finds the slot from the low bits. */
-const SLOT_BITS = 2 ** 22;
+/**
+ * Ids are `generation * 2^SLOT_SHIFT + slot` (native code finds the slot from the low bits,
+ * kSlotMask in native/io_uring.h). The generation (1..GEN_LIMIT-1, bumped at every reuse of the
+ * slot, wrapping) makes the id of a finished operation differ from the next one in its slot, and
+ * keeps ids below 2^30: small integers (Smis) in V8, never heap numbers.
+ */
+const SLOT_SHIFT = 20;
+const SLOT_MASK = (1 << SLOT_SHIFT) - 1;
+const GEN_LIMIT = 1 << (30 - SLOT_SHIFT);
+/** The most buffers/strings of one batch passed to the addon as call arguments (see flush()). */
+const MAX_SPREAD = 1024;
 const IORING_CQE_F_MORE = 2;
 const IORING_SETUP_SQPOLL = 2;
 const IORING_SETUP_DEFER_TASKRUN = 1 << 13;
@@ -216,26 +225,30 @@ export class IoUringBackend implements IoBackend {
   readonly #sqF: Float64Array;
   readonly #cq: Float64Array;
 
-  /** Submitted, not yet handed to the ring (parallel arrays). Cancels are queued here too (op null). */
-  #qIds: number[] = [];
-  #qOps: (IoOperation | null)[] = [];
   /**
-   * Per slot: the id living in it (0 when free), its operation and whether its cancellation was
-   * requested (one cancel SQE each). Arrays indexed by slot rather than Maps keyed by id: no
-   * hashing and no allocation per operation.
+   * Submitted, not yet handed to the ring: the first #qLen entries (the array is reused, never
+   * reallocated). An entry is an operation id, or `-id` for a request to cancel operation `id`.
    */
-  readonly #slotId: number[] = [];
+  readonly #q: number[] = [];
+  #qLen = 0;
+  /**
+   * Per slot: its operation (null when free), the generation of its current (or last) id and
+   * whether its cancellation was requested (one cancel SQE each). Arrays indexed by slot rather
+   * than Maps keyed by id: no hashing and no allocation per operation.
+   */
   readonly #slotOp: (IoOperation | null)[] = [];
+  readonly #slotGen: number[] = [];
   readonly #slotCancelled: boolean[] = [];
   #liveCount = 0;
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
+  /** Buffers and strings of the batch being flushed (emptied after each native flush). */
   readonly #objs: unknown[] = [];
-  /** Free slot indexes, and the generation of each slot (so a reused slot gets a new id). */
+  /** Free slots, reused last-freed-first. */
   readonly #free: number[] = [];
-  readonly #gen: number[] = [];
-  #nextSlot = 0;
   #cb: (() => void) | null = null;
+  /** A drain() is handing completions to its sink (the completion buffer is in use). */
+  #reaping = false;
   #fireScheduled = false;
   #closed = false;
 
@@ -277,24 +290,18 @@ export class IoUringBackend implements IoBackend {
     return this.#liveCount;
   }
 
-  #newId(): number {
-    const slot = this.#free.length > 0 ? this.#free.pop()! : this.#nextSlot++;
-    if (slot >= SLOT_BITS) throw new RuntimeError('RESOURCE_EXHAUSTED', `io_uring backend: more than ${SLOT_BITS} operations in flight`);
-    const g = (this.#gen[slot] ?? 0) + 1;
-    this.#gen[slot] = g;
-    return g * SLOT_BITS + slot;
-  }
-
   /** The operation of a live id, or undefined (unknown, stale or finished). */
   #opOf(id: number): IoOperation | undefined {
-    const slot = id % SLOT_BITS;
-    return this.#slotId[slot] === id ? (this.#slotOp[slot] ?? undefined) : undefined;
+    if (typeof id !== 'number' || (id | 0) !== id || id <= SLOT_MASK) return undefined;
+    const slot = id & SLOT_MASK;
+    if (this.#slotGen[slot] !== id >>> SLOT_SHIFT) return undefined;
+    return this.#slotOp[slot] ?? undefined;
   }
 
+  /** Frees the slot of a live id. */
   #release(id: number): void {
-    const slot = id % SLOT_BITS;
-    if (this.#slotId[slot] !== id) return;
-    this.#slotId[slot] = 0;
+    const slot = id & SLOT_MASK;
+    if (this.#slotGen[slot] !== id >>> SLOT_SHIFT || this.#slotOp[slot] === null) return;
     this.#slotOp[slot] = null;
     this.#slotCancelled[slot] = false;
     this.#liveCount--;
@@ -310,129 +317,170 @@ export class IoUringBackend implements IoBackend {
         throw new InvalidArgumentError(`connect: timeoutMs must be a positive finite number of milliseconds, got ${String(t)}`);
       }
     }
-    const id = this.#newId();
-    const slot = id % SLOT_BITS;
-    this.#slotId[slot] = id;
+    let slot: number;
+    if (this.#free.length > 0) {
+      slot = this.#free.pop()!;
+    } else {
+      slot = this.#slotOp.length;
+      if (slot > SLOT_MASK) {
+        throw new RuntimeError('RESOURCE_EXHAUSTED', `the io_uring backend has ${SLOT_MASK + 1} operations in flight already; wait for some to finish`);
+      }
+      this.#slotOp.push(null);
+      this.#slotGen.push(0);
+      this.#slotCancelled.push(false);
+    }
+    let gen = this.#slotGen[slot]! + 1;
+    if (gen === GEN_LIMIT) gen = 1;
+    this.#slotGen[slot] = gen;
     this.#slotOp[slot] = op;
     this.#slotCancelled[slot] = false;
     this.#liveCount++;
-    this.#qIds.push(id);
-    this.#qOps.push(op);
+    const id = (gen << SLOT_SHIFT) | slot;
+    this.#q[this.#qLen++] = id;
     return id;
   }
 
   flush(): number {
     if (this.#closed) return 0;
-    const total = this.#qIds.length;
+    const total = this.#qLen;
     if (total === 0) return 0;
-    const ids = this.#qIds;
-    const ops = this.#qOps;
+    const q = this.#q;
+    const objs = this.#objs;
     let done = 0;
     while (done < total) {
       const n = Math.min(this.maxBatchSize, total - done);
-      const objs = this.#objs;
-      objs.length = 0;
-      for (let i = 0; i < n; i++) this.#encode(i, ids[done + i]!, ops[done + i]!);
+      for (let i = 0; i < n; i++) this.#encode(i, q[done + i]!);
       const hold = done + n < total;
-      const taken = this.#native.flush(n, objs, hold);
+      // The objects travel as arguments: reading an argument in C++ is much cheaper than an
+      // element lookup on an array through the V8 API. Only a huge vectored batch goes as the array.
+      const taken = objs.length <= MAX_SPREAD ? this.#native.flush(n, hold, null, ...objs) : this.#native.flush(n, hold, objs);
       objs.length = 0; // the addon pinned what it needs
       done += taken;
       if (taken < n) break; // SQ ring full even after submitting: the rest waits for completions
     }
     if (done === total) {
-      this.#qIds = [];
-      this.#qOps = [];
+      this.#qLen = 0;
     } else {
-      this.#qIds = ids.slice(done);
-      this.#qOps = ops.slice(done);
+      q.copyWithin(0, done, total);
+      this.#qLen = total - done;
       // Keep the loop alive and come back next turn to hand over the rest.
       this.#native.wake(true);
     }
     return done;
   }
 
-  #encode(slot: number, id: number, op: IoOperation | null): void {
+  /** Appends a buffer or string of the batch being encoded; returns its index. */
+  #pushObj(o: unknown): number {
+    return this.#objs.push(o) - 1;
+  }
+
+  /** Writes queue entry `entry` (an id, or -id for a cancel request) as descriptor `i`. */
+  #encode(i: number, entry: number): void {
     const I = this.#sqI;
     const F = this.#sqF;
-    const objs = this.#objs;
-    const b = slot * SQ_INTS;
-    const f = slot * SQ_DOUBLES;
+    const b = i * SQ_INTS;
+    const f = i * SQ_DOUBLES;
     I[b + 1] = -1;
     I[b + 2] = 0;
     I[b + 3] = 0;
     I[b + 4] = 0;
-    F[f] = id;
+    I[b + 5] = -1;
+    I[b + 6] = 0;
     F[f + 1] = -1;
     F[f + 2] = 0;
-    objs[slot] = undefined;
-    if (op === null) {
-      // A cancel request for the operation `id`.
+    if (entry < 0) {
+      // A cancel request for the operation `-entry`.
       I[b] = OP_CANCEL;
       F[f] = 0;
-      F[f + 2] = id;
+      F[f + 2] = -entry;
       return;
     }
-    I[b] = OPCODES[op.op];
+    F[f] = entry;
+    const op = this.#slotOp[entry & SLOT_MASK]!;
+    // The opcode is set per case: OPCODES[op.op] is a keyed load with many different keys
+    // (megamorphic); a switch on interned strings compares pointers.
     switch (op.op) {
       case 'nop':
+        I[b] = OPCODES.nop;
         break;
       case 'timeout':
+        I[b] = OPCODES.timeout;
         F[f + 2] = op.ms;
         break;
       case 'read':
       case 'write':
+        I[b] = op.op === 'read' ? OPCODES.read : OPCODES.write;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        objs[slot] = bytesOf(op.buffer);
+        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
         F[f + 1] = op.offset;
         break;
       case 'recv':
       case 'send':
+        I[b] = op.op === 'recv' ? OPCODES.recv : OPCODES.send;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        objs[slot] = bytesOf(op.buffer);
+        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
         break;
       case 'readv':
-      case 'writev':
+      case 'writev': {
+        I[b] = op.op === 'readv' ? OPCODES.readv : OPCODES.writev;
         I[b + 1] = int32OrBad(op.fd);
-        objs[slot] = op.buffers;
+        const bufs = op.buffers;
+        // More than the native limit (1024 iovecs): the addon fails the operation with EFAULT.
+        I[b + 5] = this.#objs.length;
+        I[b + 6] = bufs.length;
+        if (bufs.length <= 1024) for (let j = 0; j < bufs.length; j++) this.#pushObj(bufs[j]);
         F[f + 1] = op.offset;
         break;
+      }
       case 'fsync':
+        I[b] = OPCODES.fsync;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.datasync === true ? 1 : 0;
         break;
       case 'open':
+        I[b] = OPCODES.open;
         I[b + 2] = op.flags | 0;
         I[b + 3] = op.mode | 0;
-        objs[slot] = op.path;
+        I[b + 5] = this.#pushObj(op.path);
         break;
       case 'close':
+        I[b] = OPCODES.close;
+        I[b + 1] = int32OrBad(op.fd);
+        break;
       case 'accept':
+        I[b] = OPCODES.accept;
         I[b + 1] = int32OrBad(op.fd);
         break;
       case 'socket':
+        I[b] = OPCODES.socket;
         I[b + 2] = op.family;
         break;
       case 'listen':
+        I[b] = OPCODES.listen;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.addr.port;
         I[b + 3] = Math.min(op.backlog, 0x7fffffff);
         I[b + 4] = op.reusePort ? 1 : 0;
-        objs[slot] = op.addr.host;
+        I[b + 5] = this.#pushObj(op.addr.host);
         break;
       case 'connect': {
+        I[b] = OPCODES.connect;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.addr.port;
-        objs[slot] = op.addr.host;
+        I[b + 5] = this.#pushObj(op.addr.host);
         const t = (op as IoUringConnectOperation).timeoutMs;
         if (t !== undefined) F[f + 2] = t;
         break;
       }
       case 'shutdown':
+        I[b] = OPCODES.shutdown;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.how;
         break;
+      default:
+        I[b] = -1; // unreachable: submit validated the operation (the addon answers EINVAL)
     }
   }
 
@@ -440,29 +488,36 @@ export class IoUringBackend implements IoBackend {
     if (this.#closed) return false;
     if (typeof id !== 'number') return false;
     const op = this.#opOf(id);
-    if (op === undefined || this.#slotCancelled[id % SLOT_BITS] === true) return false;
-    const queued = this.#qIds.indexOf(id);
-    if (queued >= 0 && this.#qOps[queued] !== null) {
+    const slot = id & SLOT_MASK;
+    if (op === undefined || this.#slotCancelled[slot] === true) return false;
+    const q = this.#q;
+    let queued = -1;
+    for (let i = 0; i < this.#qLen; i++) {
+      if (q[i] === id) {
+        queued = i;
+        break;
+      }
+    }
+    if (queued >= 0) {
       // Not handed to the ring yet: it never reaches the kernel.
-      this.#qIds.splice(queued, 1);
-      this.#qOps.splice(queued, 1);
-      this.#slotCancelled[id % SLOT_BITS] = true;
+      q.copyWithin(queued, queued + 1, this.#qLen);
+      this.#qLen--;
+      this.#slotCancelled[slot] = true;
       this.#local.push({ handle: id, result: this.#error(op, -ECANCELED), buffer: handleOf(op) });
       this.#scheduleFire();
       return true;
     }
     // In the kernel: IORING_OP_ASYNC_CANCEL by user_data, flushed with the next batch. The
     // operation then completes with ECANCELED (or with its result if it finished first).
-    this.#slotCancelled[id % SLOT_BITS] = true;
-    this.#qIds.push(id);
-    this.#qOps.push(null);
+    this.#slotCancelled[slot] = true;
+    this.#q[this.#qLen++] = -id;
     this.#scheduleFire();
     return true;
   }
 
   poll(timeoutMs = 0): IoCompletion[] {
-    if (this.#closed) return NO_COMPLETIONS;
-    if (this.#qIds.length > 0) this.flush();
+    if (this.#closed || this.#reaping) return NO_COMPLETIONS;
+    if (this.#qLen > 0) this.flush();
     let out: IoCompletion[] | null = null;
     if (this.#local.length > 0) {
       out = this.#local;
@@ -470,26 +525,98 @@ export class IoUringBackend implements IoBackend {
       for (const c of out) this.#release(c.handle);
     }
     const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
-    const n = this.#native.reap(wait, this.#qIds.length > 0);
+    const n = this.#native.reap(wait, this.#qLen > 0);
     if (n === 0) return out ?? NO_COMPLETIONS;
-    out ??= [];
+    let k = 0;
+    // The result array is allocated at its final size (trimmed below if an id was stale).
+    if (out === null) out = new Array<IoCompletion>(n);
+    else k = out.length;
     const cq = this.#cq;
     for (let i = 0; i < n; i++) {
-      const id = cq[CQ_DOUBLES * i]!;
-      const r = cq[CQ_DOUBLES * i + 1]!;
-      const flags = cq[CQ_DOUBLES * i + 2]!;
+      const id = cq[CQ_DOUBLES * i]! | 0;
       const op = this.#opOf(id);
       if (op === undefined) continue;
-      let res = r;
-      // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
-      // the caller cancelled it.
-      if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id % SLOT_BITS] !== true) {
-        res = -ETIMEDOUT;
-      }
-      if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
-      out.push({ handle: id, result: res >= 0 ? res : this.#error(op, res), buffer: handleOf(op) });
+      const res = this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!);
+      out[k++] = { handle: id, result: res, buffer: handleOf(op) };
     }
+    if (k < out.length) out.length = k;
     return out;
+  }
+
+  /**
+   * Like {@link poll}, without allocating: hands every finished operation to `sink(handle,
+   * result)` (in the order `poll` would return them) instead of building completion objects and
+   * an array, and returns how many it handed over (0: nothing was ready; callers loop until 0,
+   * as with `poll`). A backend-specific extension a runtime may use in place of `poll(0)`
+   * (`result` is the same number or `Error` as `IoCompletion.result`; the `BufferHandle` is not
+   * passed: the caller gave it, and it is unpinned all the same). `sink` must not call `poll`
+   * or `drain` (they return nothing while a drain runs); it may submit and cancel.
+   */
+  drain(sink: (handle: IoHandleId, result: number | Error) => void, timeoutMs = 0): number {
+    if (this.#closed || this.#reaping) return 0;
+    if (this.#qLen > 0) this.flush();
+    let count = 0;
+    if (this.#local.length > 0) {
+      // Completions made in JS (rare): through poll's path, which releases their slots.
+      const local = this.#local;
+      this.#local = [];
+      for (const c of local) this.#release(c.handle);
+      let j = 0;
+      try {
+        for (; j < local.length; j++) {
+          count++;
+          sink(local[j]!.handle, local[j]!.result);
+        }
+      } finally {
+        // The sink threw: the rest is handed over by the next poll or drain.
+        if (j < local.length - 1) {
+          this.#local = local.slice(j + 1).concat(this.#local);
+          this.#scheduleFire();
+        }
+      }
+      return count;
+    }
+    const n = this.#native.reap(timeoutMs > 0 ? timeoutMs : 0, this.#qLen > 0);
+    if (n === 0) return 0;
+    const cq = this.#cq;
+    let i = 0;
+    this.#reaping = true;
+    try {
+      for (; i < n; i++) {
+        const id = cq[CQ_DOUBLES * i]! | 0;
+        const op = this.#opOf(id);
+        if (op === undefined) continue;
+        const res = this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!);
+        count++;
+        sink(id, res);
+      }
+    } finally {
+      this.#reaping = false;
+      if (i < n - 1) {
+        // The sink threw: completions already taken from the ring are not lost; the next
+        // poll or drain hands them over.
+        for (i++; i < n; i++) {
+          const id = cq[CQ_DOUBLES * i]! | 0;
+          const op = this.#opOf(id);
+          if (op === undefined) continue;
+          this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: handleOf(op) });
+        }
+        this.#scheduleFire();
+      }
+    }
+    return count;
+  }
+
+  /** The result of a reaped CQE of live operation `id` (releasing its slot unless more CQEs follow). */
+  #resultOf(id: number, op: IoOperation, r: number, flags: number): number | Error {
+    let res = r;
+    // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
+    // the caller cancelled it.
+    if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id & SLOT_MASK] !== true) {
+      res = -ETIMEDOUT;
+    }
+    if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
+    return res >= 0 ? res : this.#error(op, res);
   }
 
   onReady(cb: (() => void) | null): void {
@@ -507,7 +634,7 @@ export class IoUringBackend implements IoBackend {
   readonly #fire = (): void => {
     this.#fireScheduled = false;
     if (this.#closed) return;
-    if (this.#qIds.length > 0) this.flush();
+    if (this.#qLen > 0) this.flush();
     if (this.#cb !== null) this.#cb();
   };
 
@@ -596,19 +723,28 @@ export class IoUringBackend implements IoBackend {
     // (buffers it still holds after that are leaked on purpose, never freed under it) and
     // closes the ring and its eventfds.
     this.#native.close();
-    this.#qIds = [];
-    this.#qOps = [];
+    this.#qLen = 0;
+    this.#q.length = 0;
     this.#local = [];
-    this.#slotId.length = 0;
     this.#slotOp.length = 0;
+    this.#slotGen.length = 0;
+    this.#free.length = 0;
     this.#slotCancelled.length = 0;
     this.#liveCount = 0;
   }
 }
 
 function handleOf(op: IoOperation): BufferHandle | undefined {
-  if ('buffer' in op && !(op.buffer instanceof Uint8Array)) return op.buffer;
-  return undefined;
+  // A switch on the interned op name, not `'buffer' in op` (a megamorphic lookup).
+  switch (op.op) {
+    case 'read':
+    case 'write':
+    case 'recv':
+    case 'send':
+      return op.buffer instanceof Uint8Array ? undefined : op.buffer;
+    default:
+      return undefined;
+  }
 }
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */

@@ -23,7 +23,8 @@ export declare class NativeIoUringBackend {
     onReady: () => void,
   );
   /** Turns `count` descriptors into SQEs; returns how many were taken (the rest did not fit). `hold`: JS still holds queued work. */
-  flush(count: number, objects: unknown[], hold: boolean): number;
+  /** flush(count, hold, objects) or flush(count, hold, null, ...objects); see native/binding.cc. */
+  flush(count: number, hold: boolean, objects: unknown[] | null, ...spread: unknown[]): number;
   /** Writes completions into cq (waiting up to waitMs for the first); returns how many. */
   reap(waitMs: number, hold: boolean): number;
   /** Makes the loop call onReady on its next turn. */
