@@ -160,6 +160,14 @@ export interface IoBackend {
   poll(timeoutMs?: number): IoCompletion[];
 
   /**
+   * Optional allocation-free form of `poll`: hands each finished operation to `sink(handle,
+   * result)` in the order `poll` would return them, and returns how many (callers loop until 0).
+   * `sink` must not call `poll` or `drain`; it may submit and cancel. The runtime uses it in
+   * place of `poll(0)` when a backend has it (io_uring does).
+   */
+  drain?(sink: (handle: IoHandleId, result: number | Error) => void, timeoutMs?: number): number;
+
+  /**
    * Registers the function Node's event loop calls when completions are ready (null removes it).
    * The backend watches its one pollable fd with a `uv_poll_t` and calls `cb` from the loop; it
    * never calls `cb` synchronously from `submit`/`flush`.

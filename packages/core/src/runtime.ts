@@ -502,7 +502,15 @@ export class Runtime implements TaskScheduler {
     if (!this._backendClosed) this._backend.flush();
   }
 
+  private readonly _sink = (id: IoHandleId, result: number | Error): void => this._complete(id, result);
+
   private _reap(): void {
+    const be = this._backend;
+    if (typeof be.drain === 'function') {
+      // No completion objects or arrays: the backend hands each result straight to _complete.
+      while (be.drain(this._sink) > 0);
+      return;
+    }
     for (;;) {
       const batch: IoCompletion[] = this._backend.poll(0);
       if (batch.length === 0) return;
