@@ -19,6 +19,7 @@
           "sources": [
             "native/binding.cc",
             "native/kqueue.cc",
+            "<(native_common)/src/addon.cc",
             "<(native_common)/src/op.cc",
             "<(native_common)/src/thread_pool.cc"
           ],
