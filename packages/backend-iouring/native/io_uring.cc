@@ -134,7 +134,7 @@ int Ring::Init(unsigned entries, unsigned cq_entries, int mode, bool sqpoll, uns
     // not signal another eventfd directly; it defers that signal through RCU and a flag bit that
     // is never cleared, so the first such wake-up arrives (an RCU grace period late, ~16 ms
     // here) and every later one is dropped: the CQE is never produced because nobody enters
-    // the ring with GETEVENTS. Reproduced in C without Node (see NOTES.md) and by the test
+    // the ring with GETEVENTS. Reproduced in C without Node (docs/defer-taskrun-eventfd-repro.c) and by the test
     // "an eventfd read in flight completes when another thread writes it". COOP_TASKRUN
     // completes the request from task work in this thread, which signals the eventfd normally.
     if (mode == 3) {

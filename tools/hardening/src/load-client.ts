@@ -9,6 +9,10 @@
  * close by the server counts as an error. Prints progress lines `progress <responses>` once a
  * second and finally one JSON line: connections opened, responses, errors (with the first few
  * reasons), elapsed ms. Exit 0 when there were no errors.
+ *
+ * With MINISS_LOAD_HOLD=1 the client, once every answer came, prints `holding <opened>` and keeps
+ * every connection open until a line arrives on stdin: the parent can then look at the server while
+ * it really holds all of them at once (no sampling race).
  */
 import * as net from 'node:net';
 
@@ -135,8 +139,16 @@ async function main(): Promise<void> {
       }
     }, 20);
   });
-  stopping = true;
   clearInterval(progress);
+  if (process.env.MINISS_LOAD_HOLD === '1') {
+    process.stdout.write(`holding ${opened}\n`);
+    await new Promise<void>((resolve) => {
+      process.stdin.once('data', () => resolve());
+      process.stdin.once('end', () => resolve());
+    });
+    process.stdin.destroy();
+  }
+  stopping = true;
   if (perConn !== Infinity && responses < all.length * perConn) fail(`only ${responses} of ${all.length * perConn} responses in ${seconds} s`);
   for (const s of sockets) s.destroy();
   process.stdout.write(

@@ -2,8 +2,9 @@
  * Load against apps/http-echo (epoll backend) from a separate client process
  * (dist/load-client.js), on loopback:
  *  - 10,000 concurrent keep-alive connections, 4 requests each (GET / and POST /echo, bodies checked),
- *    within 30 s, zero errors; the server really held them all at once (its fd count peaks above
- *    10,000) and gives every fd back afterwards. On one core, and on two (`--cores 2`: every core
+ *    within 30 s, zero errors; the server really held them all at once (its fd count, read when every
+ *    answer came while the client still holds every connection, is above base + 10,000) and gives
+ *    every fd back afterwards. On one core, and on two (`--cores 2`: every core
  *    serves its own share of the connections).
  *  - a soak: 200 keep-alive connections busy for 10 s (60 s with MINISS_SOAK=1) while the server's RSS
  *    and fd count are sampled every 250 ms: the fd count stays flat, RSS does not grow after warm-up.
@@ -30,12 +31,30 @@ interface ClientResult {
   elapsedMs: number;
 }
 
-/** Runs the load client; `sample` is called every 250 ms while it runs. */
-function runClient(args: string[], timeoutMs: number, sample: () => void): Promise<{ code: number | string; result?: ClientResult; out: string }> {
+/**
+ * Runs the load client; `sample` is called every 250 ms while it runs. With `onHold`, the client
+ * holds every connection open after its last answer (MINISS_LOAD_HOLD=1) until `onHold` returned.
+ */
+function runClient(
+  args: string[],
+  timeoutMs: number,
+  sample: () => void,
+  onHold?: () => void,
+): Promise<{ code: number | string; result?: ClientResult; out: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [client, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = onHold ? { ...process.env, MINISS_LOAD_HOLD: '1' } : process.env;
+    const p = spawn(process.execPath, [client, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env });
     let out = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    let held = false;
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (onHold && !held && /^holding \d+$/m.test(out)) {
+        held = true;
+        onHold();
+        p.stdin.end('go\n');
+      }
+    });
+    if (!onHold) p.stdin.end();
     p.stderr.on('data', (d: Buffer) => (out += d.toString()));
     const timer = setInterval(sample, 250);
     const kill = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
@@ -78,17 +97,27 @@ describe('load against apps/http-echo', () => {
       const pid = server.proc.pid!;
       const base = fdCount(pid);
       let peak = base;
-      const r = await runClient([String(server.port), '10000', '30', '4'], 40_000, () => {
-        peak = Math.max(peak, fdCount(pid));
-      });
-      console.log(`load: ${r.out.trim().split('\n').at(-1)}; server fds ${base} -> peak ${peak}`);
+      let held = -1;
+      const r = await runClient(
+        [String(server.port), '10000', '30', '4'],
+        40_000,
+        () => {
+          peak = Math.max(peak, fdCount(pid));
+        },
+        () => {
+          // Every answer came and the client still holds all its connections: the server must too.
+          held = fdCount(pid);
+          peak = Math.max(peak, held);
+        },
+      );
+      console.log(`load: ${r.out.trim().split('\n').at(-1)}; server fds ${base} -> ${held} while all were held (peak ${peak})`);
       expect(r.result, r.out).toBeDefined();
       expect(r.result!.reasons).toEqual([]);
       expect(r.result!.errors).toBe(0);
       expect(r.result!.opened).toBe(10_000);
       expect(r.result!.responses).toBe(40_000);
       expect(r.code).toBe(0);
-      expect(peak).toBeGreaterThanOrEqual(base + 10_000);
+      expect(held).toBeGreaterThanOrEqual(base + 10_000);
       expect(await waitFor(() => fdCount(pid) <= base, 5000), `server fds ${fdCount(pid)} > ${base} after the load`).toBe(true);
     } finally {
       expect(await server.stop()).toBe(0);
