@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CancelledError, spawn } from '@miniss/core';
 import { Interval, sleep, timeout } from '@miniss/timer';
@@ -11,6 +12,7 @@ describe('task cancellation reaches every timer the task waits on (one hook per 
     await rt.blockOn(async () => {
       const outcomes: unknown[] = [];
       const ac = new AbortController();
+      setMaxListeners(1_000, ac.signal); // 500 sleeps share this one signal on purpose
       const abortReason = new Error('aborted by its own signal');
       const h = spawn(() => {
         const ps: Promise<unknown>[] = [];
