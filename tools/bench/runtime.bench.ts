@@ -24,6 +24,8 @@ export async function run(opts: { n?: number; runs?: number } = {}): Promise<Ben
       await trivialAsync();
       await spawn(trivialAsync);
       await spawn(trivialSync);
+      await spawn(() => i);
+      await (async () => i)();
     }
     const baseline = await nsPerOp(n, runs, async (k) => {
       for (let i = 0; i < k; i++) await trivialAsync();
@@ -33,6 +35,15 @@ export async function run(opts: { n?: number; runs?: number } = {}): Promise<Ben
     });
     const spawnSync = await nsPerOp(n, runs, async (k) => {
       for (let i = 0; i < k; i++) await spawn(trivialSync);
+    });
+    // A new closure per spawn (`spawn(() => work(x))`, the common shape in servers): the runtime's
+    // one-entry memo of "does fn take the signal" misses every time, so this row pays the
+    // `fn.length` lookup the rows above skip. The baseline makes and calls a closure too.
+    const closureBaseline = await nsPerOp(n, runs, async (k) => {
+      for (let i = 0; i < k; i++) await (async () => i)();
+    });
+    const spawnClosure = await nsPerOp(n, runs, async (k) => {
+      for (let i = 0; i < k; i++) await spawn(() => i);
     });
     const batch = 1000;
     // The same shape on both sides: start 1000, then await each in order.
@@ -53,6 +64,14 @@ export async function run(opts: { n?: number; runs?: number } = {}): Promise<Ben
     return [
       { name: 'spawn + await, async task', unit: 'ns/task', lowerIsBetter: true, miniss: spawnAsync, baselineName: 'async fn call + await', baseline, goal: '<= 150' },
       { name: 'spawn + await, sync task', unit: 'ns/task', lowerIsBetter: true, miniss: spawnSync, baselineName: 'async fn call + await', baseline, goal: '<= 150' },
+      {
+        name: 'spawn + await, a new closure each time',
+        unit: 'ns/task',
+        lowerIsBetter: true,
+        miniss: spawnClosure,
+        baselineName: 'new async closure, call + await',
+        baseline: closureBaseline,
+      },
       {
         name: 'spawn 1000 then await each',
         unit: 'ns/task',

@@ -151,6 +151,29 @@ describe('spawn and await', () => {
     });
   });
 
+  it('decides per function whether to pass the signal, however spawns of different functions interleave', async () => {
+    await blockOn(async () => {
+      const got: string[] = [];
+      function none(...rest: unknown[]): number {
+        // A rest parameter does not count in `length`: this function asked for no signal.
+        got.push(`none:${rest.length}`);
+        return 0;
+      }
+      const takes = (signal: AbortSignal): number => {
+        got.push(`takes:${signal instanceof AbortSignal}`);
+        return 1;
+      };
+      // Same function twice in a row (the remembered answer), then switching back and forth.
+      for (const fn of [none, none, takes, takes, none, takes, none]) await spawn(fn as (s: AbortSignal) => number);
+      const hs = [spawn(takes), spawn(none), spawn(takes)];
+      await Promise.all(hs);
+      expect(got).toEqual([
+        'none:0', 'none:0', 'takes:true', 'takes:true', 'none:0', 'takes:true', 'none:0',
+        'takes:true', 'none:0', 'takes:true',
+      ]);
+    });
+  });
+
   it('exposes id and done', async () => {
     await blockOn(async () => {
       const h = spawn(() => 1);
