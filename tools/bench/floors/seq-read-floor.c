@@ -1,0 +1,116 @@
+/*
+ * The kernel's own cost of a sequential 1 MiB io_uring read, without Node or miniss: the same
+ * page-cached file read with a pread(2) loop and with one IORING_OP_READ per io_uring_enter
+ * (queue depth 1, SINGLE_ISSUER|COOP_TASKRUN as the backend uses), passes interleaved, plus a
+ * third variant with the buffer registered (IORING_OP_READ_FIXED). Shows how close to the sync
+ * loop any io_uring read can get here, before JavaScript adds its part.
+ *
+ *   cc -O2 -o /tmp/seq-read-floor tools/bench/floors/seq-read-floor.c
+ *   dd if=/dev/urandom of=/tmp/seq-floor.bin bs=1M count=256 && /tmp/seq-read-floor /tmp/seq-floor.bin
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1u << 20)
+#define ROUNDS 8
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s <page-cached file of at least 1 MiB>\n", argv[0]);
+    return 2;
+  }
+  int fd = open(argv[1], O_RDONLY);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0 || st.st_size < MIB) {
+    perror(argv[1]);
+    return 1;
+  }
+  const size_t size = (size_t)st.st_size / MIB * MIB;
+  char *buf = aligned_alloc(4096, MIB);
+  memset(buf, 0, MIB);
+  for (size_t off = 0; off < size; off += MIB) pread(fd, buf, MIB, off); /* into the page cache */
+
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+  int rfd = (int)syscall(__NR_io_uring_setup, 8, &p);
+  if (rfd < 0) {
+    perror("io_uring_setup");
+    return 1;
+  }
+  size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+  size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+  size_t ring_size = sq_size > cq_size ? sq_size : cq_size; /* IORING_FEAT_SINGLE_MMAP */
+  char *ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_SQ_RING);
+  struct io_uring_sqe *sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                                   MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_SQES);
+  if (ring == MAP_FAILED || sqes == MAP_FAILED) {
+    perror("mmap");
+    return 1;
+  }
+  unsigned *sq_tail = (unsigned *)(ring + p.sq_off.tail);
+  unsigned *sq_array = (unsigned *)(ring + p.sq_off.array);
+  unsigned *cq_head = (unsigned *)(ring + p.cq_off.head);
+  unsigned *cq_tail = (unsigned *)(ring + p.cq_off.tail);
+  struct io_uring_cqe *cqes = (struct io_uring_cqe *)(ring + p.cq_off.cqes);
+  struct iovec iov = {buf, MIB};
+  if (syscall(__NR_io_uring_register, rfd, IORING_REGISTER_BUFFERS, &iov, 1) < 0) {
+    perror("IORING_REGISTER_BUFFERS");
+    return 1;
+  }
+
+  double sync_ms = 0, read_ms = 0, fixed_ms = 0;
+  for (int r = 0; r < ROUNDS; r++) {
+    double t = now_ms();
+    for (size_t off = 0; off < size; off += MIB) {
+      if (pread(fd, buf, MIB, off) != MIB) abort();
+    }
+    sync_ms += now_ms() - t;
+    for (int fixed = 0; fixed <= 1; fixed++) {
+      t = now_ms();
+      for (size_t off = 0; off < size; off += MIB) {
+        unsigned tail = *sq_tail, idx = tail & (p.sq_entries - 1);
+        struct io_uring_sqe *s = &sqes[idx];
+        memset(s, 0, sizeof *s);
+        s->opcode = fixed ? IORING_OP_READ_FIXED : IORING_OP_READ;
+        s->fd = fd;
+        s->addr = (uintptr_t)buf;
+        s->len = MIB;
+        s->off = off;
+        s->buf_index = 0;
+        sq_array[idx] = idx;
+        __atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
+        if (syscall(__NR_io_uring_enter, rfd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) {
+          perror("io_uring_enter");
+          return 1;
+        }
+        unsigned head = *cq_head;
+        if (head == __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE) || cqes[head & (p.cq_entries - 1)].res != (int)MIB) abort();
+        __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
+      }
+      *(fixed ? &fixed_ms : &read_ms) += now_ms() - t;
+    }
+  }
+  const double mib = (double)ROUNDS * size / MIB;
+  const double sync = mib / (sync_ms / 1e3), rd = mib / (read_ms / 1e3), fx = mib / (fixed_ms / 1e3);
+  printf("pread loop %.0f MiB/s; io_uring READ %.0f MiB/s (%.3fx); READ_FIXED %.0f MiB/s (%.3fx)\n", sync, rd, rd / sync, fx,
+         fx / sync);
+  return 0;
+}
