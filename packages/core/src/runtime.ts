@@ -417,7 +417,7 @@ export class Runtime implements TaskScheduler {
     const outer = this.currentTask;
     this.currentTask = t;
     try {
-      // Does fn take the signal? `fn.length` is a C++ accessor call (~10 ns, a twelfth of a
+      // Does fn take the signal? `fn.length` is a C++ accessor call (~10-15 ns, a tenth of a
       // spawn): remember the answer for the last function spawned, which a loop spawning the
       // same function again and again hits every time.
       let wants: boolean;
