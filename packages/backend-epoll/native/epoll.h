@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "miniss/op.h"  // @miniss/native-common
+#include "miniss/op_book.h"
 #include "miniss/thread_pool.h"
 
 namespace miniss {
@@ -91,7 +92,7 @@ struct ReactorStats {
   uint64_t skipped = 0;        // recv/accept queued without a system call (see FdState::read_wait)
 };
 
-class EpollReactor {
+class EpollReactor : public OpBook<FdState> {
  public:
   struct Options {
     int max_events = 256;   // events per epoll_wait
@@ -107,17 +108,9 @@ class EpollReactor {
   // The fd Node's loop polls: readable whenever Process() has something to do.
   int fd() const { return epfd_; }
 
-  // An op to fill in (recycled); give it to Submit, or back with Discard if decoding failed.
-  Op* NewOp();
-  void Discard(Op* op);
-
   // Starts op: attempts it at once, or queues it on its fd, the timer set or the pool. The op may
   // be complete when this returns. The reactor owns op until Reap hands its result out.
   void Submit(Op* op);
-
-  // Completes op with `result` without starting it (a descriptor the binding could not decode,
-  // such as a buffer detached since submit). Owned and reaped like a submitted op.
-  void Fail(Op* op, int64_t result);
 
   // Cancels the op with this id. False if unknown or already complete; true if a cancellation
   // was made (the op completes with -ECANCELED, or with its result if a pool thread runs it).
@@ -126,12 +119,6 @@ class EpollReactor {
   // Waits up to timeout_ms (0: not at all, -1: forever) for events and dispatches them, retrying
   // until something completes or the time is up. Returns the number of ready completions.
   size_t Process(int timeout_ms);
-
-  // Writes up to `cap` (id, result) pairs to out and releases those ops (and their buffer pins).
-  size_t Reap(double* out, size_t cap);
-
-  size_t ready() const { return done_.size() - done_head_; }
-  size_t in_flight() const { return live_count_; }
 
   // A non-blocking eventfd owned by this reactor (closed by Shutdown unless closed by a close op).
   // Returns the fd or -errno.
@@ -149,12 +136,9 @@ class EpollReactor {
   int Init();
 
   bool IsInternal(int fd) const { return fd == epfd_ || fd == evfd_ || fd == tfd_; }
-  FdState* Find(int fd);
-  FdState* Ensure(int fd);  // only for fds the kernel just proved valid
   void Adopt(int fd, bool is_socket);  // a new fd from socket/accept/eventfd
 
   void SubmitInner(Op* op);
-  void Complete(Op* op, int64_t result);
   void ToPool(Op* op);
   void StartRead(Op* op);
   void StartWrite(Op* op);
@@ -167,18 +151,11 @@ class EpollReactor {
   void NoteRecv(FdState* st, const Op* op, int64_t r);
   void Wait(Op* op, bool read_side);
   void RunQueue(FdState* st, bool read_side);
-  void FailQueues(FdState* st, int64_t result);
-  static void Enqueue(FdState* st, Op* op, bool read_side);
-  static bool Unqueue(FdState* st, Op* op, bool read_side);
 
   void ArmTimer();
   void FireTimers();
   void DrainPool();
   void Notify();
-
-  void Link(Op* op);
-  void Unlink(Op* op);
-  void Release(Op* op);
 
   Options options_;
   ReactorStats stats_;
@@ -187,18 +164,11 @@ class EpollReactor {
   int tfd_ = -1;
   bool closed_ = false;
   std::vector<struct epoll_event> events_;
-  std::vector<std::unique_ptr<FdState>> fds_;
   std::vector<int> owned_eventfds_;
   std::set<std::pair<uint64_t, Op*>> timers_;
   uint64_t armed_ns_ = 0;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<Op*> pool_done_;  // scratch for DrainPool
-
-  std::vector<Op*> done_;  // complete, not reaped
-  size_t done_head_ = 0;
-  Op* live_ = nullptr;     // every op from Submit to Reap
-  size_t live_count_ = 0;
-  std::vector<Op*> free_;  // recycled ops
   uint32_t recv_probe_ = 0;  // see FdState::recv_score
 };
 

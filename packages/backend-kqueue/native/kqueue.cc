@@ -202,96 +202,7 @@ void KqueueReactor::Shutdown() {
 }
 
 // -------------------------------------------------------------------------------------------------
-// Op bookkeeping
-
-Op* KqueueReactor::NewOp() {
-  if (!free_.empty()) {
-    Op* op = free_.back();
-    free_.pop_back();
-    return op;
-  }
-  return new Op();
-}
-
-void KqueueReactor::Discard(Op* op) {
-  op->Reset();
-  if (free_.size() < 1024) {
-    free_.push_back(op);
-  } else {
-    delete op;
-  }
-}
-
-void KqueueReactor::Link(Op* op) {
-  op->prev = nullptr;
-  op->next = live_;
-  if (live_ != nullptr) live_->prev = op;
-  live_ = op;
-  live_count_++;
-}
-
-void KqueueReactor::Unlink(Op* op) {
-  if (op->prev != nullptr) op->prev->next = op->next;
-  else live_ = op->next;
-  if (op->next != nullptr) op->next->prev = op->prev;
-  op->prev = op->next = nullptr;
-  live_count_--;
-}
-
-void KqueueReactor::Release(Op* op) {
-  Unlink(op);
-  Discard(op);
-}
-
-void KqueueReactor::Complete(Op* op, int64_t result) {
-  op->result = result;
-  op->where = Where::kDone;
-  op->qnext = nullptr;
-  done_.push_back(op);
-}
-
-size_t KqueueReactor::Reap(double* out, size_t cap) {
-  size_t n = 0;
-  while (n < cap && done_head_ < done_.size()) {
-    Op* op = done_[done_head_++];
-    out[2 * n] = static_cast<double>(op->id);
-    out[2 * n + 1] = static_cast<double>(op->result);
-    n++;
-    Release(op);  // drops the buffer pins: the memory is the caller's again
-  }
-  if (done_head_ == done_.size()) {
-    done_.clear();
-    done_head_ = 0;
-  }
-  return n;
-}
-
-// -------------------------------------------------------------------------------------------------
-// Per-fd state
-
-FdState* KqueueReactor::Find(int fd) {
-  if (fd < 0 || static_cast<size_t>(fd) >= fds_.size()) return nullptr;
-  return fds_[static_cast<size_t>(fd)].get();
-}
-
-FdState* KqueueReactor::Ensure(int fd) {
-  const size_t i = static_cast<size_t>(fd);
-  if (i >= fds_.size()) fds_.resize(std::max(i + 1, fds_.size() * 2));
-  if (!fds_[i]) fds_[i].reset(new FdState());
-  return fds_[i].get();
-}
-
-void KqueueReactor::FailQueues(FdState* st, int64_t result) {
-  while (Op* op = st->rhead) {
-    st->rhead = op->qnext;
-    Complete(op, result);
-  }
-  while (Op* op = st->whead) {
-    st->whead = op->qnext;
-    Complete(op, result);
-  }
-  st->rtail = st->wtail = nullptr;
-}
+// Per-fd state (the op and queue bookkeeping is OpBook's, in @miniss/native-common)
 
 void KqueueReactor::Adopt(int fd, bool is_socket) {
   FdState* st = Ensure(fd);
@@ -301,31 +212,6 @@ void KqueueReactor::Adopt(int fd, bool is_socket) {
   st->rreg = st->wreg = false;
   st->trusted = true;
   st->is_socket = is_socket;
-}
-
-void KqueueReactor::Enqueue(FdState* st, Op* op, bool read_side) {
-  op->qnext = nullptr;
-  Op*& head = read_side ? st->rhead : st->whead;
-  Op*& tail = read_side ? st->rtail : st->wtail;
-  if (tail != nullptr) tail->qnext = op;
-  else head = op;
-  tail = op;
-  op->where = read_side ? Where::kReadQueue : Where::kWriteQueue;
-}
-
-bool KqueueReactor::Unqueue(FdState* st, Op* op, bool read_side) {
-  Op*& head = read_side ? st->rhead : st->whead;
-  Op*& tail = read_side ? st->rtail : st->wtail;
-  Op* prev = nullptr;
-  for (Op* p = head; p != nullptr; prev = p, p = p->qnext) {
-    if (p != op) continue;
-    if (prev != nullptr) prev->qnext = p->qnext;
-    else head = p->qnext;
-    if (tail == p) tail = prev;
-    p->qnext = nullptr;
-    return true;
-  }
-  return false;
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -407,11 +293,6 @@ void KqueueReactor::SubmitInner(Op* op) {
       Complete(op, -EINVAL);
       return;
   }
-}
-
-void KqueueReactor::Fail(Op* op, int64_t result) {
-  Link(op);
-  Complete(op, result);
 }
 
 void KqueueReactor::ToPool(Op* op) {

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "miniss/op.h"  // @miniss/native-common
+#include "miniss/op_book.h"
 #include "miniss/thread_pool.h"
 
 namespace miniss {
@@ -56,7 +57,7 @@ struct ReactorStats {
   uint64_t kevent_wait = 0;     // kevent() calls that waited
 };
 
-class KqueueReactor {
+class KqueueReactor : public OpBook<FdState> {
  public:
   struct Options {
     int max_events = 256;
@@ -71,15 +72,9 @@ class KqueueReactor {
   // The kqueue fd: Node's loop polls it (a kqueue fd is readable when events are pending).
   int fd() const { return kq_; }
 
-  Op* NewOp();
-  void Discard(Op* op);
   void Submit(Op* op);
-  void Fail(Op* op, int64_t result);
   bool Cancel(uint64_t id);
   size_t Process(int timeout_ms);
-  size_t Reap(double* out, size_t cap);
-  size_t ready() const { return done_.size() - done_head_; }
-  size_t in_flight() const { return live_count_; }
   void Shutdown();
   bool closed() const { return closed_; }
   const ReactorStats& stats() const { return stats_; }
@@ -89,12 +84,9 @@ class KqueueReactor {
   int Init();
 
   bool IsInternal(int fd) const { return fd == kq_; }
-  FdState* Find(int fd);
-  FdState* Ensure(int fd);
   void Adopt(int fd, bool is_socket);
 
   void SubmitInner(Op* op);
-  void Complete(Op* op, int64_t result);
   void ToPool(Op* op);
   void StartRead(Op* op);
   void StartWrite(Op* op);
@@ -108,35 +100,21 @@ class KqueueReactor {
   int Register(int fd, bool read_side);
   void Wait(Op* op, bool read_side);
   void RunQueue(FdState* st, bool read_side);
-  void FailQueues(FdState* st, int64_t result);
-  static void Enqueue(FdState* st, Op* op, bool read_side);
-  static bool Unqueue(FdState* st, Op* op, bool read_side);
 
   void ArmTimer();
   void DisarmTimer();
   void FireTimers();
   void DrainPool();
 
-  void Link(Op* op);
-  void Unlink(Op* op);
-  void Release(Op* op);
-
   Options options_;
   ReactorStats stats_;
   int kq_ = -1;
   bool closed_ = false;
   std::vector<struct kevent> events_;
-  std::vector<std::unique_ptr<FdState>> fds_;
   std::set<std::pair<uint64_t, Op*>> timers_;
   uint64_t armed_ns_ = 0;
   std::unique_ptr<ThreadPool> pool_;
   std::vector<Op*> pool_done_;
-
-  std::vector<Op*> done_;
-  size_t done_head_ = 0;
-  Op* live_ = nullptr;
-  size_t live_count_ = 0;
-  std::vector<Op*> free_;
 };
 
 }  // namespace miniss
