@@ -35,7 +35,7 @@
 
 namespace miniss {
 
-// Operation codes shared with src/index.ts (OPCODES there).
+// Operation codes shared with NATIVE_OP_CODES in @miniss/core (src/native-backend.ts).
 enum OpCode : int32_t {
   kOpNop = 0,
   kOpTimeout = 1,

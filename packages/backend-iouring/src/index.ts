@@ -5,6 +5,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   InvalidArgumentError,
+  NATIVE_OP_CODES,
+  checkAllocateBuffer,
+  int32OrBad,
+  ioErrorForOperation,
+  nativeSocketAddress,
   NO_COMPLETIONS,
   RuntimeError,
   bytesOf,
@@ -39,25 +44,8 @@ import type { NativeIoUringAddon, NativeIoUringBackend } from './native.js';
  * wake-ups on this kernel (see README).
  */
 
-// Keep in sync with enum OpCode in native/io_uring.h.
-const OPCODES = {
-  nop: 0,
-  timeout: 1,
-  read: 2,
-  write: 3,
-  readv: 4,
-  writev: 5,
-  fsync: 6,
-  open: 7,
-  close: 8,
-  socket: 9,
-  listen: 10,
-  accept: 11,
-  connect: 12,
-  recv: 13,
-  send: 14,
-  shutdown: 15,
-} as const satisfies Record<IoOperation['op'], number>;
+// The numbering native code reads (enum OpCode in native code; see NATIVE_OP_CODES in @miniss/core).
+const OPCODES = NATIVE_OP_CODES;
 const OP_CANCEL = 16;
 
 /** Words per descriptor; mirrored in native/binding.cc. */
@@ -206,10 +194,6 @@ function positiveInt(v: unknown, name: string, dflt: number, max: number): numbe
   return v;
 }
 
-function int32OrBad(fd: number): number {
-  // An fd that does not fit in 32 bits is no fd at all: -1 makes the kernel say EBADF.
-  return (fd | 0) === fd ? fd : -1;
-}
 
 // -------------------------------------------------------------------------------------------------
 
@@ -503,7 +487,7 @@ export class IoUringBackend implements IoBackend {
       q.copyWithin(queued, queued + 1, this.#qLen);
       this.#qLen--;
       this.#slotCancelled[slot] = true;
-      this.#local.push({ handle: id, result: this.#error(op, -ECANCELED), buffer: handleOf(op) });
+      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: handleOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -616,7 +600,7 @@ export class IoUringBackend implements IoBackend {
       res = -ETIMEDOUT;
     }
     if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
-    return res >= 0 ? res : this.#error(op, res);
+    return res >= 0 ? res : ioErrorForOperation(op, res);
   }
 
   onReady(cb: (() => void) | null): void {
@@ -638,28 +622,8 @@ export class IoUringBackend implements IoBackend {
     if (this.#cb !== null) this.#cb();
   };
 
-  #error(op: IoOperation, errno: number): Error {
-    switch (op.op) {
-      case 'open':
-        return ioErrorFromErrno(errno, 'open', { path: op.path });
-      case 'listen':
-      case 'connect':
-        return ioErrorFromErrno(errno, op.op, { address: op.addr.host, port: op.addr.port });
-      case 'nop':
-      case 'timeout':
-      case 'socket':
-        return ioErrorFromErrno(errno, op.op);
-      default:
-        return ioErrorFromErrno(errno, op.op, { fd: op.fd });
-    }
-  }
-
   address(fd: number, which: 'local' | 'peer'): SocketAddress {
-    if (which !== 'local' && which !== 'peer') throw new InvalidArgumentError(`address: which must be 'local' or 'peer', got ${String(which)}`);
-    if (!Number.isInteger(fd)) throw new InvalidArgumentError(`address: fd must be an integer, got ${String(fd)}`);
-    const r = this.#addon.address(int32OrBad(fd), which === 'peer');
-    if (typeof r === 'number') throw ioErrorFromErrno(r, which === 'peer' ? 'getpeername' : 'getsockname', { fd });
-    return { family: r[0], port: r[1], host: r[2] };
+    return nativeSocketAddress((f, peer) => this.#addon.address(f, peer), fd, which);
   }
 
   /** Counters since creation (all zero after close). */
@@ -679,12 +643,7 @@ export class IoUringBackend implements IoBackend {
   }
 
   allocateBuffer(capacity: number, alignment: number): Uint8Array {
-    if (!Number.isInteger(capacity) || capacity < 0 || capacity > 2 ** 30) {
-      throw new InvalidArgumentError(`allocateBuffer: capacity must be an integer between 0 and 1 GiB, got ${String(capacity)}`);
-    }
-    if (!Number.isInteger(alignment) || alignment < 1 || alignment > 2 ** 20 || (alignment & (alignment - 1)) !== 0) {
-      throw new InvalidArgumentError(`allocateBuffer: alignment must be a power of two up to 1 MiB, got ${String(alignment)}`);
-    }
+    checkAllocateBuffer(capacity, alignment);
     return this.#addon.allocateBuffer(capacity, alignment);
   }
 

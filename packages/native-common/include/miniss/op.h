@@ -17,8 +17,8 @@
 
 namespace miniss {
 
-// Keep in sync with OPCODES in src/index.ts of every backend that uses this header
-// (@miniss/backend-epoll, @miniss/backend-kqueue).
+// Keep in sync with NATIVE_OP_CODES in @miniss/core (src/native-backend.ts), which every backend
+// driver writes descriptors with (test: packages/core/test/native-backend.test.ts).
 enum OpCode : int32_t {
   kNop = 0,
   kTimeout = 1,

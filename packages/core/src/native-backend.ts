@@ -1,0 +1,81 @@
+import type { IoOperation, SocketAddress } from './backend.js';
+import { InvalidArgumentError, ioErrorFromErrno } from './errors.js';
+
+/**
+ * Helpers for backends written as native addons (`@miniss/backend-epoll`, `-iouring`,
+ * `-kqueue`): the pieces of their JS drivers that do not depend on the kernel interface, written
+ * once so every native backend numbers operations, reports errors and checks arguments alike.
+ */
+
+/**
+ * The number each operation is written as in a native backend's shared submission buffer. Frozen,
+ * so a driver's loads of it fold to constants. Native twins: enum OpCode in
+ * `@miniss/native-common` (include/miniss/op.h) and in `@miniss/backend-iouring` (native/io_uring.h).
+ */
+export const NATIVE_OP_CODES = Object.freeze({
+  nop: 0,
+  timeout: 1,
+  read: 2,
+  write: 3,
+  readv: 4,
+  writev: 5,
+  fsync: 6,
+  open: 7,
+  close: 8,
+  socket: 9,
+  listen: 10,
+  accept: 11,
+  connect: 12,
+  recv: 13,
+  send: 14,
+  shutdown: 15,
+} as const satisfies Record<IoOperation['op'], number>);
+
+/** An fd as the 32-bit int native code takes: one that does not fit is no fd, -1 makes the kernel say EBADF. */
+export function int32OrBad(fd: number): number {
+  return (fd | 0) === fd ? fd : -1;
+}
+
+/** The `IoError` for a failed operation: errno plus what identifies it (path, address, or fd). */
+export function ioErrorForOperation(op: IoOperation, errno: number): Error {
+  switch (op.op) {
+    case 'open':
+      return ioErrorFromErrno(errno, 'open', { path: op.path });
+    case 'listen':
+    case 'connect':
+      return ioErrorFromErrno(errno, op.op, { address: op.addr.host, port: op.addr.port });
+    case 'nop':
+    case 'timeout':
+    case 'socket':
+      return ioErrorFromErrno(errno, op.op);
+    default:
+      return ioErrorFromErrno(errno, op.op, { fd: op.fd });
+  }
+}
+
+/** Throws `INVALID_ARGUMENT` unless `allocateBuffer(capacity, alignment)` asks for something sane. */
+export function checkAllocateBuffer(capacity: number, alignment: number): void {
+  if (!Number.isInteger(capacity) || capacity < 0 || capacity > 2 ** 30) {
+    throw new InvalidArgumentError(`allocateBuffer: capacity must be an integer between 0 and 1 GiB, got ${String(capacity)}`);
+  }
+  if (!Number.isInteger(alignment) || alignment < 1 || alignment > 2 ** 20 || (alignment & (alignment - 1)) !== 0) {
+    throw new InvalidArgumentError(`allocateBuffer: alignment must be a power of two up to 1 MiB, got ${String(alignment)}`);
+  }
+}
+
+/**
+ * `IoBackend.address` on top of an addon's `address(fd, peer)`, which returns
+ * `[family, port, host]` or a negative errno: checks the arguments, throws the errno as an
+ * `IoError` (syscall `getsockname`/`getpeername`).
+ */
+export function nativeSocketAddress(
+  native: (fd: number, peer: boolean) => readonly [4 | 6, number, string] | number,
+  fd: number,
+  which: 'local' | 'peer',
+): SocketAddress {
+  if (which !== 'local' && which !== 'peer') throw new InvalidArgumentError(`address: which must be 'local' or 'peer', got ${String(which)}`);
+  if (!Number.isInteger(fd)) throw new InvalidArgumentError(`address: fd must be an integer, got ${String(fd)}`);
+  const r = native(int32OrBad(fd), which === 'peer');
+  if (typeof r === 'number') throw ioErrorFromErrno(r, which === 'peer' ? 'getpeername' : 'getsockname', { fd });
+  return { family: r[0], port: r[1], host: r[2] };
+}

@@ -1,0 +1,101 @@
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import {
+  IoError,
+  NATIVE_OP_CODES,
+  RuntimeError,
+  checkAllocateBuffer,
+  int32OrBad,
+  ioErrorForOperation,
+  nativeSocketAddress,
+  type IoOperation,
+} from '@miniss/core';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+/** `kName = N` entries of the `enum OpCode` in a C++ header, names lower-cased without prefix. */
+function nativeEnum(path: string, prefix: string): Record<string, number> {
+  const text = readFileSync(join(root, path), 'utf8');
+  const body = /enum OpCode : int32_t \{([\s\S]*?)\};/.exec(text)?.[1];
+  expect(body, `enum OpCode in ${path}`).toBeDefined();
+  const out: Record<string, number> = {};
+  for (const m of body!.matchAll(new RegExp(`\\b${prefix}(\\w+) = (\\d+)`, 'g'))) out[m[1]!.toLowerCase()] = Number(m[2]);
+  return out;
+}
+
+describe('helpers for native backends', () => {
+  it('NATIVE_OP_CODES is what both native enums say (native-common op.h, io_uring.h), and frozen', () => {
+    const js = Object.fromEntries(Object.entries(NATIVE_OP_CODES));
+    for (const [path, prefix] of [
+      ['packages/native-common/include/miniss/op.h', 'k'],
+      ['packages/backend-iouring/native/io_uring.h', 'kOp'],
+    ] as const) {
+      const native = nativeEnum(path, prefix);
+      // Each JS op has the native number of the same name; the native side may have more (counts, cancel).
+      for (const [name, code] of Object.entries(js)) expect(native[name], `${name} in ${path}`).toBe(code);
+    }
+    expect(Object.isFrozen(NATIVE_OP_CODES)).toBe(true);
+  });
+
+  it('int32OrBad passes 32-bit fds through and turns anything else into -1 (EBADF from the kernel)', () => {
+    expect(int32OrBad(0)).toBe(0);
+    expect(int32OrBad(2 ** 31 - 1)).toBe(2 ** 31 - 1);
+    expect(int32OrBad(-1)).toBe(-1);
+    expect(int32OrBad(2 ** 31)).toBe(-1);
+    expect(int32OrBad(1.5)).toBe(-1);
+    expect(int32OrBad(NaN)).toBe(-1);
+  });
+
+  it('ioErrorForOperation names what failed: the path, the address, or the fd', () => {
+    const open = ioErrorForOperation({ op: 'open', path: '/nope', flags: 0, mode: 0 } as unknown as IoOperation, -2) as IoError;
+    expect(open).toBeInstanceOf(IoError);
+    expect(open).toMatchObject({ code: 'ENOENT', syscall: 'open', path: '/nope' });
+    const conn = ioErrorForOperation({ op: 'connect', fd: 7, addr: { host: '127.0.0.1', port: 9 } } as unknown as IoOperation, -111);
+    expect(conn).toMatchObject({ code: 'ECONNREFUSED', syscall: 'connect', address: '127.0.0.1', port: 9 });
+    expect(ioErrorForOperation({ op: 'nop' }, -125)).toMatchObject({ code: 'ECANCELED', syscall: 'nop' });
+    expect(ioErrorForOperation({ op: 'recv', fd: 5 } as unknown as IoOperation, -9)).toMatchObject({ code: 'EBADF', syscall: 'recv', fd: 5 });
+  });
+
+  it('checkAllocateBuffer refuses what no allocator should try', () => {
+    expect(() => checkAllocateBuffer(4096, 4096)).not.toThrow();
+    expect(() => checkAllocateBuffer(0, 1)).not.toThrow();
+    for (const [cap, align] of [
+      [-1, 4096],
+      [2 ** 30 + 1, 4096],
+      [1.5, 4096],
+      [4096, 0],
+      [4096, 3],
+      [4096, 2 ** 21],
+    ]) {
+      let err: unknown;
+      try {
+        checkAllocateBuffer(cap!, align!);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, `${cap}, ${align}`).toBeInstanceOf(RuntimeError);
+      expect((err as RuntimeError).code).toBe('INVALID_ARGUMENT');
+    }
+  });
+
+  it('nativeSocketAddress checks its arguments, maps the tuple, and throws the errno with the right syscall', () => {
+    const calls: [number, boolean][] = [];
+    const native = (fd: number, peer: boolean): [4 | 6, number, string] | number => {
+      calls.push([fd, peer]);
+      return fd === 3 ? [4, 8080, '127.0.0.1'] : fd < 0 ? -9 : -107; // as the kernel: EBADF, ENOTCONN
+    };
+    expect(nativeSocketAddress(native, 3, 'local')).toEqual({ family: 4, port: 8080, host: '127.0.0.1' });
+    expect(() => nativeSocketAddress(native, 4, 'peer')).toThrow(expect.objectContaining({ code: 'ENOTCONN', syscall: 'getpeername', fd: 4 }));
+    expect(() => nativeSocketAddress(native, 2 ** 40, 'local')).toThrow(expect.objectContaining({ code: 'EBADF' }));
+    expect(calls).toEqual([
+      [3, false],
+      [4, true],
+      [-1, false],
+    ]);
+    expect(() => nativeSocketAddress(native, 3, 'remote' as 'peer')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(() => nativeSocketAddress(native, 3.5, 'local')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(calls).toHaveLength(3);
+  });
+});
