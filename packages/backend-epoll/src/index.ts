@@ -1,11 +1,10 @@
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   InvalidArgumentError,
   NATIVE_OP_CODES,
+  bufferHandleOf,
+  positiveIntOption,
+  requireNativeAddon,
   checkAllocateBuffer,
   int32OrBad,
   ioErrorForOperation,
@@ -17,7 +16,6 @@ import {
   validateOperation,
   type BackendModule,
   type BackendOptions,
-  type BufferHandle,
   type IoBackend,
   type IoBackendFeatures,
   type IoCompletion,
@@ -95,8 +93,6 @@ export interface EpollBackendOptions extends BackendOptions {
 // -------------------------------------------------------------------------------------------------
 // Loading the addon
 
-const require = createRequire(import.meta.url);
-const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ADDON = 'miniss_epoll.node';
 let loaded: { addon: NativeEpollAddon } | { error: string } | undefined;
 
@@ -106,22 +102,14 @@ function loadAddon(): { addon: NativeEpollAddon } | { error: string } {
     loaded = { error: `epoll is a Linux API and this is ${process.platform}; use the kqueue backend (macOS/BSD) or 'node'` };
     return loaded;
   }
-  const tried: string[] = [];
-  for (const p of [join(packageRoot, 'build', 'Release', ADDON), join(packageRoot, 'build', 'Debug', ADDON)]) {
-    if (!existsSync(p)) {
-      tried.push(`${p} (not found)`);
-      continue;
-    }
-    try {
-      loaded = { addon: require(p) as NativeEpollAddon };
-      return loaded;
-    } catch (err) {
-      tried.push(`${p} (${(err as Error)?.message ?? String(err)})`);
-    }
+  const r = requireNativeAddon<NativeEpollAddon>(import.meta.url, ADDON);
+  if ('addon' in r) {
+    loaded = r;
+    return loaded;
   }
   loaded = {
     error:
-      `the epoll addon is not built or failed to load; tried ${tried.join('; ')}. ` +
+      `the epoll addon is not built or failed to load; tried ${r.tried.join('; ')}. ` +
       `Build it with: npm run build -w @miniss/backend-epoll (needs python3, make and a C++ compiler)`,
   };
   return loaded;
@@ -143,13 +131,6 @@ export function createBackend(options: EpollBackendOptions = {}): EpollBackend {
   return new EpollBackend(options);
 }
 
-function positiveInt(v: unknown, name: string, dflt: number, max: number): number {
-  if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
-    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${max}, got ${String(v)}`);
-  }
-  return v;
-}
 
 
 // -------------------------------------------------------------------------------------------------
@@ -200,9 +181,9 @@ export class EpollBackend implements IoBackend {
     const loadedAddon = loadAddon();
     if ('error' in loadedAddon) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'epoll' is unavailable: ${loadedAddon.error}`);
     this.#addon = loadedAddon.addon;
-    const entries = positiveInt(options.entries, 'entries', 256, 65536);
-    this.maxBatchSize = positiveInt(options.maxBatchSize, 'maxBatchSize', 128, 65536);
-    const poolThreads = positiveInt(options.poolThreads, 'poolThreads', 2, 64);
+    const entries = positiveIntOption(options.entries, 'entries', 256, 65536);
+    this.maxBatchSize = positiveIntOption(options.maxBatchSize, 'maxBatchSize', 128, 65536);
+    const poolThreads = positiveIntOption(options.poolThreads, 'poolThreads', 2, 64);
     const sqCap = this.maxBatchSize;
     this.#cqCap = Math.max(entries, this.maxBatchSize);
     const sq = new ArrayBuffer(sqCap * (SQ_INTS * 4 + SQ_DOUBLES * 8));
@@ -413,7 +394,7 @@ export class EpollBackend implements IoBackend {
       q.copyWithin(queued, queued + 1, this.#qLen);
       this.#qLen--;
       this.#drained = false;
-      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: handleOf(op) });
+      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -453,7 +434,7 @@ export class EpollBackend implements IoBackend {
       const r = cq[2 * i + 1]!;
       if (this.#slotGen[id & SLOT_MASK] !== id >>> SLOT_BITS || this.#slotOp[id & SLOT_MASK] === undefined) continue; // cannot happen
       const op = this.#release(id);
-      out[k++] = { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: handleOf(op) };
+      out[k++] = { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
     }
     if (k < out.length) out.length = k;
     return out;
@@ -537,10 +518,6 @@ export class EpollBackend implements IoBackend {
   }
 }
 
-function handleOf(op: IoOperation): BufferHandle | undefined {
-  if ('buffer' in op && !(op.buffer instanceof Uint8Array)) return op.buffer;
-  return undefined;
-}
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */
 export const backendModule: BackendModule = { createBackend, isSupported };

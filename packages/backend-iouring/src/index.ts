@@ -1,11 +1,10 @@
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   InvalidArgumentError,
   NATIVE_OP_CODES,
+  bufferHandleOf,
+  positiveIntOption,
+  requireNativeAddon,
   checkAllocateBuffer,
   int32OrBad,
   ioErrorForOperation,
@@ -115,8 +114,6 @@ export interface IoUringBackendOptions extends BackendOptions {
 // -------------------------------------------------------------------------------------------------
 // Loading the addon
 
-const require = createRequire(import.meta.url);
-const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ADDON = 'miniss_iouring.node';
 let loaded: { addon: NativeIoUringAddon } | { error: string } | undefined;
 
@@ -126,22 +123,14 @@ function loadAddon(): { addon: NativeIoUringAddon } | { error: string } {
     loaded = { error: `io_uring is a Linux API and this is ${process.platform}; use the kqueue backend (macOS/BSD) or 'node'` };
     return loaded;
   }
-  const tried: string[] = [];
-  for (const p of [join(packageRoot, 'build', 'Release', ADDON), join(packageRoot, 'build', 'Debug', ADDON)]) {
-    if (!existsSync(p)) {
-      tried.push(`${p} (not found)`);
-      continue;
-    }
-    try {
-      loaded = { addon: require(p) as NativeIoUringAddon };
-      return loaded;
-    } catch (err) {
-      tried.push(`${p} (${(err as Error)?.message ?? String(err)})`);
-    }
+  const r = requireNativeAddon<NativeIoUringAddon>(import.meta.url, ADDON);
+  if ('addon' in r) {
+    loaded = r;
+    return loaded;
   }
   loaded = {
     error:
-      `the io_uring addon is not built or failed to load; tried ${tried.join('; ')}. ` +
+      `the io_uring addon is not built or failed to load; tried ${r.tried.join('; ')}. ` +
       `Build it with: npm run build -w @miniss/backend-iouring (needs python3, make and a C++ compiler)`,
   };
   return loaded;
@@ -186,13 +175,6 @@ export function createBackend(options: IoUringBackendOptions = {}): IoUringBacke
   return new IoUringBackend(options);
 }
 
-function positiveInt(v: unknown, name: string, dflt: number, max: number): number {
-  if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
-    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${max}, got ${String(v)}`);
-  }
-  return v;
-}
 
 
 // -------------------------------------------------------------------------------------------------
@@ -242,9 +224,9 @@ export class IoUringBackend implements IoBackend {
     const sim = simulatedRefusal();
     if (sim !== null) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'io_uring' is unavailable: ${sim.reason}`);
     this.#addon = loadedAddon.addon;
-    const entries = positiveInt(options.entries, 'entries', 256, 32768);
-    this.maxBatchSize = positiveInt(options.maxBatchSize, 'maxBatchSize', 128, 65536);
-    const sqIdleMs = positiveInt(options.sqIdleMs, 'sqIdleMs', 50, 60000);
+    const entries = positiveIntOption(options.entries, 'entries', 256, 32768);
+    this.maxBatchSize = positiveIntOption(options.maxBatchSize, 'maxBatchSize', 128, 65536);
+    const sqIdleMs = positiveIntOption(options.sqIdleMs, 'sqIdleMs', 50, 60000);
     const taskRun = options.taskRun ?? 'best';
     if (taskRun !== 'best' && taskRun !== 'coop' && taskRun !== 'plain' && taskRun !== 'defer') {
       throw new InvalidArgumentError(`taskRun must be 'best', 'coop', 'plain' or 'defer', got ${String(taskRun)}`);
@@ -487,7 +469,7 @@ export class IoUringBackend implements IoBackend {
       q.copyWithin(queued, queued + 1, this.#qLen);
       this.#qLen--;
       this.#slotCancelled[slot] = true;
-      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: handleOf(op) });
+      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -521,7 +503,7 @@ export class IoUringBackend implements IoBackend {
       const op = this.#opOf(id);
       if (op === undefined) continue;
       const res = this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!);
-      out[k++] = { handle: id, result: res, buffer: handleOf(op) };
+      out[k++] = { handle: id, result: res, buffer: bufferHandleOf(op) };
     }
     if (k < out.length) out.length = k;
     return out;
@@ -583,7 +565,7 @@ export class IoUringBackend implements IoBackend {
           const id = cq[CQ_DOUBLES * i]! | 0;
           const op = this.#opOf(id);
           if (op === undefined) continue;
-          this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: handleOf(op) });
+          this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: bufferHandleOf(op) });
         }
         this.#scheduleFire();
       }
@@ -693,18 +675,6 @@ export class IoUringBackend implements IoBackend {
   }
 }
 
-function handleOf(op: IoOperation): BufferHandle | undefined {
-  // A switch on the interned op name, not `'buffer' in op` (a megamorphic lookup).
-  switch (op.op) {
-    case 'read':
-    case 'write':
-    case 'recv':
-    case 'send':
-      return op.buffer instanceof Uint8Array ? undefined : op.buffer;
-    default:
-      return undefined;
-  }
-}
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */
 export const backendModule: BackendModule = { createBackend, isSupported };

@@ -1,11 +1,9 @@
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
-  InvalidArgumentError,
   NATIVE_OP_CODES,
+  bufferHandleOf,
+  positiveIntOption,
+  requireNativeAddon,
   checkAllocateBuffer,
   int32OrBad,
   ioErrorForOperation,
@@ -17,7 +15,6 @@ import {
   validateOperation,
   type BackendModule,
   type BackendOptions,
-  type BufferHandle,
   type IoBackend,
   type IoBackendFeatures,
   type IoCompletion,
@@ -82,10 +79,7 @@ export interface KqueueBackendOptions extends BackendOptions {
 // -------------------------------------------------------------------------------------------------
 // Loading the addon
 
-const require = createRequire(import.meta.url);
-const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ADDON = 'miniss_kqueue.node';
-const ADDON_PATHS = [join(packageRoot, 'build', 'Release', ADDON), join(packageRoot, 'build', 'Debug', ADDON)];
 /** Where kqueue is the kernel's own API. */
 const KQUEUE_PLATFORMS: readonly string[] = ['darwin', 'freebsd', 'openbsd', 'netbsd'];
 let loaded: { addon: NativeKqueueAddon } | { error: string } | undefined;
@@ -94,8 +88,12 @@ function loadAddon(): { addon: NativeKqueueAddon } | { error: string } {
   if (loaded !== undefined) return loaded;
   const platform = process.platform;
   const nativeKqueue = KQUEUE_PLATFORMS.includes(platform);
-  const built = ADDON_PATHS.filter((p) => existsSync(p));
-  if (!nativeKqueue && (platform !== 'linux' || built.length === 0)) {
+  const r = nativeKqueue || platform === 'linux' ? requireNativeAddon<NativeKqueueAddon>(import.meta.url, ADDON) : { tried: [] };
+  if ('addon' in r) {
+    loaded = r;
+    return loaded;
+  }
+  if (!nativeKqueue && r.tried.every((t) => t.endsWith(' (not found)'))) {
     // Plain Linux (and every other OS): the install compiled nothing, on purpose.
     loaded = {
       error:
@@ -105,22 +103,9 @@ function loadAddon(): { addon: NativeKqueueAddon } | { error: string } {
     };
     return loaded;
   }
-  const tried: string[] = [];
-  for (const p of ADDON_PATHS) {
-    if (!existsSync(p)) {
-      tried.push(`${p} (not found)`);
-      continue;
-    }
-    try {
-      loaded = { addon: require(p) as NativeKqueueAddon };
-      return loaded;
-    } catch (err) {
-      tried.push(`${p} (${(err as Error)?.message ?? String(err)})`);
-    }
-  }
   loaded = {
     error:
-      `the kqueue addon is not built or failed to load; tried ${tried.join('; ')}. ` +
+      `the kqueue addon is not built or failed to load; tried ${r.tried.join('; ')}. ` +
       (nativeKqueue
         ? 'Build it with: npm rebuild @miniss/backend-kqueue (needs python3, make and a C++ compiler)'
         : 'It was built against a kqueue emulation library that no longer loads; rebuild with MINISS_KQUEUE_INCLUDE_DIR/MINISS_KQUEUE_LIB_DIR set, or delete its build/ directory'),
@@ -144,13 +129,6 @@ export function createBackend(options: KqueueBackendOptions = {}): KqueueBackend
   return new KqueueBackend(options);
 }
 
-function positiveInt(v: unknown, name: string, dflt: number, max: number): number {
-  if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
-    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${max}, got ${String(v)}`);
-  }
-  return v;
-}
 
 
 // -------------------------------------------------------------------------------------------------
@@ -192,9 +170,9 @@ export class KqueueBackend implements IoBackend {
     const loadedAddon = loadAddon();
     if ('error' in loadedAddon) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'kqueue' is unavailable: ${loadedAddon.error}`);
     this.#addon = loadedAddon.addon;
-    const entries = positiveInt(options.entries, 'entries', 256, 65536);
-    this.maxBatchSize = positiveInt(options.maxBatchSize, 'maxBatchSize', 128, 65536);
-    const poolThreads = positiveInt(options.poolThreads, 'poolThreads', 2, 64);
+    const entries = positiveIntOption(options.entries, 'entries', 256, 65536);
+    this.maxBatchSize = positiveIntOption(options.maxBatchSize, 'maxBatchSize', 128, 65536);
+    const poolThreads = positiveIntOption(options.poolThreads, 'poolThreads', 2, 64);
     const sqCap = this.maxBatchSize;
     this.#cqCap = Math.max(entries, this.maxBatchSize);
     const sq = new ArrayBuffer(sqCap * (SQ_INTS * 4 + SQ_DOUBLES * 8));
@@ -336,7 +314,7 @@ export class KqueueBackend implements IoBackend {
       // Not flushed yet: it never reaches the kernel.
       this.#qIds.splice(queued, 1);
       this.#qOps.splice(queued, 1);
-      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: handleOf(op) });
+      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -366,7 +344,7 @@ export class KqueueBackend implements IoBackend {
       const op = this.#live.get(id);
       if (op === undefined) continue; // cannot happen: ids are unique per instance
       this.#live.delete(id);
-      out.push({ handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: handleOf(op) });
+      out.push({ handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) });
     }
     return out;
   }
@@ -425,10 +403,6 @@ export class KqueueBackend implements IoBackend {
   }
 }
 
-function handleOf(op: IoOperation): BufferHandle | undefined {
-  if ('buffer' in op && !(op.buffer instanceof Uint8Array)) return op.buffer;
-  return undefined;
-}
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */
 export const backendModule: BackendModule = { createBackend, isSupported };

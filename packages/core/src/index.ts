@@ -52,7 +52,16 @@ export {
   type SocketAddress,
 } from './backend.js';
 export { bytesOf, validateOperation } from './io-operation.js';
-export { NATIVE_OP_CODES, checkAllocateBuffer, int32OrBad, ioErrorForOperation, nativeSocketAddress } from './native-backend.js';
+export {
+  NATIVE_OP_CODES,
+  bufferHandleOf,
+  checkAllocateBuffer,
+  int32OrBad,
+  ioErrorForOperation,
+  nativeSocketAddress,
+  positiveIntOption,
+  requireNativeAddon,
+} from './native-backend.js';
 export { AUTO_LADDER, autoCandidates, probeBackend, tryLoadPackage, type BackendProbe } from './loader.js';
 export { NodeBackend } from './backend-node.js';
 export {

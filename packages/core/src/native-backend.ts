@@ -1,4 +1,8 @@
-import type { IoOperation, SocketAddress } from './backend.js';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { BufferHandle, IoOperation, SocketAddress } from './backend.js';
 import { InvalidArgumentError, ioErrorFromErrno } from './errors.js';
 
 /**
@@ -78,4 +82,50 @@ export function nativeSocketAddress(
   const r = native(int32OrBad(fd), which === 'peer');
   if (typeof r === 'number') throw ioErrorFromErrno(r, which === 'peer' ? 'getpeername' : 'getsockname', { fd });
   return { family: r[0], port: r[1], host: r[2] };
+}
+
+/** The `BufferHandle` an operation was given (not a plain `Uint8Array`), which its completion hands back. */
+export function bufferHandleOf(op: IoOperation): BufferHandle | undefined {
+  // A switch on the interned op name, not `'buffer' in op` (a megamorphic lookup).
+  switch (op.op) {
+    case 'read':
+    case 'write':
+    case 'recv':
+    case 'send':
+      return op.buffer instanceof Uint8Array ? undefined : op.buffer;
+    default:
+      return undefined;
+  }
+}
+
+/** A backend option that must be an integer in 1..max: `dflt` when undefined, else `INVALID_ARGUMENT`. */
+export function positiveIntOption(v: unknown, name: string, dflt: number, max: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) {
+    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${max}, got ${String(v)}`);
+  }
+  return v;
+}
+
+/**
+ * Loads a package's node-gyp addon `file` from its `build/Release` (else `build/Debug`) folder;
+ * `moduleUrl` is the `import.meta.url` of a module in the package's `dist/`. Returns the addon, or
+ * every path tried with why it failed (missing, or the loader's error), for the caller's message.
+ */
+export function requireNativeAddon<T>(moduleUrl: string, file: string): { addon: T } | { tried: string[] } {
+  const packageRoot = join(dirname(fileURLToPath(moduleUrl)), '..');
+  const require = createRequire(moduleUrl);
+  const tried: string[] = [];
+  for (const p of [join(packageRoot, 'build', 'Release', file), join(packageRoot, 'build', 'Debug', file)]) {
+    if (!existsSync(p)) {
+      tried.push(`${p} (not found)`);
+      continue;
+    }
+    try {
+      return { addon: require(p) as T };
+    } catch (err) {
+      tried.push(`${p} (${(err as Error)?.message ?? String(err)})`);
+    }
+  }
+  return { tried };
 }

@@ -1,15 +1,18 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
   IoError,
   NATIVE_OP_CODES,
   RuntimeError,
+  bufferHandleOf,
   checkAllocateBuffer,
   int32OrBad,
   ioErrorForOperation,
   nativeSocketAddress,
+  positiveIntOption,
+  requireNativeAddon,
   type IoOperation,
 } from '@miniss/core';
 
@@ -97,5 +100,38 @@ describe('helpers for native backends', () => {
     expect(() => nativeSocketAddress(native, 3, 'remote' as 'peer')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(() => nativeSocketAddress(native, 3.5, 'local')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(calls).toHaveLength(3);
+  });
+});
+
+describe('more helpers for native backends', () => {
+  it('bufferHandleOf returns the BufferHandle of a one-buffer op, nothing for a Uint8Array or other ops', () => {
+    const handle = { bytes: new Uint8Array(8) } as unknown as import('@miniss/core').BufferHandle;
+    expect(bufferHandleOf({ op: 'read', fd: 3, buffer: handle, offset: 0, len: 8 } as unknown as IoOperation)).toBe(handle);
+    expect(bufferHandleOf({ op: 'send', fd: 3, buffer: handle, len: 8 } as unknown as IoOperation)).toBe(handle);
+    expect(bufferHandleOf({ op: 'recv', fd: 3, buffer: new Uint8Array(8), len: 8 } as unknown as IoOperation)).toBeUndefined();
+    expect(bufferHandleOf({ op: 'readv', fd: 3, buffers: [new Uint8Array(8)], offset: 0 } as unknown as IoOperation)).toBeUndefined();
+    expect(bufferHandleOf({ op: 'nop' })).toBeUndefined();
+  });
+
+  it('positiveIntOption gives the default for undefined and refuses anything outside 1..max', () => {
+    expect(positiveIntOption(undefined, 'entries', 256, 4096)).toBe(256);
+    expect(positiveIntOption(4096, 'entries', 256, 4096)).toBe(4096);
+    for (const v of [0, -1, 4097, 1.5, '8', null]) {
+      expect(() => positiveIntOption(v, 'entries', 256, 4096)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+  });
+
+  it('requireNativeAddon loads build/Release of the package, or lists every path it tried and why', () => {
+    // The epoll package's own addon (built by npm install here).
+    const epollDist = pathToFileURL(join(root, 'packages', 'backend-epoll', 'dist', 'index.js')).href;
+    const ok = requireNativeAddon<{ probe(): number }>(epollDist, 'miniss_epoll.node');
+    expect('addon' in ok && typeof ok.addon.probe).toBe('function');
+    const missing = requireNativeAddon(epollDist, 'no_such_addon.node');
+    expect(missing).toEqual({
+      tried: [
+        `${join(root, 'packages', 'backend-epoll', 'build', 'Release', 'no_such_addon.node')} (not found)`,
+        `${join(root, 'packages', 'backend-epoll', 'build', 'Debug', 'no_such_addon.node')} (not found)`,
+      ],
+    });
   });
 });
