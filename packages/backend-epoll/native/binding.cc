@@ -1,9 +1,8 @@
 // The only file of this addon that knows V8/nan. The shared scaffolding (per-instance state, the
 // uv_poll_t joining the reactor to Node's loop, the environment cleanup hook, the pinned-buffer
 // cache, descriptor decoding, flush/reap/cancel/close) is @miniss/native-common's
-// include/miniss/addon.h; this file adds what only epoll has: eventfd/signalFd, setAffinity,
-// its stats and its probe.
-#include <sched.h>
+// include/miniss/addon.h; this file adds what only epoll has: eventfd, its stats and its probe
+// (signalFd and setAffinity are native-common's module_methods).
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -53,39 +52,6 @@ void EpollTraits::AddMethods(v8::Local<v8::FunctionTemplate> tpl) {
   Nan::SetPrototypeMethod(tpl, "stats", Stats);
 }
 
-// signalFd(fd): adds 1 to an eventfd; thread-safe (a plain write). Returns 0 or -errno.
-NAN_METHOD(SignalFd) {
-  if (!info[0]->IsInt32()) {
-    info.GetReturnValue().Set(-EBADF);
-    return;
-  }
-  const int fd = Nan::To<int32_t>(info[0]).FromJust();
-  uint64_t one = 1;
-  ssize_t w;
-  do {
-    w = write(fd, &one, sizeof(one));
-  } while (w < 0 && errno == EINTR);
-  // EAGAIN: the counter is at its maximum, so the fd is readable already: the wake-up happened.
-  info.GetReturnValue().Set(w < 0 && errno != EAGAIN ? -errno : 0);
-}
-
-// setAffinity(cpu): pins the calling thread. Returns 0 or -errno.
-NAN_METHOD(SetAffinity) {
-  if (!info[0]->IsInt32()) {
-    info.GetReturnValue().Set(-EINVAL);
-    return;
-  }
-  const int cpu = Nan::To<int32_t>(info[0]).FromJust();
-  if (cpu < 0 || cpu >= CPU_SETSIZE) {
-    info.GetReturnValue().Set(-EINVAL);
-    return;
-  }
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  info.GetReturnValue().Set(sched_setaffinity(0, sizeof(set), &set) < 0 ? -errno : 0);
-}
-
 // probe(): 0 when an epoll instance can be created here, else -errno. Leaves nothing behind.
 NAN_METHOD(Probe) {
   int fd = epoll_create1(EPOLL_CLOEXEC);
@@ -101,8 +67,8 @@ NAN_MODULE_INIT(InitModule) {
   Addon::Init(target);
   Nan::SetMethod(target, "address", AddressMethod);
   Nan::SetMethod(target, "allocateBuffer", AllocateBufferMethod);
-  Nan::SetMethod(target, "signalFd", SignalFd);
-  Nan::SetMethod(target, "setAffinity", SetAffinity);
+  Nan::SetMethod(target, "signalFd", SignalFdMethod);
+  Nan::SetMethod(target, "setAffinity", SetAffinityMethod);
   Nan::SetMethod(target, "probe", Probe);
 }
 

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "io_uring.h"
+#include "miniss/module_methods.h"  // @miniss/native-common: address, allocateBuffer, signalFd, setAffinity
 
 namespace miniss {
 namespace {
@@ -566,116 +567,13 @@ NAN_METHOD(Probe) {
   info.GetReturnValue().Set(out);
 }
 
-// address(fd, peer): [family, port, host] or -errno.
-NAN_METHOD(Address) {
-  if (!info[0]->IsInt32()) {
-    info.GetReturnValue().Set(-EBADF);
-    return;
-  }
-  const int fd = Nan::To<int32_t>(info[0]).FromJust();
-  const bool peer = Nan::To<bool>(info[1]).FromJust();
-  sockaddr_storage ss;
-  socklen_t len = sizeof(ss);
-  memset(&ss, 0, sizeof(ss));
-  const int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
-                     : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (r != 0) {
-    info.GetReturnValue().Set(-errno);
-    return;
-  }
-  char host[INET6_ADDRSTRLEN] = {0};
-  int port = 0;
-  int family = 0;
-  if (ss.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-    port = ntohs(a->sin_port);
-    family = 4;
-  } else if (ss.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-    port = ntohs(a->sin6_port);
-    family = 6;
-  } else {
-    info.GetReturnValue().Set(-EAFNOSUPPORT);
-    return;
-  }
-  v8::Local<v8::Array> out = Nan::New<v8::Array>(3);
-  Nan::Set(out, 0, Nan::New(family));
-  Nan::Set(out, 1, Nan::New(port));
-  Nan::Set(out, 2, Nan::New(host).ToLocalChecked());
-  info.GetReturnValue().Set(out);
-}
-
-void FreeAligned(void* data, size_t /*length*/, void* /*deleter_data*/) { free(data); }
-
-// allocateBuffer(capacity, alignment): zeroed native memory at an `alignment`-aligned address,
-// freed by the ArrayBuffer's deleter when it is collected.
-NAN_METHOD(AllocateBuffer) {
-  if (!info[0]->IsNumber() || !info[1]->IsNumber()) {
-    Nan::ThrowTypeError("allocateBuffer(capacity: number, alignment: number)");
-    return;
-  }
-  const double cap_d = Nan::To<double>(info[0]).FromJust();
-  const double align_d = Nan::To<double>(info[1]).FromJust();
-  if (!(cap_d >= 0) || cap_d > 1024.0 * 1024 * 1024 * 4 || std::floor(cap_d) != cap_d) {
-    Nan::ThrowRangeError("allocateBuffer: capacity must be an integer between 0 and 4 GiB");
-    return;
-  }
-  size_t align = align_d >= static_cast<double>(sizeof(void*)) ? static_cast<size_t>(align_d) : sizeof(void*);
-  if ((align & (align - 1)) != 0 || align > (1u << 21)) {
-    Nan::ThrowRangeError("allocateBuffer: alignment must be a power of two up to 2 MiB");
-    return;
-  }
-  const size_t cap = static_cast<size_t>(cap_d);
-  void* mem = nullptr;
-  if (posix_memalign(&mem, align, cap > 0 ? cap : 1) != 0 || mem == nullptr) {
-    Nan::ThrowError(Nan::ErrnoException(ENOMEM, "posix_memalign", "cannot allocate an aligned buffer"));
-    return;
-  }
-  memset(mem, 0, cap);
-  std::unique_ptr<v8::BackingStore> store = v8::ArrayBuffer::NewBackingStore(mem, cap, FreeAligned, nullptr);
-  v8::Local<v8::ArrayBuffer> ab = v8::ArrayBuffer::New(info.GetIsolate(), std::move(store));
-  info.GetReturnValue().Set(v8::Uint8Array::New(ab, 0, cap));
-}
-
-// signalFd(fd): adds 1 to an eventfd; thread-safe. 0 or -errno.
-NAN_METHOD(SignalFd) {
-  if (!info[0]->IsInt32()) {
-    info.GetReturnValue().Set(-EBADF);
-    return;
-  }
-  const int fd = Nan::To<int32_t>(info[0]).FromJust();
-  uint64_t one = 1;
-  ssize_t r;
-  do {
-    r = write(fd, &one, sizeof(one));
-  } while (r < 0 && errno == EINTR);
-  // EAGAIN: the counter is at its maximum, so the fd is readable already.
-  info.GetReturnValue().Set(r == static_cast<ssize_t>(sizeof(one)) || errno == EAGAIN ? 0 : -errno);
-}
-
-// setAffinity(cpu): pins the calling thread. 0 or -errno.
-NAN_METHOD(SetAffinity) {
-  if (!info[0]->IsInt32() || Nan::To<int32_t>(info[0]).FromJust() < 0 ||
-      Nan::To<int32_t>(info[0]).FromJust() >= CPU_SETSIZE) {
-    info.GetReturnValue().Set(-EINVAL);
-    return;
-  }
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(Nan::To<int32_t>(info[0]).FromJust(), &set);
-  // pid 0 is the calling thread (sched_setaffinity acts on a thread id, not the process).
-  info.GetReturnValue().Set(sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -errno);
-}
-
 NAN_MODULE_INIT(InitModule) {
   Backend::Init(target);
   Nan::SetMethod(target, "probe", Probe);
-  Nan::SetMethod(target, "address", Address);
-  Nan::SetMethod(target, "allocateBuffer", AllocateBuffer);
-  Nan::SetMethod(target, "signalFd", SignalFd);
-  Nan::SetMethod(target, "setAffinity", SetAffinity);
+  Nan::SetMethod(target, "address", AddressMethod);
+  Nan::SetMethod(target, "allocateBuffer", AllocateBufferMethod);
+  Nan::SetMethod(target, "signalFd", SignalFdMethod);
+  Nan::SetMethod(target, "setAffinity", SetAffinityMethod);
 }
 
 }  // namespace

@@ -36,7 +36,7 @@
 namespace miniss {
 
 // Operation codes shared with NATIVE_OP_CODES in @miniss/core (src/native-backend.ts).
-enum OpCode : int32_t {
+enum RingOp : int32_t {  // not OpCode: native-common's op.h (linked into this addon) has that name
   kOpNop = 0,
   kOpTimeout = 1,
   kOpRead = 2,

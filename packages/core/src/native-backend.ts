@@ -14,7 +14,8 @@ import { InvalidArgumentError, ioErrorFromErrno } from './errors.js';
 /**
  * The number each operation is written as in a native backend's shared submission buffer. Frozen,
  * so a driver's loads of it fold to constants. Native twins: enum OpCode in
- * `@miniss/native-common` (include/miniss/op.h) and in `@miniss/backend-iouring` (native/io_uring.h).
+ * `@miniss/native-common` (include/miniss/op.h) and enum RingOp in `@miniss/backend-iouring`
+ * (native/io_uring.h); test/native-backend.test.ts checks all three agree.
  */
 export const NATIVE_OP_CODES = Object.freeze({
   nop: 0,

@@ -18,11 +18,11 @@ import {
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
-/** `kName = N` entries of the `enum OpCode` in a C++ header, names lower-cased without prefix. */
-function nativeEnum(path: string, prefix: string): Record<string, number> {
+/** `kName = N` entries of `enum <name> : int32_t` in a C++ header, names lower-cased without prefix. */
+function nativeEnum(path: string, name: string, prefix: string): Record<string, number> {
   const text = readFileSync(join(root, path), 'utf8');
-  const body = /enum OpCode : int32_t \{([\s\S]*?)\};/.exec(text)?.[1];
-  expect(body, `enum OpCode in ${path}`).toBeDefined();
+  const body = new RegExp(`enum ${name} : int32_t \\{([\\s\\S]*?)\\};`).exec(text)?.[1];
+  expect(body, `enum ${name} in ${path}`).toBeDefined();
   const out: Record<string, number> = {};
   for (const m of body!.matchAll(new RegExp(`\\b${prefix}(\\w+) = (\\d+)`, 'g'))) out[m[1]!.toLowerCase()] = Number(m[2]);
   return out;
@@ -31,11 +31,11 @@ function nativeEnum(path: string, prefix: string): Record<string, number> {
 describe('helpers for native backends', () => {
   it('NATIVE_OP_CODES is what both native enums say (native-common op.h, io_uring.h), and frozen', () => {
     const js = Object.fromEntries(Object.entries(NATIVE_OP_CODES));
-    for (const [path, prefix] of [
-      ['packages/native-common/include/miniss/op.h', 'k'],
-      ['packages/backend-iouring/native/io_uring.h', 'kOp'],
+    for (const [path, name, prefix] of [
+      ['packages/native-common/include/miniss/op.h', 'OpCode', 'k'],
+      ['packages/backend-iouring/native/io_uring.h', 'RingOp', 'kOp'],
     ] as const) {
-      const native = nativeEnum(path, prefix);
+      const native = nativeEnum(path, name, prefix);
       // Each JS op has the native number of the same name; the native side may have more (counts, cancel).
       for (const [name, code] of Object.entries(js)) expect(native[name], `${name} in ${path}`).toBe(code);
     }

@@ -31,6 +31,7 @@
 #include <memory>
 #include <string>
 
+#include "miniss/module_methods.h"  // AddressMethod, AllocateBufferMethod, ...
 #include "miniss/op.h"
 
 namespace miniss {
@@ -185,10 +186,6 @@ inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<
   }
   return ok ? 0 : -EFAULT;
 }
-
-// Module-level functions both addons export.
-NAN_METHOD(AddressMethod);         // address(fd, peer): [family, port, host] or -errno
-NAN_METHOD(AllocateBufferMethod);  // allocateBuffer(capacity, alignment): aligned zeroed Uint8Array
 
 // The backend class of an addon: `new <kClassName>(sq, cq, sqCap, cqCap, maxEvents, poolThreads,
 // onEvent)` with flush/reap/cancel/close/inFlight, plus Traits::AddMethods.
