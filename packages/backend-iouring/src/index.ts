@@ -213,6 +213,13 @@ export class IoUringBackend implements IoBackend {
   /** Free slots, reused last-freed-first. */
   readonly #free: number[] = [];
   #cb: (() => void) | null = null;
+  /**
+   * Completions the addon reaped into the completion buffer before calling onReady, not yet
+   * handed out (see #takePre). While non-zero, no native reap may run (it would overwrite them).
+   */
+  #pre = 0;
+  /** The addon took everything the CQ ring held for this onReady call: no need to ask again. */
+  #preAll = false;
   /** A drain() is handing completions to its sink (the completion buffer is in use). */
   #reaping = false;
   #fireScheduled = false;
@@ -239,8 +246,18 @@ export class IoUringBackend implements IoBackend {
     this.#sqI = new Int32Array(sq, 0, sqCap * SQ_INTS);
     this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
     this.#cq = new Float64Array(cq);
-    const onReady = (): void => {
-      if (!this.#closed && this.#cb !== null) this.#cb();
+    // The addon reaps before it calls: `reaped` completions wait in the completion buffer.
+    const onReady = (reaped: number): void => {
+      this.#pre = reaped;
+      this.#preAll = reaped < cqCap;
+      try {
+        if (!this.#closed && this.#cb !== null) this.#cb();
+      } finally {
+        // Not taken (the consumer stopped early or threw): keep them for the next poll or drain
+        // before anything can overwrite the completion buffer.
+        if (this.#pre > 0) this.#keepPre();
+        this.#preAll = false;
+      }
     };
     try {
       this.#native = new this.#addon.IoUringBackend(sq, cq, sqCap, cqCap, entries, mode, options.sqpoll === true, sqIdleMs, onReady);
@@ -484,6 +501,8 @@ export class IoUringBackend implements IoBackend {
   poll(timeoutMs = 0): IoCompletion[] {
     if (this.#closed || this.#reaping) return NO_COMPLETIONS;
     if (this.#qLen > 0) this.flush();
+    // Completions onReady brought and nobody took yet join the ones made in JS.
+    if (this.#pre > 0) this.#keepPre();
     let out: IoCompletion[] | null = null;
     if (this.#local.length > 0) {
       out = this.#local;
@@ -491,6 +510,10 @@ export class IoUringBackend implements IoBackend {
       for (const c of out) this.#release(c.handle);
     }
     const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
+    if (this.#preAll && wait === 0) {
+      this.#preAll = false;
+      return out ?? NO_COMPLETIONS;
+    }
     const n = this.#native.reap(wait, this.#qLen > 0);
     if (n === 0) return out ?? NO_COMPLETIONS;
     let k = 0;
@@ -542,8 +565,17 @@ export class IoUringBackend implements IoBackend {
       }
       return count;
     }
-    const n = this.#native.reap(timeoutMs > 0 ? timeoutMs : 0, this.#qLen > 0);
-    if (n === 0) return 0;
+    let n = this.#pre;
+    if (n > 0) {
+      this.#pre = 0;
+    } else if (this.#preAll && !(timeoutMs > 0)) {
+      // This onReady call's completions are all handed out already.
+      this.#preAll = false;
+      return 0;
+    } else {
+      n = this.#native.reap(timeoutMs > 0 ? timeoutMs : 0, this.#qLen > 0);
+      if (n === 0) return 0;
+    }
     const cq = this.#cq;
     let i = 0;
     this.#reaping = true;
@@ -573,6 +605,20 @@ export class IoUringBackend implements IoBackend {
     return count;
   }
 
+  /** Moves the completions onReady brought (#pre) out of the completion buffer into #local. */
+  #keepPre(): void {
+    const n = this.#pre;
+    this.#pre = 0;
+    const cq = this.#cq;
+    for (let i = 0; i < n; i++) {
+      const id = cq[CQ_DOUBLES * i]! | 0;
+      const op = this.#opOf(id);
+      if (op === undefined) continue;
+      this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: bufferHandleOf(op) });
+    }
+    if (this.#local.length > 0) this.#scheduleFire();
+  }
+
   /** The result of a reaped CQE of live operation `id` (releasing its slot unless more CQEs follow). */
   #resultOf(id: number, op: IoOperation, r: number, flags: number): number | Error {
     let res = r;
@@ -587,6 +633,9 @@ export class IoUringBackend implements IoBackend {
 
   onReady(cb: (() => void) | null): void {
     this.#cb = cb;
+    // With a consumer the addon hands completions over with the ready call itself; without one
+    // they stay in the ring (close() then still finds the fds accepts and opens returned).
+    if (!this.#closed) this.#native.preReap(cb !== null);
   }
 
   #scheduleFire(): void {

@@ -563,6 +563,39 @@ describe.runIf(support.ok)('io_uring backend', () => {
     expect(out.cpuMs).toBeLessThan(150);
   });
 
+  it('completions the addon hands to onReady are each delivered once: kept for the next poll when the consumer leaves them', async () => {
+    const b = createBackend();
+    try {
+      // A consumer that takes nothing: the completions reaped for its call must not be lost.
+      const first = new Set<number>();
+      for (let i = 0; i < 5; i++) first.add(b.submit({ op: 'nop' }) as number);
+      let calls = 0;
+      b.onReady(() => {
+        calls++;
+      });
+      b.flush();
+      await eventually(() => calls > 0, 2000);
+      const kept = b.poll(0);
+      expect(kept.map((c) => c.handle).sort()).toEqual([...first].sort());
+      expect(kept.every((c) => c.result === 0)).toBe(true);
+      expect(b.poll(0)).toEqual([]);
+      // A consumer that drains: every completion once, none again later.
+      const second = new Set<number>();
+      for (let i = 0; i < 5; i++) second.add(b.submit({ op: 'nop' }) as number);
+      const seen: number[] = [];
+      b.onReady(() => {
+        while (b.drain((h) => seen.push(h as number)) > 0);
+      });
+      b.flush();
+      await eventually(() => seen.length >= 5, 2000);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(seen.sort()).toEqual([...second].sort());
+      expect(b.poll(0)).toEqual([]);
+    } finally {
+      b.close();
+    }
+  });
+
   it('worker.terminate() with operations in flight neither crashes nor leaks fds', async () => {
     const l = await listen(d);
     const before = openFdCount();

@@ -4,29 +4,6 @@
 
 namespace miniss {
 
-void StoreCache::Sweep() {
-  fills_ = 0;
-  if (!dirty_) return;
-  bool any = false;
-  for (Entry& e : entries_) {
-    if (e.store && e.buffer.IsEmpty()) {
-      e.store.reset();
-      e.data = nullptr;
-    }
-    any = any || e.store != nullptr;
-  }
-  dirty_ = any;
-}
-
-void StoreCache::Clear() {
-  for (Entry& e : entries_) {
-    e.buffer.Reset();
-    e.store.reset();
-    e.data = nullptr;
-  }
-  dirty_ = false;
-}
-
 std::string StringAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
                      bool* ok) {
   v8::Local<v8::Value> v;

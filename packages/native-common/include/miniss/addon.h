@@ -33,6 +33,7 @@
 
 #include "miniss/module_methods.h"  // AddressMethod, AllocateBufferMethod, ...
 #include "miniss/op.h"
+#include "miniss/store_cache.h"  // StoreCache
 
 namespace miniss {
 
@@ -42,60 +43,6 @@ namespace miniss {
 // followed by the float64 part; the completion buffer holds `cqCap` (id, result) float64 pairs.
 constexpr size_t kSqInts = 8;
 constexpr size_t kSqDoubles = 2;
-
-// Pinning a buffer means holding its std::shared_ptr<v8::BackingStore>; asking V8 for it
-// (ArrayBuffer::GetBackingStore) on every operation showed up in profiles of an HTTP server that
-// submits the same few buffers (a connection's receive buffer, a pre-encoded response) over and
-// over. So each instance keeps a small direct-mapped cache: ArrayBuffer (held weakly, so the
-// cache never keeps a JS object alive) -> its backing store. A hit needs the same ArrayBuffer
-// object (identity) with the same data address (an ArrayBuffer never changes its memory without
-// being detached, and a detached one has none), so the cached store is exactly the one
-// GetBackingStore would return. Only stores up to kMaxBytes are cached, and entries whose
-// ArrayBuffer was collected are dropped whenever the reactor becomes idle and after every
-// kSweepEvery cache fills, so the memory cache entries keep alive after their buffers died is
-// bounded (kSize * 64 KiB, and only until the next sweep). 256 entries keep the buffers of a few
-// hundred busy connections (one receive buffer each) without collisions thrashing the cache.
-class StoreCache {
- public:
-  static constexpr size_t kSize = 256;  // a power of two
-  static constexpr size_t kMaxBytes = 64 * 1024;
-  static constexpr uint32_t kSweepEvery = 1024;
-
-  // The backing store of `ab`, from the cache when possible.
-  std::shared_ptr<v8::BackingStore> Get(v8::Local<v8::ArrayBuffer> ab) {
-    void* data = ab->Data();  // nullptr when detached or empty
-    const uintptr_t key = reinterpret_cast<uintptr_t>(data);
-    // Fibonacci hashing: the top 8 bits of key * 2^64/phi (the low bits of heap addresses repeat).
-    Entry& e = entries_[(static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> 56];
-    static_assert(kSize == 256, "the hash above yields 8 bits");
-    if (data != nullptr && e.data == data && e.buffer == ab) return e.store;
-    std::shared_ptr<v8::BackingStore> store = ab->GetBackingStore();
-    if (data != nullptr && store->Data() == data && store->ByteLength() <= kMaxBytes) {
-      e.buffer.Reset(v8::Isolate::GetCurrent(), ab);
-      e.buffer.SetWeak();
-      e.store = store;
-      e.data = data;
-      dirty_ = true;
-      if (++fills_ >= kSweepEvery) Sweep();
-    }
-    return store;
-  }
-
-  // Drops entries whose ArrayBuffer has been collected (their stores may hold memory).
-  void Sweep();
-  // Drops every entry (needs a V8 scope: it resets handles).
-  void Clear();
-
- private:
-  struct Entry {
-    v8::Global<v8::ArrayBuffer> buffer;  // weak: reset by the GC when the ArrayBuffer dies
-    std::shared_ptr<v8::BackingStore> store;
-    void* data = nullptr;
-  };
-  Entry entries_[kSize];
-  bool dirty_ = false;   // some entry is filled
-  uint32_t fills_ = 0;   // since the last sweep
-};
 
 // Binds `len` bytes (-1: all) of a Uint8Array (or any view) to iov and pins its backing store.
 inline bool BindBuffer(StoreCache* cache, v8::Local<v8::Value> value, int64_t len, struct iovec* iov,
