@@ -9,6 +9,8 @@
  * server's own CPU time: utime + stime from /proc/<pid>/stat (summed over the cluster's primary
  * and workers) before and after the measured run, divided by the requests wrk completed.
  * Goal (issue 8): <= 7 us of server CPU per request on one core, requests/s >= Node `net`'s.
+ * When a C compiler is present the same run also measures a plain C io_uring responder
+ * (floors/http-floor.c, built into a temporary directory): the floor the CPU figures read against.
  *
  *   node tools/bench/dist/http.bench.js            (HTTP_BENCH_SECONDS=5 by default)
  *
@@ -16,8 +18,9 @@
  * started here is killed by pid when its measurement ends, also on errors.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMain, printSuite, type BenchRow, type BenchSuite } from './lib.js';
 
@@ -25,6 +28,29 @@ const ECHO_MAIN = fileURLToPath(new URL('../../../apps/http-echo/dist/main.js', 
 const NET_SERVER = fileURLToPath(new URL('../http-net.mjs', import.meta.url));
 const HTTP_SERVER = fileURLToPath(new URL('../http-node.mjs', import.meta.url));
 const CLUSTER_SERVER = fileURLToPath(new URL('../http-cluster.mjs', import.meta.url));
+const FLOOR_SOURCE = fileURLToPath(new URL('../floors/http-floor.c', import.meta.url));
+
+/**
+ * The plain C io_uring responder (floors/http-floor.c), compiled into a temporary directory: the
+ * floor a JavaScript server's CPU per request is read against. null (and why, on stderr) when
+ * there is no C compiler or it does not build: the benchmark goes on without that row.
+ */
+function buildFloor(): string | null {
+  if (process.platform !== 'linux') return null;
+  const cc = ['cc', 'gcc', 'clang'].find(which);
+  if (cc === undefined) {
+    console.error('no C compiler (cc, gcc or clang): the plain C io_uring floor is not measured');
+    return null;
+  }
+  const out = join(mkdtempSync(join(tmpdir(), 'miniss-http-floor-')), 'http-floor');
+  try {
+    execFileSync(cc, ['-O2', '-o', out, FLOOR_SOURCE], { stdio: ['ignore', 'ignore', 'pipe'], env: toolEnv() });
+    return out;
+  } catch (err) {
+    console.error(`${cc} could not build ${FLOOR_SOURCE}: ${(err as Error).message}; the plain C io_uring floor is not measured`);
+    return null;
+  }
+}
 
 const CLK_TCK = (() => {
   try {
@@ -200,6 +226,19 @@ export async function run(opts: { seconds?: number } = {}): Promise<BenchSuite> 
   const http = await measure('Node http', ...pin(HTTP_SERVER), { seconds, pinned: true });
   const cluster = await measure('Node cluster (2 workers)', node, [CLUSTER_SERVER, '0', '2'], { seconds, cluster: true, pinned: false });
   results.push(net, http, cluster);
+  // The plain C io_uring server on the same CPU, same wrk: what no runtime can get under.
+  let floor: HttpResult | null = null;
+  const floorBin = buildFloor();
+  if (floorBin !== null) {
+    try {
+      floor = await measure('plain C io_uring server', 'taskset', ['-c', '0', floorBin, '0'], { seconds, pinned: true });
+      results.push(floor);
+    } catch (err) {
+      console.error(`plain C io_uring server: ${(err as Error).message}`);
+    } finally {
+      rmSync(dirname(floorBin), { recursive: true, force: true });
+    }
+  }
   // Several cores against cluster, both unpinned (the cluster cannot pin its workers): miniss --cores 2
   // --no-pin, the same backend as the best one-core run.
   let multi: HttpResult | null = null;
@@ -230,6 +269,10 @@ export async function run(opts: { seconds?: number } = {}): Promise<BenchSuite> 
       { name: `HTTP GET / p99 latency (${tag}, 1 core)`, unit: 'us', lowerIsBetter: true, miniss: m.p99Us, baselineName: 'Node net', baseline: net.p99Us, note: wrkNote },
       { name: `HTTP GET / p99 latency (${tag}, 1 core)`, unit: 'us', lowerIsBetter: true, miniss: m.p99Us, baselineName: 'Node http', baseline: http.p99Us, note: wrkNote },
     );
+  }
+  if (floor !== null) {
+    const floorNote = `${wrkNote}; tools/bench/floors/http-floor.c (cc -O2): one ring, plain recv/send, no parser; it is ${(net.cpuUsPerRequest / floor.cpuUsPerRequest).toFixed(2)}x Node net and ${(http.cpuUsPerRequest / floor.cpuUsPerRequest).toFixed(2)}x Node http in this run`;
+    rows.push({ name: `HTTP GET / server CPU per request (miniss ${best.backend ?? '?'}, 1 core)`, unit: 'us/req', lowerIsBetter: true, miniss: best.cpuUsPerRequest, baselineName: 'plain C io_uring server', baseline: floor.cpuUsPerRequest, note: floorNote });
   }
   rows.push(
     { name: `HTTP GET / requests/s (miniss ${best.backend ?? '?'} 1 core vs cluster)`, unit: 'req/s', lowerIsBetter: false, miniss: best.requestsPerSec, baselineName: 'Node cluster, 2 workers, unpinned', baseline: cluster.requestsPerSec, note: `${wrkNote}; cluster workers share both CPUs with wrk` },
