@@ -2,6 +2,8 @@ import { constants as osConstants } from 'node:os';
 import {
   InvalidArgumentError,
   NATIVE_OP_CODES,
+  OP_SLOT_MASK,
+  OpSlots,
   bufferHandleOf,
   positiveIntOption,
   requireNativeAddon,
@@ -49,17 +51,6 @@ const MAX_IO = 0x7ffff000;
 const MAX_SPREAD = 1024;
 const ECANCELED = osConstants.errno.ECANCELED;
 
-/**
- * Operation ids: `generation * 2^SLOT_BITS + slot`. A slot indexes the table of live operations
- * (dense, recycled last-freed-first, so the table stays as small as the peak of operations in
- * flight); the generation (1..GEN_LIMIT-1, bumped at every reuse of the slot) makes an id of a
- * finished operation differ from the id of the next one in its slot, so a stale id is recognised
- * (cancel() of it returns false). Ids stay below 2^30: small integers for V8, no heap numbers.
- * An id repeats only after its slot has been reused GEN_LIMIT - 1 times.
- */
-const SLOT_BITS = 20;
-const SLOT_MASK = (1 << SLOT_BITS) - 1;
-const GEN_LIMIT = 1 << (30 - SLOT_BITS);
 
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface EpollStats {
@@ -153,13 +144,11 @@ export class EpollBackend implements IoBackend {
   #qLen = 0;
   /** The other queue array, swapped in while a flush runs (null while one is running). */
   #qSpare: number[] | null = [];
-  /** Every operation submitted and not yet returned by poll, by slot (see SLOT_BITS). */
-  readonly #slotOp: Array<IoOperation | undefined> = [];
-  /** Generation of each slot's current (or last) operation. */
-  readonly #slotGen: number[] = [];
-  /** Free slots, reused last-freed-first. */
-  readonly #freeSlots: number[] = [];
-  #liveCount = 0;
+  /**
+   * Every operation submitted and not yet returned by poll, by id (`generation * 2^20 + slot`,
+   * core's OpSlots: native code finds the slot from the low bits, a stale id is recognised).
+   */
+  readonly #slots = new OpSlots<IoOperation>('epoll');
   /**
    * True right after a poll() whose native reap returned some completions and fewer than the
    * completion buffer holds (so everything that was ready): the next poll(0) answers "nothing"
@@ -205,48 +194,20 @@ export class EpollBackend implements IoBackend {
   }
 
   get inFlight(): number {
-    return this.#liveCount;
+    return this.#slots.live;
   }
 
   submit(op: IoOperation): IoHandleId {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the epoll backend is closed: no more operations can be submitted');
     validateOperation(op);
-    let slot: number;
-    if (this.#freeSlots.length > 0) {
-      slot = this.#freeSlots.pop()!;
-    } else {
-      slot = this.#slotOp.length;
-      if (slot > SLOT_MASK) {
-        throw new RuntimeError('TOO_MANY_OPERATIONS', `the epoll backend has ${SLOT_MASK + 1} operations in flight already; wait for some to finish`);
-      }
-      this.#slotOp.push(undefined);
-      this.#slotGen.push(0);
-    }
-    let gen = this.#slotGen[slot]! + 1;
-    if (gen === GEN_LIMIT) gen = 1;
-    this.#slotGen[slot] = gen;
-    this.#slotOp[slot] = op;
-    this.#liveCount++;
-    const id = gen * (SLOT_MASK + 1) + slot;
+    const id = this.#slots.add(op);
     this.#qIds[this.#qLen++] = id;
     return id;
   }
 
   /** The live operation with this id, or undefined (unknown, stale or finished id). */
   #opOf(id: number): IoOperation | undefined {
-    if (typeof id !== 'number' || !(id >= 0 && id < 2 ** 30) || (id | 0) !== id) return undefined;
-    const slot = id & SLOT_MASK;
-    return this.#slotGen[slot] === id >>> SLOT_BITS ? this.#slotOp[slot] : undefined;
-  }
-
-  /** Frees the slot of a finished operation (its id must be live); returns the operation. */
-  #release(id: number): IoOperation {
-    const slot = id & SLOT_MASK;
-    const op = this.#slotOp[slot]!;
-    this.#slotOp[slot] = undefined;
-    this.#freeSlots.push(slot);
-    this.#liveCount--;
-    return op;
+    return this.#slots.get(id);
   }
 
   flush(): number {
@@ -260,7 +221,7 @@ export class EpollBackend implements IoBackend {
     this.#qIds = this.#qSpare ?? [];
     this.#qSpare = null;
     this.#qLen = 0;
-    const slotOp = this.#slotOp;
+    const slotOp = this.#slots.ops;
     let done = 0;
     let ready = 0;
     while (done < total) {
@@ -268,7 +229,7 @@ export class EpollBackend implements IoBackend {
       const objs = this.#objs;
       for (let i = 0; i < n; i++) {
         const id = ids[done + i]!;
-        this.#encode(i, id, slotOp[id & SLOT_MASK]!);
+        this.#encode(i, id, slotOp[id & OP_SLOT_MASK]!);
       }
       // The objects travel as arguments: reading an argument in C++ is much cheaper than an
       // element lookup on an array (a generic property access through the V8 API). Only a huge
@@ -414,7 +375,7 @@ export class EpollBackend implements IoBackend {
     if (this.#local.length > 0) {
       out = this.#local;
       this.#local = [];
-      for (const c of out) this.#release(c.handle);
+      for (const c of out) this.#slots.release(c.handle);
     }
     const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
     if (wait === 0 && this.#drained) {
@@ -432,8 +393,8 @@ export class EpollBackend implements IoBackend {
     for (let i = 0; i < n; i++) {
       const id = cq[2 * i]! | 0;
       const r = cq[2 * i + 1]!;
-      if (this.#slotGen[id & SLOT_MASK] !== id >>> SLOT_BITS || this.#slotOp[id & SLOT_MASK] === undefined) continue; // cannot happen
-      const op = this.#release(id);
+      const op = this.#slots.release(id);
+      if (op === undefined) continue; // cannot happen
       out[k++] = { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
     }
     if (k < out.length) out.length = k;
@@ -511,10 +472,7 @@ export class EpollBackend implements IoBackend {
     this.#native.close();
     this.#qLen = 0;
     this.#local = [];
-    this.#slotOp.length = 0;
-    this.#slotGen.length = 0;
-    this.#freeSlots.length = 0;
-    this.#liveCount = 0;
+    this.#slots.clear();
   }
 }
 

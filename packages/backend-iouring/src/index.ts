@@ -2,6 +2,8 @@ import { constants as osConstants } from 'node:os';
 import {
   InvalidArgumentError,
   NATIVE_OP_CODES,
+  OP_SLOT_MASK,
+  OpSlots,
   bufferHandleOf,
   positiveIntOption,
   requireNativeAddon,
@@ -51,15 +53,6 @@ const OP_CANCEL = 16;
 const SQ_INTS = 8;
 const SQ_DOUBLES = 3;
 const CQ_DOUBLES = 3;
-/**
- * Ids are `generation * 2^SLOT_SHIFT + slot` (native code finds the slot from the low bits,
- * kSlotMask in native/io_uring.h). The generation (1..GEN_LIMIT-1, bumped at every reuse of the
- * slot, wrapping) makes the id of a finished operation differ from the next one in its slot, and
- * keeps ids below 2^30: small integers (Smis) in V8, never heap numbers.
- */
-const SLOT_SHIFT = 20;
-const SLOT_MASK = (1 << SLOT_SHIFT) - 1;
-const GEN_LIMIT = 1 << (30 - SLOT_SHIFT);
 /** The most buffers/strings of one batch passed to the addon as call arguments (see flush()). */
 const MAX_SPREAD = 1024;
 const IORING_CQE_F_MORE = 2;
@@ -198,20 +191,16 @@ export class IoUringBackend implements IoBackend {
   readonly #q: number[] = [];
   #qLen = 0;
   /**
-   * Per slot: its operation (null when free), the generation of its current (or last) id and
-   * whether its cancellation was requested (one cancel SQE each). Arrays indexed by slot rather
-   * than Maps keyed by id: no hashing and no allocation per operation.
+   * Live operations by id (`generation * 2^20 + slot`; native code finds the slot from the low
+   * bits, kSlotMask in native/io_uring.h): core's OpSlots, as in the epoll backend.
    */
-  readonly #slotOp: (IoOperation | null)[] = [];
-  readonly #slotGen: number[] = [];
+  readonly #slots = new OpSlots<IoOperation>('io_uring');
+  /** Per slot: whether its operation's cancellation was requested (one cancel SQE each). */
   readonly #slotCancelled: boolean[] = [];
-  #liveCount = 0;
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
   /** Buffers and strings of the batch being flushed (emptied after each native flush). */
   readonly #objs: unknown[] = [];
-  /** Free slots, reused last-freed-first. */
-  readonly #free: number[] = [];
   #cb: (() => void) | null = null;
   /**
    * Completions the addon reaped into the completion buffer before calling onReady, not yet
@@ -270,25 +259,17 @@ export class IoUringBackend implements IoBackend {
   }
 
   get inFlight(): number {
-    return this.#liveCount;
+    return this.#slots.live;
   }
 
   /** The operation of a live id, or undefined (unknown, stale or finished). */
   #opOf(id: number): IoOperation | undefined {
-    if (typeof id !== 'number' || (id | 0) !== id || id <= SLOT_MASK) return undefined;
-    const slot = id & SLOT_MASK;
-    if (this.#slotGen[slot] !== id >>> SLOT_SHIFT) return undefined;
-    return this.#slotOp[slot] ?? undefined;
+    return this.#slots.get(id);
   }
 
   /** Frees the slot of a live id. */
   #release(id: number): void {
-    const slot = id & SLOT_MASK;
-    if (this.#slotGen[slot] !== id >>> SLOT_SHIFT || this.#slotOp[slot] === null) return;
-    this.#slotOp[slot] = null;
-    this.#slotCancelled[slot] = false;
-    this.#liveCount--;
-    this.#free.push(slot);
+    if (this.#slots.release(id) !== undefined) this.#slotCancelled[id & OP_SLOT_MASK] = false;
   }
 
   submit(op: IoOperation): IoHandleId {
@@ -300,25 +281,8 @@ export class IoUringBackend implements IoBackend {
         throw new InvalidArgumentError(`connect: timeoutMs must be a positive finite number of milliseconds, got ${String(t)}`);
       }
     }
-    let slot: number;
-    if (this.#free.length > 0) {
-      slot = this.#free.pop()!;
-    } else {
-      slot = this.#slotOp.length;
-      if (slot > SLOT_MASK) {
-        throw new RuntimeError('RESOURCE_EXHAUSTED', `the io_uring backend has ${SLOT_MASK + 1} operations in flight already; wait for some to finish`);
-      }
-      this.#slotOp.push(null);
-      this.#slotGen.push(0);
-      this.#slotCancelled.push(false);
-    }
-    let gen = this.#slotGen[slot]! + 1;
-    if (gen === GEN_LIMIT) gen = 1;
-    this.#slotGen[slot] = gen;
-    this.#slotOp[slot] = op;
-    this.#slotCancelled[slot] = false;
-    this.#liveCount++;
-    const id = (gen << SLOT_SHIFT) | slot;
+    const id = this.#slots.add(op);
+    this.#slotCancelled[id & OP_SLOT_MASK] = false;
     this.#q[this.#qLen++] = id;
     return id;
   }
@@ -379,7 +343,7 @@ export class IoUringBackend implements IoBackend {
       return;
     }
     F[f] = entry;
-    const op = this.#slotOp[entry & SLOT_MASK]!;
+    const op = this.#slots.ops[entry & OP_SLOT_MASK]!;
     // The opcode is set per case: OPCODES[op.op] is a keyed load with many different keys
     // (megamorphic); a switch on interned strings compares pointers.
     switch (op.op) {
@@ -471,7 +435,7 @@ export class IoUringBackend implements IoBackend {
     if (this.#closed) return false;
     if (typeof id !== 'number') return false;
     const op = this.#opOf(id);
-    const slot = id & SLOT_MASK;
+    const slot = id & OP_SLOT_MASK;
     if (op === undefined || this.#slotCancelled[slot] === true) return false;
     const q = this.#q;
     let queued = -1;
@@ -624,7 +588,7 @@ export class IoUringBackend implements IoBackend {
     let res = r;
     // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
     // the caller cancelled it.
-    if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id & SLOT_MASK] !== true) {
+    if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id & OP_SLOT_MASK] !== true) {
       res = -ETIMEDOUT;
     }
     if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
@@ -716,11 +680,8 @@ export class IoUringBackend implements IoBackend {
     this.#qLen = 0;
     this.#q.length = 0;
     this.#local = [];
-    this.#slotOp.length = 0;
-    this.#slotGen.length = 0;
-    this.#free.length = 0;
+    this.#slots.clear();
     this.#slotCancelled.length = 0;
-    this.#liveCount = 0;
   }
 }
 

@@ -1,6 +1,7 @@
 import { constants as osConstants } from 'node:os';
 import {
   NATIVE_OP_CODES,
+  OpSlots,
   bufferHandleOf,
   positiveIntOption,
   requireNativeAddon,
@@ -155,13 +156,12 @@ export class KqueueBackend implements IoBackend {
   /** Submitted, not yet flushed (parallel arrays). */
   #qIds: number[] = [];
   #qOps: IoOperation[] = [];
-  /** Every operation submitted and not yet returned by poll. */
-  readonly #live = new Map<IoHandleId, IoOperation>();
+  /** Every operation submitted and not yet returned by poll, by id (core's OpSlots, as on epoll and io_uring). */
+  readonly #slots = new OpSlots<IoOperation>('kqueue');
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
   /** Buffers and strings of the batch being flushed. */
   readonly #objs: unknown[] = [];
-  #nextId = 1;
   #cb: (() => void) | null = null;
   #fireScheduled = false;
   #closed = false;
@@ -192,14 +192,13 @@ export class KqueueBackend implements IoBackend {
   }
 
   get inFlight(): number {
-    return this.#live.size;
+    return this.#slots.live;
   }
 
   submit(op: IoOperation): IoHandleId {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the kqueue backend is closed: no more operations can be submitted');
     validateOperation(op);
-    const id = this.#nextId++;
-    this.#live.set(id, op);
+    const id = this.#slots.add(op);
     this.#qIds.push(id);
     this.#qOps.push(op);
     return id;
@@ -307,7 +306,7 @@ export class KqueueBackend implements IoBackend {
 
   cancel(id: IoHandleId): boolean {
     if (this.#closed) return false;
-    const op = this.#live.get(id);
+    const op = this.#slots.get(id);
     if (op === undefined) return false;
     const queued = this.#qIds.indexOf(id);
     if (queued >= 0) {
@@ -331,7 +330,7 @@ export class KqueueBackend implements IoBackend {
     if (this.#local.length > 0) {
       out = this.#local;
       this.#local = [];
-      for (const c of out) this.#live.delete(c.handle);
+      for (const c of out) this.#slots.release(c.handle);
     }
     const wait = out === null && timeoutMs > 0 ? timeoutMs : 0;
     const n = this.#native.reap(wait);
@@ -339,11 +338,10 @@ export class KqueueBackend implements IoBackend {
     out ??= [];
     const cq = this.#cq;
     for (let i = 0; i < n; i++) {
-      const id = cq[2 * i]!;
+      const id = cq[2 * i]! | 0;
       const r = cq[2 * i + 1]!;
-      const op = this.#live.get(id);
-      if (op === undefined) continue; // cannot happen: ids are unique per instance
-      this.#live.delete(id);
+      const op = this.#slots.release(id);
+      if (op === undefined) continue; // cannot happen: a completion's id is live
       out.push({ handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) });
     }
     return out;
@@ -399,7 +397,7 @@ export class KqueueBackend implements IoBackend {
     this.#qIds = [];
     this.#qOps = [];
     this.#local = [];
-    this.#live.clear();
+    this.#slots.clear();
   }
 }
 

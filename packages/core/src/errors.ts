@@ -16,6 +16,7 @@ export type RuntimeErrorCode =
   | 'TASK_NOT_SHIPPABLE'
   | 'CORE_CRASHED'
   | 'DOUBLE_FREE'
+  | 'TOO_MANY_OPERATIONS'
   | (string & {});
 
 /** A misuse of the runtime or its configuration. The message always names the fix. */

@@ -54,6 +54,9 @@ export {
 export { bytesOf, validateOperation } from './io-operation.js';
 export {
   NATIVE_OP_CODES,
+  OP_SLOT_BITS,
+  OP_SLOT_MASK,
+  OpSlots,
   bufferHandleOf,
   checkAllocateBuffer,
   int32OrBad,

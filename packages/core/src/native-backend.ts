@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BufferHandle, IoOperation, SocketAddress } from './backend.js';
-import { InvalidArgumentError, ioErrorFromErrno } from './errors.js';
+import { InvalidArgumentError, RuntimeError, ioErrorFromErrno } from './errors.js';
 
 /**
  * Helpers for backends written as native addons (`@miniss/backend-epoll`, `-iouring`,
@@ -35,6 +35,86 @@ export const NATIVE_OP_CODES = Object.freeze({
   send: 14,
   shutdown: 15,
 } as const satisfies Record<IoOperation['op'], number>);
+
+/** Low bits of a native operation id that name its slot (kSlotMask in the addons: native code finds the slot from them). */
+export const OP_SLOT_BITS = 20;
+/** `id & OP_SLOT_MASK` is an operation id's slot. */
+export const OP_SLOT_MASK = (1 << OP_SLOT_BITS) - 1;
+const OP_GEN_LIMIT = 1 << (30 - OP_SLOT_BITS);
+
+/**
+ * The live operations of a native backend's driver, by id. An id is `generation * 2^20 + slot`:
+ * the slot indexes the table (dense, recycled last-freed-first, so the table stays as small as
+ * the peak of operations in flight; native code finds the slot from the low bits), and the
+ * generation (1..1023, bumped at every reuse of the slot, wrapping) makes the id of a finished
+ * operation differ from the next one in its slot, so a stale id is recognised (`get` answers
+ * undefined, a backend's cancel() of it returns false). Ids stay below 2^30: small integers for
+ * V8, never heap numbers. Arrays indexed by slot, not a Map keyed by id: no hashing and no
+ * allocation per operation. More than 2^20 operations in flight throws `TOO_MANY_OPERATIONS`.
+ */
+export class OpSlots<T extends object> {
+  /** Per slot: its live operation, undefined when free (hot paths may read `ops[id & OP_SLOT_MASK]` of a live id). */
+  readonly ops: (T | undefined)[] = [];
+  readonly #gen: number[] = [];
+  readonly #free: number[] = [];
+  #live = 0;
+
+  /** `backend` names the backend in the TOO_MANY_OPERATIONS message. */
+  constructor(readonly backend: string) {}
+
+  /** Operations in the table. */
+  get live(): number {
+    return this.#live;
+  }
+
+  /** Puts `op` in a free slot and returns its new id. */
+  add(op: T): number {
+    let slot: number;
+    if (this.#free.length > 0) {
+      slot = this.#free.pop()!;
+    } else {
+      slot = this.ops.length;
+      if (slot > OP_SLOT_MASK) {
+        throw new RuntimeError('TOO_MANY_OPERATIONS', `the ${this.backend} backend has ${OP_SLOT_MASK + 1} operations in flight already; wait for some to finish`);
+      }
+      this.ops.push(undefined);
+      this.#gen.push(0);
+    }
+    let gen = this.#gen[slot]! + 1;
+    if (gen === OP_GEN_LIMIT) gen = 1;
+    this.#gen[slot] = gen;
+    this.ops[slot] = op;
+    this.#live++;
+    return gen * (OP_SLOT_MASK + 1) + slot;
+  }
+
+  /** The operation of a live id; undefined for an unknown, stale or finished one (or a non-id). */
+  get(id: number): T | undefined {
+    if (typeof id !== 'number' || (id | 0) !== id || id <= OP_SLOT_MASK) return undefined;
+    const slot = id & OP_SLOT_MASK;
+    return this.#gen[slot] === id >>> OP_SLOT_BITS ? this.ops[slot] : undefined;
+  }
+
+  /** Frees the slot of a live id and returns its operation; undefined (and nothing freed) when the id is not live. */
+  release(id: number): T | undefined {
+    const slot = id & OP_SLOT_MASK;
+    if (this.#gen[slot] !== id >>> OP_SLOT_BITS) return undefined;
+    const op = this.ops[slot];
+    if (op === undefined) return undefined;
+    this.ops[slot] = undefined;
+    this.#free.push(slot);
+    this.#live--;
+    return op;
+  }
+
+  /** Forgets every operation (the backend closed). */
+  clear(): void {
+    this.ops.length = 0;
+    this.#gen.length = 0;
+    this.#free.length = 0;
+    this.#live = 0;
+  }
+}
 
 /** An fd as the 32-bit int native code takes: one that does not fit is no fd, -1 makes the kernel say EBADF. */
 export function int32OrBad(fd: number): number {

@@ -5,6 +5,9 @@ import { describe, expect, it } from 'vitest';
 import {
   IoError,
   NATIVE_OP_CODES,
+  OP_SLOT_BITS,
+  OP_SLOT_MASK,
+  OpSlots,
   RuntimeError,
   bufferHandleOf,
   checkAllocateBuffer,
@@ -133,5 +136,68 @@ describe('more helpers for native backends', () => {
         `${join(root, 'packages', 'backend-epoll', 'build', 'Debug', 'no_such_addon.node')} (not found)`,
       ],
     });
+  });
+});
+
+describe('OpSlots (the live-operation table of the native drivers)', () => {
+  it('ids are generation * 2^20 + slot: recycled slots get a new generation, stale and foreign ids are refused', () => {
+    const t = new OpSlots<{ n: number }>('test');
+    const a = { n: 1 };
+    const b = { n: 2 };
+    const ia = t.add(a);
+    const ib = t.add(b);
+    expect(ia & OP_SLOT_MASK).toBe(0);
+    expect(ib & OP_SLOT_MASK).toBe(1);
+    expect(ia >>> OP_SLOT_BITS).toBe(1);
+    expect(t.get(ia)).toBe(a);
+    expect(t.ops[ib & OP_SLOT_MASK]).toBe(b);
+    expect(t.live).toBe(2);
+    expect(t.release(ia)).toBe(a);
+    expect(t.release(ia)).toBeUndefined(); // once only
+    expect(t.get(ia)).toBeUndefined();
+    const c = { n: 3 };
+    const ic = t.add(c); // slot 0 again, next generation
+    expect(ic & OP_SLOT_MASK).toBe(0);
+    expect(ic).not.toBe(ia);
+    expect(t.get(ia)).toBeUndefined(); // the stale id does not reach the new operation
+    expect(t.release(ia)).toBeUndefined();
+    expect(t.get(ic)).toBe(c);
+    for (const bad of [0, -1, 1.5, NaN, 2 ** 31, 2 ** 40, OP_SLOT_MASK, '1' as unknown as number]) expect(t.get(bad)).toBeUndefined();
+    expect(t.live).toBe(2);
+    t.clear();
+    expect(t.live).toBe(0);
+    expect(t.get(ic)).toBeUndefined();
+  });
+
+  it('generations wrap below 2^10, so ids stay small integers (< 2^30)', () => {
+    const t = new OpSlots<object>('test');
+    const seen = new Set<number>();
+    for (let i = 0; i < 3000; i++) {
+      const id = t.add({});
+      expect(id).toBeGreaterThan(OP_SLOT_MASK);
+      expect(id).toBeLessThan(2 ** 30);
+      seen.add(id);
+      t.release(id);
+    }
+    expect(seen.size).toBe(1023); // every generation 1..1023 of slot 0, then again
+  });
+
+  it('past 2^20 operations in flight: TOO_MANY_OPERATIONS naming the backend, and the table still works', () => {
+    const t = new OpSlots<object>('epoll');
+    const op = {};
+    for (let i = 0; i <= OP_SLOT_MASK; i++) t.add(op);
+    let err: unknown;
+    try {
+      t.add(op);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(RuntimeError);
+    expect((err as RuntimeError).code).toBe('TOO_MANY_OPERATIONS');
+    expect((err as Error).message).toContain('epoll backend');
+    expect(t.live).toBe(OP_SLOT_MASK + 1);
+    const last = (1 << OP_SLOT_BITS) + OP_SLOT_MASK; // generation 1 of the last slot
+    expect(t.release(last)).toBe(op);
+    expect(t.add(op) & OP_SLOT_MASK).toBe(OP_SLOT_MASK);
   });
 });
