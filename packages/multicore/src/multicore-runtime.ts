@@ -40,8 +40,8 @@ export interface MultiCoreConfig extends RuntimeConfig {
   spinMs?: number;
   /**
    * How long a core that waits for results from other cores keeps polling before it sleeps, ms
-   * (default 0.2: longer than a wake-up of the other core, so a round trip to an idle core costs
-   * one wake-up, not two).
+   * (default 1: longer than a round trip to an idle core takes here, wake-up included, so it costs
+   * one wake-up, not two; see the README's "Doorbell" section).
    */
   awaitSpinMs?: number;
 }
@@ -114,7 +114,7 @@ export class MultiCoreRuntime {
     const pin = cfg.pin ?? true;
     const cpus = availableParallelism();
     const spinMs = cfg.spinMs ?? 0.05;
-    const awaitSpinMs = cfg.awaitSpinMs ?? 0.2;
+    const awaitSpinMs = cfg.awaitSpinMs ?? 1;
     for (const [k, v] of [['spinMs', spinMs], ['awaitSpinMs', awaitSpinMs]] as const) {
       if (typeof v !== 'number' || !(v >= 0) || v > 1000) {
         throw new RuntimeError('INVALID_CONFIG', `${k} must be a number of milliseconds in 0..1000, got ${String(v)}`);
