@@ -146,7 +146,7 @@ export class EpollBackend implements IoBackend {
   #qSpare: number[] | null = [];
   /**
    * Every operation submitted and not yet returned by poll, by id (`generation * 2^20 + slot`,
-   * core's OpSlots: native code finds the slot from the low bits, a stale id is recognised).
+   * core's OpSlots, so a stale id is recognised; native code treats ids as opaque numbers).
    */
   readonly #slots = new OpSlots<IoOperation>('epoll');
   /**

@@ -204,7 +204,8 @@ export class IoUringBackend implements IoBackend {
   #cb: (() => void) | null = null;
   /**
    * Completions the addon reaped into the completion buffer before calling onReady, not yet
-   * handed out (see #takePre). While non-zero, no native reap may run (it would overwrite them).
+   * handed out (drain() hands them to its sink, #keepPre() moves them to #local). While non-zero,
+   * no native reap may run (it would overwrite them).
    */
   #pre = 0;
   /** The addon took everything the CQ ring held for this onReady call: no need to ask again. */
