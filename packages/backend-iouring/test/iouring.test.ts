@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -593,6 +593,47 @@ describe.runIf(support.ok)('io_uring backend', () => {
       expect(b.poll(0)).toEqual([]);
     } finally {
       b.close();
+    }
+  });
+
+  it('a chain of awaited reads that complete inline still lets timers run (rounds per wake-up are bounded)', async () => {
+    const path = join(dir, 'inline-chain.bin');
+    writeFileSync(path, Buffer.alloc(8 << 20, 1));
+    readFileSync(path); // page-cached: every read completes inside the io_uring_enter that submits it
+    const fd = openSync(path, 'r');
+    const b = createBackend();
+    try {
+      const buf = new Uint8Array(1 << 20);
+      let waiter: ((r: number | Error) => void) | null = null;
+      b.onReady(() => {
+        while (b.drain((_h, r) => waiter?.(r)) > 0);
+      });
+      const read = (off: number): Promise<number | Error> =>
+        new Promise((resolve) => {
+          waiter = resolve;
+          b.submit({ op: 'read', fd, buffer: buf, offset: off, len: buf.length });
+          b.flush();
+        });
+      const ticks: number[] = [];
+      const iv = setInterval(() => ticks.push(performance.now()), 2);
+      const end = performance.now() + 300;
+      let reads = 0;
+      try {
+        while (performance.now() < end) {
+          expect(await read((reads % 8) << 20)).toBe(1 << 20);
+          reads++;
+        }
+      } finally {
+        clearInterval(iv);
+      }
+      let maxGap = 0;
+      for (let i = 1; i < ticks.length; i++) maxGap = Math.max(maxGap, ticks[i]! - ticks[i - 1]!);
+      expect(reads).toBeGreaterThan(100);
+      expect(ticks.length).toBeGreaterThan(20);
+      expect(maxGap).toBeLessThan(25);
+    } finally {
+      b.close();
+      closeSync(fd);
     }
   });
 
