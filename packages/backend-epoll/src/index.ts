@@ -51,7 +51,6 @@ const MAX_IO = 0x7ffff000;
 const MAX_SPREAD = 1024;
 const ECANCELED = osConstants.errno.ECANCELED;
 
-
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface EpollStats {
   /** Operations handed to native code. */
@@ -121,8 +120,6 @@ export function isSupported(): { ok: boolean; reason?: string } {
 export function createBackend(options: EpollBackendOptions = {}): EpollBackend {
   return new EpollBackend(options);
 }
-
-
 
 // -------------------------------------------------------------------------------------------------
 
@@ -475,7 +472,6 @@ export class EpollBackend implements IoBackend {
     this.#slots.clear();
   }
 }
-
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */
 export const backendModule: BackendModule = { createBackend, isSupported };

@@ -168,8 +168,6 @@ export function createBackend(options: IoUringBackendOptions = {}): IoUringBacke
   return new IoUringBackend(options);
 }
 
-
-
 // -------------------------------------------------------------------------------------------------
 
 /** The io_uring {@link IoBackend}. One per thread (per runtime); see the module comment. */
@@ -558,12 +556,7 @@ export class IoUringBackend implements IoBackend {
       if (i < n - 1) {
         // The sink threw: completions already taken from the ring are not lost; the next
         // poll or drain hands them over.
-        for (i++; i < n; i++) {
-          const id = cq[CQ_DOUBLES * i]! | 0;
-          const op = this.#opOf(id);
-          if (op === undefined) continue;
-          this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: bufferHandleOf(op) });
-        }
+        this.#keepCq(i + 1, n);
         this.#scheduleFire();
       }
     }
@@ -574,14 +567,19 @@ export class IoUringBackend implements IoBackend {
   #keepPre(): void {
     const n = this.#pre;
     this.#pre = 0;
+    this.#keepCq(0, n);
+    if (this.#local.length > 0) this.#scheduleFire();
+  }
+
+  /** Moves entries `from..to-1` of the completion buffer into #local, as completions of their live operations. */
+  #keepCq(from: number, to: number): void {
     const cq = this.#cq;
-    for (let i = 0; i < n; i++) {
+    for (let i = from; i < to; i++) {
       const id = cq[CQ_DOUBLES * i]! | 0;
       const op = this.#opOf(id);
       if (op === undefined) continue;
       this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: bufferHandleOf(op) });
     }
-    if (this.#local.length > 0) this.#scheduleFire();
   }
 
   /** The result of a reaped CQE of live operation `id` (releasing its slot unless more CQEs follow). */
@@ -685,7 +683,6 @@ export class IoUringBackend implements IoBackend {
     this.#slotCancelled.length = 0;
   }
 }
-
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */
 export const backendModule: BackendModule = { createBackend, isSupported };

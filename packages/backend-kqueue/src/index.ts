@@ -130,8 +130,6 @@ export function createBackend(options: KqueueBackendOptions = {}): KqueueBackend
   return new KqueueBackend(options);
 }
 
-
-
 // -------------------------------------------------------------------------------------------------
 
 /**
@@ -400,7 +398,6 @@ export class KqueueBackend implements IoBackend {
     this.#slots.clear();
   }
 }
-
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */
 export const backendModule: BackendModule = { createBackend, isSupported };
