@@ -3,22 +3,16 @@
 // the ring's registered eventfd, and tears everything down on close(), garbage collection or
 // environment (worker thread) exit. The ring itself is plain C++ in io_uring.{h,cc}.
 #include <nan.h>
-#include <sched.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <uv.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <string>
 
 #include "io_uring.h"
+#include "miniss/flush_objects.h"   // @miniss/native-common: ObjectAt, BindBuffer, StringOf
 #include "miniss/module_methods.h"  // @miniss/native-common: address, allocateBuffer, signalFd, setAffinity
 #include "miniss/store_cache.h"     // @miniss/native-common: the pinned-buffer cache
 
@@ -300,45 +294,6 @@ NAN_METHOD(Backend::New) {
   info.GetReturnValue().Set(info.This());
 }
 
-// Points `data`/`len` at the first `len` bytes of a Uint8Array (len < 0: all of it) and pins
-// its backing store. False when the view is not one, is detached, or is shorter than `len`.
-bool BindBuffer(Instance* inst, v8::Local<v8::Value> value, int64_t len, void** data, size_t* out_len,
-                std::shared_ptr<void>* pin) {
-  if (!value->IsArrayBufferView()) return false;
-  v8::Local<v8::ArrayBufferView> view = value.As<v8::ArrayBufferView>();
-  const size_t have = view->ByteLength();  // 0 once detached
-  const size_t want = len < 0 ? have : static_cast<size_t>(len);
-  if (want > have) return false;
-  std::shared_ptr<v8::BackingStore> store = inst->store_cache.Get(view->Buffer());
-  char* base = static_cast<char*>(store->Data());
-  if (base == nullptr && want > 0) return false;
-  *data = base == nullptr ? nullptr : base + view->ByteOffset();
-  *out_len = want;
-  *pin = std::move(store);
-  return true;
-}
-
-// Object `index` of the batch: an argument after the fixed ones (objs is null), or an element
-// of the array `objs` (a batch with too many objects to pass as arguments).
-bool ObjectAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
-              v8::Local<v8::Value>* out) {
-  if (index < 0) return false;
-  if (!objs->IsArray()) {
-    if (index >= info.Length() - kFlushFixedArgs) return false;
-    *out = info[kFlushFixedArgs + index];
-    return true;
-  }
-  return Nan::Get(objs.As<v8::Array>(), static_cast<uint32_t>(index)).ToLocal(out);
-}
-
-bool StringOf(v8::Local<v8::Value> v, std::string* out) {
-  if (!v->IsString()) return false;
-  Nan::Utf8String s(v);
-  if (*s == nullptr) return false;
-  out->assign(*s, static_cast<size_t>(s.length()));
-  return true;
-}
-
 // flush(count, hold, objects) or flush(count, hold, null, ...objects): turns `count` descriptors
 // into SQEs and submits them with one io_uring_enter (deferred to the end of the ready callback
 // when called from inside it). Descriptor words 5 and 6 are the index of its first object (buffer
@@ -388,7 +343,12 @@ NAN_METHOD(Backend::Flush) {
       case kOpRecv:
       case kOpSend: {
         v8::Local<v8::Value> v;
-        ok = ObjectAt(info, objs, w[5], &v) && BindBuffer(inst, v, d.a, &d.data, &d.len, &d.pin);
+        struct iovec iov;
+        ok = ObjectAt(info, objs, kFlushFixedArgs, w[5], &v) && BindBuffer(&inst->store_cache, v, d.a, &iov, &d.pin);
+        if (ok) {
+          d.data = iov.iov_base;
+          d.len = iov.iov_len;
+        }
         break;
       }
       case kOpReadv:
@@ -404,7 +364,7 @@ NAN_METHOD(Backend::Flush) {
         for (int32_t j = 0; ok && j < n; ++j) {
           v8::Local<v8::Value> b;
           const size_t k = static_cast<size_t>(j);
-          ok = ObjectAt(info, objs, first + j, &b) && BindBuffer(inst, b, -1, &d.iov[k].iov_base, &d.iov[k].iov_len, &d.pins[k]);
+          ok = ObjectAt(info, objs, kFlushFixedArgs, first + j, &b) && BindBuffer(&inst->store_cache, b, -1, &d.iov[k], &d.pins[k]);
         }
         break;
       }
@@ -412,7 +372,7 @@ NAN_METHOD(Backend::Flush) {
       case kOpListen:
       case kOpConnect: {
         v8::Local<v8::Value> v;
-        ok = ObjectAt(info, objs, w[5], &v) && StringOf(v, &d.str);
+        ok = ObjectAt(info, objs, kFlushFixedArgs, w[5], &v) && StringOf(v, &d.str);
         if (ok && d.op == kOpOpen && d.str.find('\0') != std::string::npos) ok = false;
         break;
       }

@@ -7,13 +7,9 @@ namespace miniss {
 std::string StringAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
                      bool* ok) {
   v8::Local<v8::Value> v;
-  if (!ObjectAt(info, objs, index, &v) || !v->IsString()) {
-    *ok = false;
-    return std::string();
-  }
-  Nan::Utf8String s(v);
-  *ok = *s != nullptr;
-  return *ok ? std::string(*s, static_cast<size_t>(s.length())) : std::string();
+  std::string s;
+  *ok = ObjectAt(info, objs, kFlushFixedArgs, index, &v) && StringOf(v, &s);
+  return s;
 }
 
 }  // namespace miniss

@@ -31,6 +31,7 @@
 #include <memory>
 #include <string>
 
+#include "miniss/flush_objects.h"  // ObjectAt, BindBuffer, StringOf
 #include "miniss/module_methods.h"  // AddressMethod, AllocateBufferMethod, ...
 #include "miniss/op.h"
 #include "miniss/store_cache.h"  // StoreCache
@@ -44,35 +45,8 @@ namespace miniss {
 constexpr size_t kSqInts = 8;
 constexpr size_t kSqDoubles = 2;
 
-// Binds `len` bytes (-1: all) of a Uint8Array (or any view) to iov and pins its backing store.
-inline bool BindBuffer(StoreCache* cache, v8::Local<v8::Value> value, int64_t len, struct iovec* iov,
-                       std::shared_ptr<void>* pin) {
-  if (!value->IsArrayBufferView()) return false;
-  v8::Local<v8::ArrayBufferView> view = value.As<v8::ArrayBufferView>();
-  const size_t have = view->ByteLength();  // 0 once detached
-  const size_t want = len < 0 ? have : static_cast<size_t>(len);
-  if (want > have) return false;
-  std::shared_ptr<v8::BackingStore> store = cache->Get(view->Buffer());
-  char* data = static_cast<char*>(store->Data());
-  if (data == nullptr && want > 0) return false;
-  iov->iov_base = data == nullptr ? nullptr : data + view->ByteOffset();
-  iov->iov_len = want;
-  *pin = std::move(store);
-  return true;
-}
-
-// Object `index` of a flush: an argument after `objects` when `objects` is null (reading an
-// argument is much cheaper than an element lookup through the V8 API), else from the array.
-inline bool ObjectAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
-                     v8::Local<v8::Value>* out) {
-  if (index < 0) return false;
-  if (!objs->IsArray()) {
-    if (index >= info.Length() - 2) return false;
-    *out = info[2 + index];
-    return true;
-  }
-  return Nan::Get(objs.As<v8::Array>(), static_cast<uint32_t>(index)).ToLocal(out);
-}
+// Flush arguments before the batch's objects: flush(count, objects, ...objects).
+constexpr int kFlushFixedArgs = 2;
 
 // The string object `index` of a flush (a path); *ok = false when it is not a string.
 std::string StringAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
@@ -101,7 +75,7 @@ inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<
     case kRecv:
     case kSend: {
       v8::Local<v8::Value> v;
-      ok = ObjectAt(info, objs, obj, &v) && BindBuffer(cache, v, op->a, &op->iov1, &op->pin1);
+      ok = ObjectAt(info, objs, kFlushFixedArgs, obj, &v) && BindBuffer(cache, v, op->a, &op->iov1, &op->pin1);
       break;
     }
     case kReadv:
@@ -117,7 +91,7 @@ inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<
       op->pins.resize(static_cast<size_t>(nobj));
       for (int32_t j = 0; ok && j < nobj; j++) {
         v8::Local<v8::Value> v;
-        ok = ObjectAt(info, objs, obj + j, &v) &&
+        ok = ObjectAt(info, objs, kFlushFixedArgs, obj + j, &v) &&
              BindBuffer(cache, v, -1, &op->iovs[static_cast<size_t>(j)], &op->pins[static_cast<size_t>(j)]);
       }
       break;

@@ -85,9 +85,6 @@ class StoreCache {
     fills_ = 0;
   }
 
-  // Entries holding a store (for tests of the sweep).
-  size_t size() const { return filled_count_; }
-
  private:
   struct Entry {
     v8::Global<v8::ArrayBuffer> buffer;  // weak: reset by the GC when the ArrayBuffer dies
