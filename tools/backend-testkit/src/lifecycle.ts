@@ -1,7 +1,7 @@
 // The lifecycle tests (cancellation, close, timers, workers) every readiness-model backend (epoll,
 // kqueue) must pass, over a backend factory. Test names carry the backend's name (describe title).
 import { spawnSync } from 'node:child_process';
-import { constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -73,6 +73,16 @@ export function lifecycleSuite<B extends ReadinessBackend>(k: LifecycleCase<B>):
       expect(order).toEqual([0, 20, 60]);
       expect(performance.now() - t0).toBeGreaterThanOrEqual(59);
       expect(d.completions.get(c.id)).toBe(1);
+    });
+
+    it('a timeout in flight is not disturbed by a read of an fd number closed just before it', async () => {
+      // A backend (or kqemu, the kqueue emulation) that takes a descriptor per timer could hand
+      // out the number just closed; the read must still see a closed fd and the timer still fire.
+      const closed = openSync(process.execPath, 'r');
+      closeSync(closed);
+      const t = d.io({ op: 'timeout', ms: 20 });
+      await expect(d.io({ op: 'read', fd: closed, buffer: new Uint8Array(512), offset: -1, len: 512 })).rejects.toMatchObject({ code: 'EBADF' });
+      await expect(t).resolves.toBe(0);
     });
 
     it('cancels a pending accept and a pending recv exactly once; cancel after completion is false', async () => {

@@ -13,7 +13,8 @@
  *   EV_RECEIPT. Readiness out: EV_EOF on EPOLLRDHUP/EPOLLHUP (read) or EPOLLHUP/EPOLLERR (write),
  *   fflags 0 (a real kqueue puts the socket error there) and `data` 0 (no byte counts).
  * - EVFILT_USER: EV_ADD (EV_CLEAR or not), EV_DELETE, NOTE_TRIGGER, thread-safe; one eventfd per queue.
- * - EVFILT_TIMER: EV_ADD with `data` in milliseconds, EV_ONESHOT or periodic, EV_DELETE; one timerfd each.
+ * - EVFILT_TIMER: EV_ADD with `data` in milliseconds, EV_ONESHOT or periodic, EV_DELETE; one timerfd each,
+ *   moved above the low fd numbers (a real kqueue's timers take none; see out_of_low_range).
  * - Change errors go to the event list as EV_ERROR entries (or errno when there is no room), and
  *   when any entry was written kevent() returns without waiting, as FreeBSD's does.
  * - close() of a kqueue fd releases the queue; close() of any fd drops its knotes. That needs the
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -265,6 +267,23 @@ static int change_user(struct kq* k, const struct kevent* c) {
   return 0;
 }
 
+/*
+ * Moves a descriptor the emulation needs mid-run (a timer's timerfd) out of the low range. A real
+ * kqueue's timers take no descriptor, so a program can count on a number it has just closed
+ * staying free while it starts timers; the backend fuzzer reads such a stale number on purpose,
+ * and with a timerfd reusing it that read consumed the timer's expiration: the timeout never
+ * fired and its timerfd stayed open. Leaves the fd where it is when the limit has no room above.
+ */
+static int out_of_low_range(int fd) {
+  struct rlimit rl;
+  if (fd < 0 || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < 512) return fd;
+  const rlim_t floor = rl.rlim_cur / 2 < 65536 ? rl.rlim_cur / 2 : 65536;
+  const int high = fcntl(fd, F_DUPFD_CLOEXEC, (int)floor);
+  if (high < 0) return fd;
+  close(fd);
+  return high;
+}
+
 static int change_timer(struct kq* k, const struct kevent* c) {
   struct timernote** pp = &k->timers;
   for (; *pp; pp = &(*pp)->next) {
@@ -283,7 +302,7 @@ static int change_timer(struct kq* k, const struct kevent* c) {
   if (!t) {
     t = calloc(1, sizeof *t);
     if (!t) return ENOMEM;
-    t->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    t->tfd = out_of_low_range(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = cookie(KIND_TIMER, t->tfd)};
     if (t->tfd < 0 || epoll_ctl(k->epfd, EPOLL_CTL_ADD, t->tfd, &ev) < 0) {
       int e = errno;
