@@ -320,7 +320,12 @@ void KqueueReactor::ArmTimer() {
     timers_.erase(timers_.begin());
     Complete(op, 0);
   }
-  if (timers_.empty()) return;  // a stale expiry just finds nothing to fire
+  if (timers_.empty()) {
+    // Every timeout has completed (deadlines reached before the armed expiry was read): delete
+    // the kernel timer, as Cancel does, so an idle backend keeps none pending.
+    DisarmTimer();
+    return;
+  }
   const uint64_t first = timers_.begin()->first;
   if (first == armed_ns_) return;
   // A one-shot relative EVFILT_TIMER in milliseconds (at least 1): the unit every kqueue has
