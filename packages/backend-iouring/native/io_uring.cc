@@ -48,6 +48,7 @@ void Ring::Unmap() {
   sqes_ = nullptr;
   cq_ptr_ = nullptr;
   sq_ptr_ = nullptr;
+  cq_flags_ = nullptr;
 }
 
 void Ring::Close() {
@@ -109,6 +110,7 @@ int Ring::Setup(unsigned entries, unsigned cq_entries, unsigned flags, unsigned 
   cq_head_ = reinterpret_cast<unsigned*>(cqb + p.cq_off.head);
   cq_tail_ = reinterpret_cast<unsigned*>(cqb + p.cq_off.tail);
   cq_mask_ = *reinterpret_cast<unsigned*>(cqb + p.cq_off.ring_mask);
+  cq_flags_ = p.cq_off.flags != 0 ? reinterpret_cast<unsigned*>(cqb + p.cq_off.flags) : nullptr;
   cqes_ = reinterpret_cast<io_uring_cqe*>(cqb + p.cq_off.cqes);
   sqe_head_ = sqe_tail_ = *sq_tail_;
   return 0;
@@ -216,6 +218,17 @@ int Ring::Submit(bool getevents, unsigned wait_nr, const __kernel_timespec* time
 bool Ring::KernelHasCompletions() const {
   const unsigned f = __atomic_load_n(sq_flags_, __ATOMIC_RELAXED);
   return (f & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0;
+}
+
+void Ring::SetEventFdQuiet(bool quiet) {
+  if (cq_flags_ == nullptr) return;
+  // The kernel never writes this word; only the application does (liburing does the same).
+  const unsigned f = __atomic_load_n(cq_flags_, __ATOMIC_RELAXED);
+  const unsigned want = quiet ? (f | IORING_CQ_EVENTFD_DISABLED) : (f & ~IORING_CQ_EVENTFD_DISABLED);
+  __atomic_store_n(cq_flags_, want, __ATOMIC_RELEASE);
+  // Pairs with the full barrier the kernel has between publishing a CQ tail and reading this
+  // flag (io_cqring_wake's wq_has_sleeper, before the eventfd signal).
+  if (!quiet) __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
 unsigned Ring::CqReady() const { return __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE) - *cq_head_; }

@@ -137,10 +137,22 @@ class Ring {
   bool KernelHasCompletions() const;
 
   unsigned CqReady() const;
+  unsigned CqTail() const { return __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE); }
   const io_uring_cqe* CqAt(unsigned i) const;
   void CqAdvance(unsigned n);
 
   int Register(unsigned opcode, const void* arg, unsigned nr_args);
+
+  // IORING_CQ_EVENTFD_DISABLED: while set, CQEs are posted without signalling the registered
+  // eventfd. Only for rings whose completions outside this thread go through the kernel's
+  // wake-up barrier (see QuietEventFd in binding.cc): not SQPOLL, not DEFER_TASKRUN, and the
+  // kernel must expose the CQ flags word (5.8+).
+  bool CanQuietEventFd() const {
+    return cq_flags_ != nullptr && (flags_ & (IORING_SETUP_SQPOLL | IORING_SETUP_DEFER_TASKRUN)) == 0;
+  }
+  // Sets or clears the flag. Clearing is followed by a full barrier, so a CQE the kernel posts
+  // after it either signals the eventfd or is visible to the CQ tail this thread reads next.
+  void SetEventFdQuiet(bool quiet);
 
  private:
   int Setup(unsigned entries, unsigned cq_entries, unsigned flags, unsigned sq_idle_ms);
@@ -168,6 +180,7 @@ class Ring {
   size_t cq_size_ = 0;
   unsigned* cq_head_ = nullptr;
   unsigned* cq_tail_ = nullptr;
+  unsigned* cq_flags_ = nullptr;  // nullptr when the kernel has no CQ flags word
   unsigned cq_mask_ = 0;
   io_uring_cqe* cqes_ = nullptr;
 };
@@ -224,6 +237,7 @@ class Engine {
   // The fd Node's loop watches (the eventfd registered with the ring).
   int poll_fd() const { return event_fd_; }
   const Ring& ring() const { return ring_; }
+  void SetEventFdQuiet(bool quiet) { ring_.SetEventFdQuiet(quiet); }
   bool closed() const { return closed_; }
 
   // Operations handed to the kernel whose final completion has not been reaped (including the
