@@ -643,7 +643,7 @@ describe.runIf(support.ok)('io_uring backend', () => {
       expect(maxPerTurn).toBeGreaterThan(1); // the rounds do run: several reads per wake-up
       expect(maxPerTurn).toBeLessThanOrEqual(64);
       expect(turns).toBeGreaterThanOrEqual(total / 64);
-      expect(timerAt).toBeGreaterThan(100);
+      expect(timerAt).toBeGreaterThanOrEqual(100); // it fired, and before the chain ended
       expect(timerAt).toBeLessThan(total);
     } finally {
       stop = true;
