@@ -66,6 +66,30 @@ describe.each(backends)('sleep on the $name backend', ({ name, ok, reason }) => 
       expect(s.wakeups).toBeLessThan(2000); // about one per millisecond of the 100 ms spread, not one per timer
     });
 
+    it('arms the backend for the tick itself: to the microsecond on native backends, whole ms on node', async () => {
+      // Rounding every arm up to whole milliseconds made timers fire 0.5 ms late on average; the
+      // native backends' timeouts are exact, so the driver asks for the time left to the tick.
+      const rt = timerRuntime(name);
+      const asked: number[] = [];
+      const io = rt.io.bind(rt);
+      rt.io = ((op, signal, owner) => {
+        if (op.op === 'timeout') asked.push(op.ms);
+        return io(op, signal, owner);
+      }) as typeof rt.io;
+      await rt.blockOn(async () => {
+        for (const ms of [3, 7, 11, 5, 9]) {
+          const t0 = now();
+          await sleep(ms);
+          expect(now() - t0).toBeGreaterThanOrEqual(ms);
+        }
+      });
+      expect(asked.length).toBeGreaterThanOrEqual(5);
+      for (const ms of asked) expect(Math.abs(ms * 1000 - Math.round(ms * 1000))).toBeLessThan(1e-6);
+      const whole = asked.filter((ms) => Number.isInteger(ms)).length;
+      if (name === 'node') expect(whole).toBe(asked.length);
+      else expect(whole).toBeLessThan(asked.length); // five fractions all .000: odds ~1e-15
+    });
+
     it('leaves nothing open after shutdown', async () => {
       const before = activeResources();
       const rt = timerRuntime(name);
