@@ -199,8 +199,7 @@ class QuietEventFd {
     if (engine_->closed()) return false;
     engine_->SetEventFdQuiet(false);
     const Ring& ring = engine_->ring();
-    const unsigned tail = ring.CqTail();
-    return tail != start_tail_ && ring.CqReady() > 0;
+    return ring.CqTail() != start_tail_ && ring.CqReady() > 0;
   }
 
  private:
@@ -221,8 +220,8 @@ void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
   // that complete inline during that submit (page-cached reads, NOPs, sends into an empty socket
   // buffer) are in the CQ ring at once: go round again instead of waiting for the eventfd to come
   // back through the next loop iteration's epoll_wait, a few rounds at most so timers and other
-  // handles are not starved (kMaxReadyRounds, kReadyRoundsBudgetNs). (Their eventfd signal stays
-  // pending: one extra, empty wake-up later.)
+  // handles are not starved (kMaxReadyRounds, kReadyRoundsBudgetNs). Their CQEs signal no
+  // eventfd meanwhile (QuietEventFd), so no empty wake-up follows.
   // A round that reaps nothing ends the rounds, never a busy loop.
   bool progress = false;
   const uint64_t started = uv_hrtime();

@@ -231,7 +231,7 @@ void Ring::SetEventFdQuiet(bool quiet) {
   if (!quiet) __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
-unsigned Ring::CqReady() const { return __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE) - *cq_head_; }
+unsigned Ring::CqReady() const { return CqTail() - *cq_head_; }
 
 const io_uring_cqe* Ring::CqAt(unsigned i) const { return &cqes_[(*cq_head_ + i) & cq_mask_]; }
 
