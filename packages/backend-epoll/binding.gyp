@@ -14,7 +14,6 @@
           "sources": [
             "native/binding.cc",
             "native/epoll.cc",
-            "<(native_common)/src/addon.cc",
             "<(native_common)/src/module_methods.cc",
             "<(native_common)/src/op.cc",
             "<(native_common)/src/thread_pool.cc"

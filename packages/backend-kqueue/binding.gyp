@@ -19,7 +19,6 @@
           "sources": [
             "native/binding.cc",
             "native/kqueue.cc",
-            "<(native_common)/src/addon.cc",
             "<(native_common)/src/module_methods.cc",
             "<(native_common)/src/op.cc",
             "<(native_common)/src/thread_pool.cc"

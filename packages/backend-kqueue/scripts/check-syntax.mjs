@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Compile check (NOT a build, NOT a run) of the kqueue addon on a machine without kqueue:
 // `c++ -fsyntax-only` of every file in native/ (the reactor and the nan binding) and of
-// @miniss/native-common's op.cc, thread_pool.cc (and addon.cc, module_methods.cc with the binding), with test/shim on the include path, which
+// @miniss/native-common's op.cc, thread_pool.cc (and module_methods.cc with the binding), with test/shim on the include path, which
 // declares the BSD <sys/event.h> (struct kevent, EV_*/EVFILT_*/NOTE_* and the kqueue()/kevent()
 // prototypes), plus native-common's, Node's and nan's headers. It proves the code is well-formed C++ against those declarations; it
 // proves nothing about behaviour on macOS/BSD, and on Linux the macOS/BSD #ifdef branches
@@ -21,7 +21,7 @@ const commonDir = dirname(require.resolve('@miniss/native-common/package.json'))
 const files = [join(pkgDir, 'native', 'kqueue.cc'), join(commonDir, 'src', 'op.cc'), join(commonDir, 'src', 'thread_pool.cc')];
 const includes = ['-I', join(pkgDir, 'test', 'shim'), '-I', join(commonDir, 'include')];
 if (existsSync(join(nodeInclude, 'node.h'))) {
-  files.push(join(pkgDir, 'native', 'binding.cc'), join(commonDir, 'src', 'addon.cc'), join(commonDir, 'src', 'module_methods.cc'));
+  files.push(join(pkgDir, 'native', 'binding.cc'), join(commonDir, 'src', 'module_methods.cc'));
   includes.push('-I', nodeInclude, '-I', nanDir);
 } else {
   process.stderr.write(`note: ${nodeInclude}/node.h not found: native/binding.cc not checked\n`);

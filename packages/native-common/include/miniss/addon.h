@@ -48,10 +48,6 @@ constexpr size_t kSqDoubles = 2;
 // Flush arguments before the batch's objects: flush(count, objects, ...objects).
 constexpr int kFlushFixedArgs = 2;
 
-// The string object `index` of a flush (a path); *ok = false when it is not a string.
-std::string StringAt(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, int32_t index,
-                     bool* ok);
-
 // Fills `op` from descriptor words `d` (kSqInts int32) and `f` (kSqDoubles float64), binding and
 // pinning its buffers or reading its path. Returns 0, or the negative errno the op must fail
 // with (-EFAULT: a buffer detached or shrunk since submit, a missing object; `too_many_iovs` for
@@ -98,10 +94,12 @@ inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<
     }
     case kOpen:
     case kListen:
-    case kConnect:
-      op->path = StringAt(info, objs, obj, &ok);
+    case kConnect: {
+      v8::Local<v8::Value> v;
+      ok = ObjectAt(info, objs, kFlushFixedArgs, obj, &v) && StringOf(v, &op->path);
       if (ok && op->code == kOpen && op->path.find('\0') != std::string::npos) ok = false;
       break;
+    }
     default:
       break;
   }
