@@ -24,22 +24,20 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "floor_ring.h"
+
 #define ROUNDS 40
 #define VARIANTS 4
 
+/* A ring of the backend's flags, and how many of its reads did not complete inline. */
 struct ring {
-  int fd;
-  unsigned sq_entries, cq_entries;
-  unsigned *sq_tail, *sq_array, *cq_head, *cq_tail, *cq_flags;
-  struct io_uring_cqe *cqes;
-  struct io_uring_sqe *sqes;
-  long waited; /* reads that did not complete inline */
+  struct floor_ring r;
+  long waited;
 };
 
 static double now_us(void) {
@@ -53,27 +51,12 @@ static void die(const char *what) {
   exit(1);
 }
 
-static void ring_init(struct ring *r, int event_fd, int quiet) {
+static void ring_init(struct ring *x, int event_fd, int quiet) {
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
-  r->fd = (int)syscall(__NR_io_uring_setup, 8, &p);
-  if (r->fd < 0) die("io_uring_setup");
-  r->sq_entries = p.sq_entries;
-  r->cq_entries = p.cq_entries;
-  size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-  size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-  char *ring = mmap(NULL, sq_size > cq_size ? sq_size : cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                    r->fd, IORING_OFF_SQ_RING); /* IORING_FEAT_SINGLE_MMAP */
-  r->sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                 r->fd, IORING_OFF_SQES);
-  if (ring == MAP_FAILED || r->sqes == MAP_FAILED) die("mmap");
-  r->sq_tail = (unsigned *)(ring + p.sq_off.tail);
-  r->sq_array = (unsigned *)(ring + p.sq_off.array);
-  r->cq_head = (unsigned *)(ring + p.cq_off.head);
-  r->cq_tail = (unsigned *)(ring + p.cq_off.tail);
-  r->cq_flags = (unsigned *)(ring + p.cq_off.flags);
-  r->cqes = (struct io_uring_cqe *)(ring + p.cq_off.cqes);
+  struct floor_ring *r = &x->r;
+  if (floor_ring_init(r, 8, &p) != 0) die("io_uring_setup");
   if (event_fd >= 0 && syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_EVENTFD, &event_fd, 1) < 0) {
     die("IORING_REGISTER_EVENTFD");
   }
@@ -81,8 +64,9 @@ static void ring_init(struct ring *r, int event_fd, int quiet) {
 }
 
 /* One read, submitted and (inline) completed by one io_uring_enter, its CQE reaped. */
-static void ring_read(struct ring *r, int fd, char *buf, size_t bs, size_t off) {
-  unsigned tail = *r->sq_tail, idx = tail & (r->sq_entries - 1);
+static void ring_read(struct ring *x, int fd, char *buf, size_t bs, size_t off) {
+  struct floor_ring *r = &x->r;
+  unsigned tail = *r->sq_tail, idx = tail & r->sq_mask;
   struct io_uring_sqe *s = &r->sqes[idx];
   memset(s, 0, sizeof *s);
   s->opcode = IORING_OP_READ;
@@ -96,11 +80,11 @@ static void ring_read(struct ring *r, int fd, char *buf, size_t bs, size_t off) 
   unsigned head = *r->cq_head;
   /* Rarely (a page under readahead) the read goes async: wait for it. */
   while (head == __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE)) {
-    r->waited++;
+    x->waited++;
     if (syscall(__NR_io_uring_enter, r->fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) die("io_uring_enter");
   }
-  if (r->cqes[head & (r->cq_entries - 1)].res != (int)bs) {
-    fprintf(stderr, "read: %d\n", r->cqes[head & (r->cq_entries - 1)].res);
+  if (r->cqes[head & r->cq_mask].res != (int)bs) {
+    fprintf(stderr, "read: %d\n", r->cqes[head & r->cq_mask].res);
     exit(1);
   }
   __atomic_store_n(r->cq_head, head + 1, __ATOMIC_RELEASE);

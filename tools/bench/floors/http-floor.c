@@ -26,10 +26,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "floor_ring.h"
 
 #ifndef IORING_SETUP_COOP_TASKRUN
 #define IORING_SETUP_COOP_TASKRUN (1U << 8)
@@ -74,11 +75,8 @@ struct conn {
 static struct conn *conns[MAX_CONNS];
 static unsigned free_list[MAX_CONNS], n_free, n_alloc;
 
-static int ring_fd;
-static unsigned sq_mask, sq_entries, cq_mask, sqe_tail;
-static unsigned *sq_head, *sq_tail, *cq_head, *cq_tail;
-static struct io_uring_sqe *sqes;
-static struct io_uring_cqe *cqes;
+static struct floor_ring ring;
+static unsigned sqe_tail; /* next SQE to fill */
 static volatile sig_atomic_t stop;
 
 static void on_signal(int sig) {
@@ -87,27 +85,27 @@ static void on_signal(int sig) {
 }
 
 static int enter(unsigned to_submit, unsigned min_complete, unsigned flags) {
-  return (int)syscall(__NR_io_uring_enter, ring_fd, to_submit, min_complete, flags, NULL, 0);
+  return (int)syscall(__NR_io_uring_enter, ring.fd, to_submit, min_complete, flags, NULL, 0);
 }
 
 static unsigned unsubmitted(void) {
-  return sqe_tail - __atomic_load_n(sq_head, __ATOMIC_ACQUIRE);
+  return sqe_tail - __atomic_load_n(ring.sq_head, __ATOMIC_ACQUIRE);
 }
 
 static struct io_uring_sqe *get_sqe(void) {
-  while (unsubmitted() >= sq_entries) { /* full: hand the kernel what is queued */
+  while (unsubmitted() >= ring.sq_entries) { /* full: hand the kernel what is queued */
     if (enter(unsubmitted(), 0, 0) < 0 && errno != EINTR && errno != EAGAIN && errno != EBUSY) {
       perror("io_uring_enter");
       exit(1);
     }
   }
-  struct io_uring_sqe *sqe = &sqes[sqe_tail & sq_mask];
+  struct io_uring_sqe *sqe = &ring.sqes[sqe_tail & ring.sq_mask];
   memset(sqe, 0, sizeof *sqe);
   return sqe;
 }
 
 static void queue(void) {
-  __atomic_store_n(sq_tail, ++sqe_tail, __ATOMIC_RELEASE);
+  __atomic_store_n(ring.sq_tail, ++sqe_tail, __ATOMIC_RELEASE);
 }
 
 static void queue_accept(int lfd) {
@@ -289,45 +287,19 @@ int main(int argc, char **argv) {
       0,
   };
   struct io_uring_params p;
-  ring_fd = -1;
-  for (unsigned i = 0; i < sizeof flag_sets / sizeof flag_sets[0] && ring_fd < 0; i++) {
+  int ok = -1;
+  for (unsigned i = 0; i < sizeof flag_sets / sizeof flag_sets[0] && ok != 0; i++) {
     memset(&p, 0, sizeof p);
     p.flags = flag_sets[i] | IORING_SETUP_CQSIZE;
     p.cq_entries = CQ_ENTRIES;
-    ring_fd = (int)syscall(__NR_io_uring_setup, SQ_ENTRIES, &p);
+    ok = floor_ring_init(&ring, SQ_ENTRIES, &p);
   }
-  if (ring_fd < 0) {
+  if (ok != 0) {
     perror("io_uring_setup");
     return 1;
   }
-  size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-  size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-  char *sq_ring, *cq_ring;
-  if (p.features & IORING_FEAT_SINGLE_MMAP) {
-    if (cq_size > sq_size) sq_size = cq_size;
-    sq_ring = cq_ring = mmap(NULL, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring_fd,
-                             IORING_OFF_SQ_RING);
-  } else {
-    sq_ring = mmap(NULL, sq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring_fd, IORING_OFF_SQ_RING);
-    cq_ring = mmap(NULL, cq_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring_fd, IORING_OFF_CQ_RING);
-  }
-  sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-              ring_fd, IORING_OFF_SQES);
-  if (sq_ring == MAP_FAILED || cq_ring == MAP_FAILED || sqes == MAP_FAILED) {
-    perror("mmap");
-    return 1;
-  }
-  sq_head = (unsigned *)(sq_ring + p.sq_off.head);
-  sq_tail = (unsigned *)(sq_ring + p.sq_off.tail);
-  sq_mask = *(unsigned *)(sq_ring + p.sq_off.ring_mask);
-  sq_entries = p.sq_entries;
-  unsigned *sq_array = (unsigned *)(sq_ring + p.sq_off.array);
-  for (unsigned i = 0; i < p.sq_entries; i++) sq_array[i] = i; /* SQE i lives in slot i */
-  sqe_tail = *sq_tail;
-  cq_head = (unsigned *)(cq_ring + p.cq_off.head);
-  cq_tail = (unsigned *)(cq_ring + p.cq_off.tail);
-  cq_mask = *(unsigned *)(cq_ring + p.cq_off.ring_mask);
-  cqes = (struct io_uring_cqe *)(cq_ring + p.cq_off.cqes);
+  for (unsigned i = 0; i < ring.sq_entries; i++) ring.sq_array[i] = i; /* SQE i lives in slot i */
+  sqe_tail = *ring.sq_tail;
 
   printf("listening on http://127.0.0.1:%u\n", ntohs(addr.sin_port));
   fflush(stdout);
@@ -339,10 +311,10 @@ int main(int argc, char **argv) {
       perror("io_uring_enter");
       return 1;
     }
-    unsigned head = *cq_head;
-    unsigned tail = __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE);
+    unsigned head = *ring.cq_head;
+    unsigned tail = __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE);
     for (; head != tail; head++) {
-      struct io_uring_cqe *cqe = &cqes[head & cq_mask];
+      struct io_uring_cqe *cqe = &ring.cqes[head & ring.cq_mask];
       unsigned idx = (unsigned)(cqe->user_data >> 8);
       int res = cqe->res;
       switch (cqe->user_data & 0xff) {
@@ -351,13 +323,13 @@ int main(int argc, char **argv) {
       case OP_SEND: on_send(idx, res); break;
       }
       /* freeing CQ slots as we go leaves room for completions of SQEs a full SQ flushes */
-      __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
+      __atomic_store_n(ring.cq_head, head + 1, __ATOMIC_RELEASE);
     }
   }
 
   for (unsigned i = 1; i <= n_alloc; i++)
     if (conns[i]->fd >= 0) close(conns[i]->fd);
   close(lfd);
-  close(ring_fd);
+  close(ring.fd);
   return 0;
 }

@@ -18,12 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "floor_ring.h"
 
 #define MIB (1u << 20)
 #define ROUNDS 8
@@ -59,28 +60,13 @@ int main(int argc, char **argv) {
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-  int rfd = (int)syscall(__NR_io_uring_setup, 8, &p);
-  if (rfd < 0) {
+  struct floor_ring ring;
+  if (floor_ring_init(&ring, 8, &p) != 0) {
     perror("io_uring_setup");
     return 1;
   }
-  size_t sq_size = p.sq_off.array + p.sq_entries * sizeof(unsigned);
-  size_t cq_size = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
-  size_t ring_size = sq_size > cq_size ? sq_size : cq_size; /* IORING_FEAT_SINGLE_MMAP */
-  char *ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_SQ_RING);
-  struct io_uring_sqe *sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
-                                   MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_SQES);
-  if (ring == MAP_FAILED || sqes == MAP_FAILED) {
-    perror("mmap");
-    return 1;
-  }
-  unsigned *sq_tail = (unsigned *)(ring + p.sq_off.tail);
-  unsigned *sq_array = (unsigned *)(ring + p.sq_off.array);
-  unsigned *cq_head = (unsigned *)(ring + p.cq_off.head);
-  unsigned *cq_tail = (unsigned *)(ring + p.cq_off.tail);
-  struct io_uring_cqe *cqes = (struct io_uring_cqe *)(ring + p.cq_off.cqes);
   struct iovec iov = {buf, bs};
-  if (syscall(__NR_io_uring_register, rfd, IORING_REGISTER_BUFFERS, &iov, 1) < 0) {
+  if (syscall(__NR_io_uring_register, ring.fd, IORING_REGISTER_BUFFERS, &iov, 1) < 0) {
     perror("IORING_REGISTER_BUFFERS");
     return 1;
   }
@@ -95,8 +81,8 @@ int main(int argc, char **argv) {
     for (int fixed = 0; fixed <= 1; fixed++) {
       t = now_ms();
       for (size_t off = 0; off < size; off += bs) {
-        unsigned tail = *sq_tail, idx = tail & (p.sq_entries - 1);
-        struct io_uring_sqe *s = &sqes[idx];
+        unsigned tail = *ring.sq_tail, idx = tail & ring.sq_mask;
+        struct io_uring_sqe *s = &ring.sqes[idx];
         memset(s, 0, sizeof *s);
         s->opcode = fixed ? IORING_OP_READ_FIXED : IORING_OP_READ;
         s->fd = fd;
@@ -104,15 +90,15 @@ int main(int argc, char **argv) {
         s->len = (unsigned)bs;
         s->off = off;
         s->buf_index = 0;
-        sq_array[idx] = idx;
-        __atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
-        if (syscall(__NR_io_uring_enter, rfd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) {
+        ring.sq_array[idx] = idx;
+        __atomic_store_n(ring.sq_tail, tail + 1, __ATOMIC_RELEASE);
+        if (syscall(__NR_io_uring_enter, ring.fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) {
           perror("io_uring_enter");
           return 1;
         }
-        unsigned head = *cq_head;
-        if (head == __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE) || cqes[head & (p.cq_entries - 1)].res != (int)bs) abort();
-        __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
+        unsigned head = *ring.cq_head;
+        if (head == __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE) || ring.cqes[head & ring.cq_mask].res != (int)bs) abort();
+        __atomic_store_n(ring.cq_head, head + 1, __ATOMIC_RELEASE);
       }
       *(fixed ? &fixed_ms : &read_ms) += now_ms() - t;
     }
