@@ -4,7 +4,9 @@
  *      (goal >= 500k IOPS and >= 6x fs.promises, issue 4);
  *  (b) sequential 1 MiB reads vs fs.promises and vs a synchronous pread loop (fs.readSync)
  *      (goal: within 5% of the sync loop);
- *  (c) batched NOP submit + reap through the raw backend (goal <= 300 ns/op).
+ *  (c) batched NOP submit + reap through the raw backend (goal <= 300 ns/op);
+ *  (d) (a) on every core at once (@miniss/multicore, one ring per core), since fs.promises too
+ *      spreads its reads over every CPU (libuv's pool); the CPU each side used is in the notes.
  * miniss figures go through the runtime's File API (File.open, file.read), the path users get;
  * for (a) and (c) the raw IoBackend figure is reported too so the cost of the layers above is visible.
  *
@@ -14,10 +16,11 @@
  *   node tools/bench/dist/io.bench.js
  */
 import { closeSync, openSync, promises as fsp, readSync, rmSync, writeSync } from 'node:fs';
-import { freemem, tmpdir } from 'node:os';
+import { availableParallelism, freemem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { File, Runtime, type BackendName, type IoBackend, type IoCompletion } from '@miniss/core';
+import { MultiCoreRuntime } from '@miniss/multicore';
 import { isMain, printSuite, type BenchRow, type BenchSuite } from './lib.js';
 
 const KiB4 = 4096;
@@ -51,10 +54,20 @@ function makeFile(path: string, bytes: number): void {
   closeSync(rfd);
 }
 
-/** Runs `worker` DEPTH times concurrently until `ms` elapsed; returns operations per second. */
-async function iops(ms: number, worker: (rnd: () => number) => Promise<void>): Promise<number> {
+/** CPU this process used between `since` (a `process.cpuUsage()`) and now, in cores busy over `wallMs`. */
+function coresBusy(since: NodeJS.CpuUsage, wallMs: number): number {
+  const c = process.cpuUsage(since);
+  return (c.user + c.system) / 1000 / wallMs;
+}
+
+/**
+ * Runs `worker` DEPTH times concurrently until `ms` elapsed; returns operations per second and
+ * the CPU the whole process used meanwhile (cores busy: libuv's pool threads count too).
+ */
+async function iops(ms: number, worker: (rnd: () => number) => Promise<void>): Promise<{ rate: number; cores: number }> {
   let ops = 0;
   const end = performance.now() + ms;
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: DEPTH }, async (_, k) => {
@@ -65,7 +78,58 @@ async function iops(ms: number, worker: (rnd: () => number) => Promise<void>): P
       }
     }),
   );
-  return (ops * 1000) / (performance.now() - t0);
+  const wall = performance.now() - t0;
+  return { rate: (ops * 1000) / wall, cores: coresBusy(cpu0, wall) };
+}
+
+/**
+ * The same random reads on every core of the machine at once, each core's runtime with its own
+ * ring and its share of the DEPTH reads in flight (thread-per-core: nothing is shared but the
+ * file). Returns the summed rate and the cores used. Null when the machine has one CPU.
+ */
+async function multicoreRandomIops(path: string, ms: number): Promise<{ rate: number; perCore: number[]; cores: number } | null> {
+  const cores = availableParallelism();
+  if (cores < 2) return null;
+  const mc = new MultiCoreRuntime({ cores, backend: 'io_uring' });
+  return mc.blockOn(async () => {
+      await mc.broadcast(() => 0); // every core has started (and pinned itself)
+      // Shipped by source text: only its arguments and what it imports.
+      const perCore = await mc.broadcast(
+        async (file: string, depth: number, runMs: number) => {
+          const { File } = await import('@miniss/core');
+          const { statSync } = await import('node:fs');
+          const pages = Math.floor(statSync(file).size / 4096);
+          const f = await File.open(file, { read: true });
+          let ops = 0;
+          const end = performance.now() + runMs;
+          const t0 = performance.now();
+          try {
+            await Promise.all(
+              Array.from({ length: depth }, async (_, k) => {
+                const buf = new Uint8Array(4096);
+                let x = (k * 7919 + 1 + Math.floor(t0)) >>> 0 || 1;
+                while (performance.now() < end) {
+                  x ^= x << 13;
+                  x >>>= 0;
+                  x ^= x >>> 17;
+                  x ^= x << 5;
+                  x >>>= 0;
+                  await f.read(buf, (x % pages) * 4096);
+                  ops++;
+                }
+              }),
+            );
+          } finally {
+            await f.close();
+          }
+          return (ops * 1000) / (performance.now() - t0);
+        },
+        path,
+        Math.ceil(DEPTH / cores),
+        ms,
+      );
+      return { rate: perCore.reduce((a, b) => a + b, 0), perCore, cores };
+    });
 }
 
 /** The raw backend path: the loop a runtime runs, minus tasks and promises per op. */
@@ -158,6 +222,7 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
     const fspSeq = seqBytes / MiB / ((performance.now() - t0) / 1000);
     await fh.close();
 
+    let ioUringOk = false;
     for (const backend of ['node', 'epoll', 'io_uring'] as BackendName[]) {
       let rt: Runtime;
       try {
@@ -178,27 +243,42 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
           name: `random 4 KiB reads, ${DEPTH} in flight, File.read (${backend})`,
           unit: 'IOPS',
           lowerIsBetter: false,
-          miniss: fileRandom,
+          miniss: fileRandom.rate,
           baselineName: 'fs.promises FileHandle.read',
-          baseline: fspRandom,
+          baseline: fspRandom.rate,
           goal: backend === 'io_uring' ? '>= 500000 and >= 6x' : undefined,
-          note: `${sizeMb} MiB page-cached file${sizeMb < wantMb ? ` (asked ${wantMb} MiB; shrunk to half the free memory)` : ''}`,
+          note: `${sizeMb} MiB page-cached file${sizeMb < wantMb ? ` (asked ${wantMb} MiB; shrunk to half the free memory)` : ''}; one core, CPU ${fileRandom.cores.toFixed(2)} cores vs fs.promises ${fspRandom.cores.toFixed(2)} (libuv's pool)`,
         });
+        if (backend === 'io_uring') ioUringOk = true;
         // Sequential: passes of File.read interleaved with passes of the synchronous pread loop,
-        // so both see the same machine load (this box is shared); totals over all passes.
-        const buf = new Uint8Array(MiB);
+        // so both see the same machine load (this box is shared); totals over all passes. Both
+        // read the same region into the same buffer (where a buffer lands changes a 1 MiB copy by
+        // up to ~10% here), take turns going first, and run one untimed pass each beforehand.
         const pass = Math.max(MiB, Math.floor(seqBytes / SEQ_ROUNDS / MiB) * MiB);
         let fileMs = 0;
         let syncMs = 0;
         const sfd2 = openSync(path, 'r');
+        const syncPass = (): number => {
+          const t = performance.now();
+          for (let off = 0; off < pass; off += MiB) readSync(sfd2, seqBuf, 0, MiB, off);
+          return performance.now() - t;
+        };
+        const filePass = async (): Promise<number> => {
+          const t = performance.now();
+          for (let off = 0; off < pass; off += MiB) await f.read(seqBuf, off);
+          return performance.now() - t;
+        };
         try {
+          syncPass();
+          await filePass();
           for (let r = 0; r < SEQ_ROUNDS; r++) {
-            let t = performance.now();
-            for (let off = 0; off < pass; off += MiB) readSync(sfd2, seqBuf, 0, MiB, off);
-            syncMs += performance.now() - t;
-            t = performance.now();
-            for (let off = 0; off < pass; off += MiB) await f.read(buf, off);
-            fileMs += performance.now() - t;
+            if (r % 2 === 0) {
+              syncMs += syncPass();
+              fileMs += await filePass();
+            } else {
+              fileMs += await filePass();
+              syncMs += syncPass();
+            }
           }
         } finally {
           closeSync(sfd2);
@@ -211,7 +291,7 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
           unit: 'MiB/s',
           lowerIsBetter: false,
           miniss: fileSeq,
-          baselineName: 'fs.readSync pread loop (interleaved passes)',
+          baselineName: 'fs.readSync pread loop (interleaved passes, same buffer)',
           baseline: syncSeqHere,
           goal: backend === 'io_uring' ? 'within 5% of the sync loop' : undefined,
         });
@@ -232,7 +312,7 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
           lowerIsBetter: false,
           miniss: raw,
           baselineName: 'fs.promises FileHandle.read',
-          baseline: fspRandom,
+          baseline: fspRandom.rate,
         });
         const nop = await rawNopNs(b, 1_000_000, 1024);
         const t = performance.now();
@@ -254,6 +334,23 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
       } finally {
         b.close();
         closeSync(rfd);
+      }
+    }
+    // The whole machine on each side: fs.promises spreads its reads over libuv's pool threads on
+    // every CPU; miniss runs one runtime (and ring) per core, the reads in flight split between them.
+    if (ioUringOk) {
+      const all = await multicoreRandomIops(path, ms);
+      if (all === null) notes.push('random reads on every core: skipped (one CPU)');
+      else {
+        rows.push({
+          name: `random 4 KiB reads, ${DEPTH} in flight over ${all.cores} cores, File.read (multicore, io_uring)`,
+          unit: 'IOPS',
+          lowerIsBetter: false,
+          miniss: all.rate,
+          baselineName: 'fs.promises FileHandle.read',
+          baseline: fspRandom.rate,
+          note: `per core ${all.perCore.map((r) => `${Math.round(r / 1000)}k`).join(' + ')}; fs.promises used ${fspRandom.cores.toFixed(2)} cores`,
+        });
       }
     }
   } finally {
