@@ -339,9 +339,14 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
     // The whole machine on each side: fs.promises spreads its reads over libuv's pool threads on
     // every CPU; miniss runs one runtime (and ring) per core, the reads in flight split between them.
     if (ioUringOk) {
-      const all = await multicoreRandomIops(path, ms);
-      if (all === null) notes.push('random reads on every core: skipped (one CPU)');
-      else {
+      let all: Awaited<ReturnType<typeof multicoreRandomIops>> = null;
+      try {
+        all = await multicoreRandomIops(path, ms);
+        if (all === null) notes.push('random reads on every core: skipped (one CPU)');
+      } catch (err) {
+        notes.push(`random reads on every core: skipped (${(err as Error).message})`);
+      }
+      if (all !== null) {
         rows.push({
           name: `random 4 KiB reads, ${DEPTH} in flight over ${all.cores} cores, File.read (multicore, io_uring)`,
           unit: 'IOPS',
