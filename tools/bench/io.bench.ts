@@ -92,44 +92,44 @@ async function multicoreRandomIops(path: string, ms: number): Promise<{ rate: nu
   if (cores < 2) return null;
   const mc = new MultiCoreRuntime({ cores, backend: 'io_uring' });
   return mc.blockOn(async () => {
-      await mc.broadcast(() => 0); // every core has started (and pinned itself)
-      // Shipped by source text: only its arguments and what it imports.
-      const perCore = await mc.broadcast(
-        async (file: string, depth: number, runMs: number) => {
-          const { File } = await import('@miniss/core');
-          const { statSync } = await import('node:fs');
-          const pages = Math.floor(statSync(file).size / 4096);
-          const f = await File.open(file, { read: true });
-          let ops = 0;
-          const end = performance.now() + runMs;
-          const t0 = performance.now();
-          try {
-            await Promise.all(
-              Array.from({ length: depth }, async (_, k) => {
-                const buf = new Uint8Array(4096);
-                let x = (k * 7919 + 1 + Math.floor(t0)) >>> 0 || 1;
-                while (performance.now() < end) {
-                  x ^= x << 13;
-                  x >>>= 0;
-                  x ^= x >>> 17;
-                  x ^= x << 5;
-                  x >>>= 0;
-                  await f.read(buf, (x % pages) * 4096);
-                  ops++;
-                }
-              }),
-            );
-          } finally {
-            await f.close();
-          }
-          return (ops * 1000) / (performance.now() - t0);
-        },
-        path,
-        Math.ceil(DEPTH / cores),
-        ms,
-      );
-      return { rate: perCore.reduce((a, b) => a + b, 0), perCore, cores };
-    });
+    await mc.broadcast(() => 0); // every core has started (and pinned itself)
+    // Shipped by source text: only its arguments and what it imports.
+    const perCore = await mc.broadcast(
+      async (file: string, depth: number, runMs: number) => {
+        const { File } = await import('@miniss/core');
+        const { statSync } = await import('node:fs');
+        const pages = Math.floor(statSync(file).size / 4096);
+        const f = await File.open(file, { read: true });
+        let ops = 0;
+        const end = performance.now() + runMs;
+        const t0 = performance.now();
+        try {
+          await Promise.all(
+            Array.from({ length: depth }, async (_, k) => {
+              const buf = new Uint8Array(4096);
+              let x = (k * 7919 + 1 + Math.floor(t0)) >>> 0 || 1;
+              while (performance.now() < end) {
+                x ^= x << 13;
+                x >>>= 0;
+                x ^= x >>> 17;
+                x ^= x << 5;
+                x >>>= 0;
+                await f.read(buf, (x % pages) * 4096);
+                ops++;
+              }
+            }),
+          );
+        } finally {
+          await f.close();
+        }
+        return (ops * 1000) / (performance.now() - t0);
+      },
+      path,
+      Math.ceil(DEPTH / cores),
+      ms,
+    );
+    return { rate: perCore.reduce((a, b) => a + b, 0), perCore, cores };
+  });
 }
 
 /** The raw backend path: the loop a runtime runs, minus tasks and promises per op. */
@@ -247,7 +247,7 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
           baselineName: 'fs.promises FileHandle.read',
           baseline: fspRandom.rate,
           goal: backend === 'io_uring' ? '>= 500000 and >= 6x' : undefined,
-          note: `${sizeMb} MiB page-cached file${sizeMb < wantMb ? ` (asked ${wantMb} MiB; shrunk to half the free memory)` : ''}; one core, CPU ${fileRandom.cores.toFixed(2)} cores vs fs.promises ${fspRandom.cores.toFixed(2)} (libuv's pool)`,
+          note: `${sizeMb} MiB page-cached file${sizeMb < wantMb ? ` (asked ${wantMb} MiB; shrunk to half the free memory)` : ''}; one runtime, CPU ${fileRandom.cores.toFixed(2)} cores vs fs.promises ${fspRandom.cores.toFixed(2)} (libuv's pool)`,
         });
         if (backend === 'io_uring') ioUringOk = true;
         // Sequential: passes of File.read interleaved with passes of the synchronous pread loop,
