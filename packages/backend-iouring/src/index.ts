@@ -197,8 +197,13 @@ export class IoUringBackend implements IoBackend {
   readonly #slotCancelled: boolean[] = [];
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
-  /** Buffers and strings of the batch being flushed (emptied after each native flush). */
+  /**
+   * Buffers and strings of the batch being flushed: the first #objsLen entries (the array is
+   * reused; entries are cleared after each native flush, its length is never set, which V8 does
+   * through a slow runtime call).
+   */
   readonly #objs: unknown[] = [];
+  #objsLen = 0;
   #cb: (() => void) | null = null;
   /**
    * Completions the addon reaped into the completion buffer before calling onReady, not yet
@@ -291,16 +296,13 @@ export class IoUringBackend implements IoBackend {
     const total = this.#qLen;
     if (total === 0) return 0;
     const q = this.#q;
-    const objs = this.#objs;
     let done = 0;
     while (done < total) {
       const n = Math.min(this.maxBatchSize, total - done);
+      this.#objsLen = 0; // nothing left over from a batch whose encoding threw
       for (let i = 0; i < n; i++) this.#encode(i, q[done + i]!);
       const hold = done + n < total;
-      // The objects travel as arguments: reading an argument in C++ is much cheaper than an
-      // element lookup on an array through the V8 API. Only a huge vectored batch goes as the array.
-      const taken = objs.length <= MAX_SPREAD ? this.#native.flush(n, hold, null, ...objs) : this.#native.flush(n, hold, objs);
-      objs.length = 0; // the addon pinned what it needs
+      const taken = this.#flushBatch(n, hold);
       done += taken;
       if (taken < n) break; // SQ ring full even after submitting: the rest waits for completions
     }
@@ -315,9 +317,34 @@ export class IoUringBackend implements IoBackend {
     return done;
   }
 
+  /**
+   * Hands the `n` encoded descriptors and the batch's objects to the addon; returns how many it
+   * took. The objects travel as arguments: reading an argument in C++ is much cheaper than an
+   * element lookup on an array through the V8 API, and the usual batch (one buffer, or none) is
+   * passed without a spread. Only a huge vectored batch goes as the array.
+   */
+  #flushBatch(n: number, hold: boolean): number {
+    const objs = this.#objs;
+    const len = this.#objsLen;
+    const nat = this.#native;
+    try {
+      if (len === 0) return nat.flush(n, hold, null);
+      if (len === 1) return nat.flush(n, hold, null, objs[0]);
+      if (len === 2) return nat.flush(n, hold, null, objs[0], objs[1]);
+      if (objs.length !== len) objs.length = len; // the spread and the array form take them all
+      return len <= MAX_SPREAD ? nat.flush(n, hold, null, ...objs) : nat.flush(n, hold, objs);
+    } finally {
+      // The addon pinned what it needs: drop the references so nothing is kept alive from here.
+      for (let i = 0; i < len; i++) objs[i] = undefined;
+      this.#objsLen = 0;
+    }
+  }
+
   /** Appends a buffer or string of the batch being encoded; returns its index. */
   #pushObj(o: unknown): number {
-    return this.#objs.push(o) - 1;
+    const i = this.#objsLen++;
+    this.#objs[i] = o;
+    return i;
   }
 
   /** Writes queue entry `entry` (an id, or -id for a cancel request) as descriptor `i`. */
@@ -374,7 +401,7 @@ export class IoUringBackend implements IoBackend {
         I[b + 1] = int32OrBad(op.fd);
         const bufs = op.buffers;
         // More than the native limit (1024 iovecs): the addon fails the operation with EFAULT.
-        I[b + 5] = this.#objs.length;
+        I[b + 5] = this.#objsLen;
         I[b + 6] = bufs.length;
         if (bufs.length <= 1024) for (let j = 0; j < bufs.length; j++) this.#pushObj(bufs[j]);
         F[f + 1] = op.offset;
