@@ -1,5 +1,6 @@
 import { constants as osConstants } from 'node:os';
 import {
+  FlushObjects,
   InvalidArgumentError,
   NATIVE_OP_CODES,
   OP_SLOT_MASK,
@@ -157,8 +158,8 @@ export class EpollBackend implements IoBackend {
   #drained = false;
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
-  /** Buffers and strings of the batch being flushed (emptied after each native flush). */
-  readonly #objs: unknown[] = [];
+  /** Buffers and strings of the batch being flushed (cleared after each native flush). */
+  readonly #objs = new FlushObjects();
   #cb: (() => void) | null = null;
   #fireScheduled = false;
   #closed = false;
@@ -224,15 +225,23 @@ export class EpollBackend implements IoBackend {
     while (done < total) {
       const n = Math.min(this.maxBatchSize, total - done);
       const objs = this.#objs;
+      objs.clear(); // nothing left over from a batch whose encoding threw
       for (let i = 0; i < n; i++) {
         const id = ids[done + i]!;
         this.#encode(i, id, slotOp[id & OP_SLOT_MASK]!);
       }
       // The objects travel as arguments: reading an argument in C++ is much cheaper than an
-      // element lookup on an array (a generic property access through the V8 API). Only a huge
-      // vectored batch goes as the array.
-      ready = objs.length <= MAX_SPREAD ? this.#native.flush(n, null, ...objs) : this.#native.flush(n, objs);
-      objs.length = 0; // the addon pinned what it needs
+      // element lookup on an array (a generic property access through the V8 API), and the usual
+      // one or two go without a spread. Only a huge vectored batch goes as the array.
+      const len = objs.count;
+      try {
+        if (len === 0) ready = this.#native.flush(n, null);
+        else if (len === 1) ready = this.#native.flush(n, null, objs.list[0]);
+        else if (len === 2) ready = this.#native.flush(n, null, objs.list[0], objs.list[1]);
+        else ready = len <= MAX_SPREAD ? this.#native.flush(n, null, ...objs.exact()) : this.#native.flush(n, objs.exact());
+      } finally {
+        objs.clear(); // the addon pinned what it needs
+      }
       done += n;
     }
     if (this.#qSpare === null) this.#qSpare = ids;
@@ -242,7 +251,7 @@ export class EpollBackend implements IoBackend {
 
   /** Appends a buffer or string of the batch being encoded; returns its index. */
   #pushObj(o: unknown): number {
-    return this.#objs.push(o) - 1;
+    return this.#objs.push(o);
   }
 
   #encode(slot: number, id: number, op: IoOperation): void {
@@ -286,7 +295,7 @@ export class EpollBackend implements IoBackend {
       case 'writev':
         I[b] = op.op === 'readv' ? OPCODES.readv : OPCODES.writev;
         I[b + 1] = int32OrBad(op.fd);
-        I[b + 5] = this.#objs.length;
+        I[b + 5] = this.#objs.count;
         I[b + 6] = op.buffers.length;
         for (const buf of op.buffers) this.#pushObj(buf);
         F[slot * SQ_DOUBLES + 1] = op.offset;

@@ -1,5 +1,6 @@
 import { constants as osConstants } from 'node:os';
 import {
+  FlushObjects,
   InvalidArgumentError,
   NATIVE_OP_CODES,
   OP_SLOT_MASK,
@@ -197,13 +198,8 @@ export class IoUringBackend implements IoBackend {
   readonly #slotCancelled: boolean[] = [];
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
-  /**
-   * Buffers and strings of the batch being flushed: the first #objsLen entries (the array is
-   * reused; entries are cleared after each native flush, its length is never set, which V8 does
-   * through a slow runtime call).
-   */
-  readonly #objs: unknown[] = [];
-  #objsLen = 0;
+  /** Buffers and strings of the batch being flushed (cleared after each native flush). */
+  readonly #objs = new FlushObjects();
   #cb: (() => void) | null = null;
   /**
    * Completions the addon reaped into the completion buffer before calling onReady, not yet
@@ -299,7 +295,7 @@ export class IoUringBackend implements IoBackend {
     let done = 0;
     while (done < total) {
       const n = Math.min(this.maxBatchSize, total - done);
-      this.#objsLen = 0; // nothing left over from a batch whose encoding threw
+      this.#objs.clear(); // nothing left over from a batch whose encoding threw
       for (let i = 0; i < n; i++) this.#encode(i, q[done + i]!);
       const hold = done + n < total;
       const taken = this.#flushBatch(n, hold);
@@ -325,26 +321,21 @@ export class IoUringBackend implements IoBackend {
    */
   #flushBatch(n: number, hold: boolean): number {
     const objs = this.#objs;
-    const len = this.#objsLen;
+    const len = objs.count;
     const nat = this.#native;
     try {
       if (len === 0) return nat.flush(n, hold, null);
-      if (len === 1) return nat.flush(n, hold, null, objs[0]);
-      if (len === 2) return nat.flush(n, hold, null, objs[0], objs[1]);
-      if (objs.length !== len) objs.length = len; // the spread and the array form take them all
-      return len <= MAX_SPREAD ? nat.flush(n, hold, null, ...objs) : nat.flush(n, hold, objs);
+      if (len === 1) return nat.flush(n, hold, null, objs.list[0]);
+      if (len === 2) return nat.flush(n, hold, null, objs.list[0], objs.list[1]);
+      return len <= MAX_SPREAD ? nat.flush(n, hold, null, ...objs.exact()) : nat.flush(n, hold, objs.exact());
     } finally {
-      // The addon pinned what it needs: drop the references so nothing is kept alive from here.
-      for (let i = 0; i < len; i++) objs[i] = undefined;
-      this.#objsLen = 0;
+      objs.clear();
     }
   }
 
   /** Appends a buffer or string of the batch being encoded; returns its index. */
   #pushObj(o: unknown): number {
-    const i = this.#objsLen++;
-    this.#objs[i] = o;
-    return i;
+    return this.#objs.push(o);
   }
 
   /** Writes queue entry `entry` (an id, or -id for a cancel request) as descriptor `i`. */
@@ -401,7 +392,7 @@ export class IoUringBackend implements IoBackend {
         I[b + 1] = int32OrBad(op.fd);
         const bufs = op.buffers;
         // More than the native limit (1024 iovecs): the addon fails the operation with EFAULT.
-        I[b + 5] = this.#objsLen;
+        I[b + 5] = this.#objs.count;
         I[b + 6] = bufs.length;
         if (bufs.length <= 1024) for (let j = 0; j < bufs.length; j++) this.#pushObj(bufs[j]);
         F[f + 1] = op.offset;

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { IoOperation } from '@miniss/core';
 import { createBackend, isSupported, type IoUringBackend, type IoUringConnectOperation } from '@miniss/backend-iouring';
-import { Driver, connect, eventually, listen, openFdCount } from './helpers.js';
+import { Driver, checkChangingBatches, connect, eventually, listen, openFdCount } from './helpers.js';
 
 const support = isSupported();
 if (!support.ok) console.warn(`io_uring tests skipped: ${support.reason}`);
@@ -179,50 +179,7 @@ describe.runIf(support.ok)('io_uring backend', () => {
   });
 
   it('batches of changing size hand every operation its own buffers (the reused object list)', async () => {
-    // Each 4 KiB page holds its own index; every read must land in its own buffer whatever the
-    // batch before it held (the buffers travel to the addon in a list reused from batch to batch).
-    const path = join(dir, 'pages.bin');
-    const pages = 256;
-    const data = Buffer.alloc(pages * 4096);
-    for (let p = 0; p < pages; p++) data.fill(p, p * 4096, (p + 1) * 4096);
-    writeFileSync(path, data);
-    const fd = await d.io({ op: 'open', path, flags: constants.O_RDONLY, mode: 0 });
-    let seed = 99;
-    const page = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) % pages;
-    try {
-      for (const size of [64, 3, 1, 0, 2, 40, 5, 1, 64, 2, 3, 0, 17]) {
-        const checks: Array<Promise<void>> = [];
-        // One batch (no await in between): reads, a readv of two buffers every 4th, NOPs between.
-        for (let i = 0; i < size; i++) {
-          if (i % 4 === 3) {
-            const p = page();
-            const a = new Uint8Array(4096);
-            const c = new Uint8Array(4096);
-            checks.push(
-              d.io({ op: 'readv', fd, buffers: [a, c], offset: p * 4096 }).then((n) => {
-                expect(n).toBe(p + 1 < pages ? 8192 : 4096);
-                expect(a.every((x) => x === p)).toBe(true);
-                if (p + 1 < pages) expect(c.every((x) => x === p + 1)).toBe(true);
-              }),
-            );
-          } else {
-            const p = page();
-            const buf = new Uint8Array(4096);
-            checks.push(
-              d.io({ op: 'read', fd, buffer: buf, offset: p * 4096, len: 4096 }).then((n) => {
-                expect(n).toBe(4096);
-                expect(buf.every((x) => x === p)).toBe(true);
-              }),
-            );
-          }
-          if (i % 5 === 0) checks.push(d.io({ op: 'nop' }).then((n) => expect(n).toBe(0)));
-        }
-        if (size === 0) checks.push(d.io({ op: 'nop' }).then((n) => expect(n).toBe(0)));
-        await Promise.all(checks);
-      }
-    } finally {
-      await d.io({ op: 'close', fd });
-    }
+    await checkChangingBatches(d, dir);
   });
 
   it('reads with O_DIRECT into allocateBuffer memory (4096-aligned)', async () => {

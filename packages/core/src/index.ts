@@ -53,6 +53,7 @@ export {
 } from './backend.js';
 export { bytesOf, validateOperation } from './io-operation.js';
 export {
+  FlushObjects,
   NATIVE_OP_CODES,
   OP_SLOT_BITS,
   OP_SLOT_MASK,

@@ -116,6 +116,40 @@ export class OpSlots<T extends object> {
   }
 }
 
+/**
+ * The buffers and strings of one native flush batch, in the order its descriptors name them (a
+ * descriptor stores the index `push` returned). The list is reused from batch to batch and its
+ * `length` is only set when a batch of more than two is passed whole (V8 sets an array's length
+ * through a slow runtime call, which cost an awaited single operation a few percent): drivers
+ * pass the usual one or two as plain call arguments (`list[0]`, `list[1]`), the rest through
+ * `exact()`, and `clear()` once the addon pinned what it needs.
+ */
+export class FlushObjects {
+  /** The batch's objects are `list[0]` .. `list[count - 1]`; later entries are undefined. */
+  readonly list: unknown[] = [];
+  count = 0;
+
+  /** Appends an object of the batch being encoded; returns its index. */
+  push(o: unknown): number {
+    const i = this.count++;
+    this.list[i] = o;
+    return i;
+  }
+
+  /** The list holding exactly this batch's objects (for a spread or the array form). */
+  exact(): unknown[] {
+    if (this.list.length !== this.count) this.list.length = this.count;
+    return this.list;
+  }
+
+  /** Drops the batch's references (nothing is kept alive from here) and starts an empty batch. */
+  clear(): void {
+    const list = this.list;
+    for (let i = 0; i < this.count; i++) list[i] = undefined;
+    this.count = 0;
+  }
+}
+
 /** An fd as the 32-bit int native code takes: one that does not fit is no fd, -1 makes the kernel say EBADF. */
 export function int32OrBad(fd: number): number {
   return (fd | 0) === fd ? fd : -1;

@@ -6,7 +6,7 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IoError } from '@miniss/core';
-import { Driver } from './index.js';
+import { Driver, checkChangingBatches } from './index.js';
 import { perTestBackend } from './per-test.js';
 import type { ReadinessBackend } from './sockets.js';
 
@@ -148,6 +148,10 @@ export function fileSuite<B extends ReadinessBackend>(k: FileCase<B>): void {
       structuredClone(buf.buffer, { transfer: [buf.buffer] }); // detaches before the flush microtask
       await expect(p).rejects.toMatchObject({ code: 'EFAULT' });
       await d.io({ op: 'close', fd });
+    });
+
+    it('batches of changing size hand every operation its own buffers (the reused object list)', async () => {
+      await checkChangingBatches(d, dir);
     });
 
     k.moreTests?.(() => ({ b, d, dir }));

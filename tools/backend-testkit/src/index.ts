@@ -1,7 +1,8 @@
 // Helpers shared by the backend packages' tests (@miniss/backend-epoll, -kqueue, -iouring): a minimal
 // Driver that runs one IoBackend the way core's Runtime does, TCP helpers made through the backend
 // (listen, connect, sendAll, recvExactly), openFdCount for leak checks and eventually for polling.
-import { existsSync, readdirSync } from 'node:fs';
+import { constants, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import type { IoBackend, IoCompletion, IoOperation } from '@miniss/core';
 
@@ -79,6 +80,60 @@ export class Driver {
 
   get pending(): number {
     return this.#pending.size;
+  }
+}
+
+/**
+ * Batches of changing size (64, 3, 1, 0, 2, 40, ...) of reads, readvs of two buffers and NOPs,
+ * each batch submitted at once (one flush), on a file in `dir` whose 4 KiB pages each hold their
+ * own index: every read must land in its own buffers whatever the batch before it held (a
+ * backend's driver hands a batch's buffers to its addon in a list reused from batch to batch).
+ * Throws on the first buffer that holds another page.
+ */
+export async function checkChangingBatches(d: Driver, dir: string): Promise<void> {
+  const path = join(dir, 'pages.bin');
+  const pages = 256;
+  const data = Buffer.alloc(pages * 4096);
+  for (let p = 0; p < pages; p++) data.fill(p, p * 4096, (p + 1) * 4096);
+  writeFileSync(path, data);
+  const holds = (buf: Uint8Array, p: number, what: string): void => {
+    if (!buf.every((x) => x === p)) throw new Error(`${what}: expected page ${p}, got bytes starting ${buf[0]}`);
+  };
+  const fd = await d.io({ op: 'open', path, flags: constants.O_RDONLY, mode: 0 });
+  let seed = 99;
+  const page = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) % pages;
+  try {
+    for (const size of [64, 3, 1, 0, 2, 40, 5, 1, 64, 2, 3, 0, 17]) {
+      const checks: Array<Promise<void>> = [];
+      // One batch (no await in between): reads, a readv of two buffers every 4th, NOPs between.
+      for (let i = 0; i < size; i++) {
+        const p = page();
+        if (i % 4 === 3) {
+          const a = new Uint8Array(4096);
+          const c = new Uint8Array(4096);
+          checks.push(
+            d.io({ op: 'readv', fd, buffers: [a, c], offset: p * 4096 }).then((n) => {
+              if (n !== (p + 1 < pages ? 8192 : 4096)) throw new Error(`readv at page ${p} returned ${n}`);
+              holds(a, p, 'readv, first buffer');
+              if (p + 1 < pages) holds(c, p + 1, 'readv, second buffer');
+            }),
+          );
+        } else {
+          const buf = new Uint8Array(4096);
+          checks.push(
+            d.io({ op: 'read', fd, buffer: buf, offset: p * 4096, len: 4096 }).then((n) => {
+              if (n !== 4096) throw new Error(`read at page ${p} returned ${n}`);
+              holds(buf, p, 'read');
+            }),
+          );
+        }
+        if (i % 5 === 0) checks.push(d.io({ op: 'nop' }).then(() => undefined));
+      }
+      if (size === 0) checks.push(d.io({ op: 'nop' }).then(() => undefined));
+      await Promise.all(checks);
+    }
+  } finally {
+    await d.io({ op: 'close', fd });
   }
 }
 
