@@ -1,5 +1,6 @@
 import { constants as osConstants } from 'node:os';
 import {
+  FlushObjects,
   NATIVE_OP_CODES,
   OpSlots,
   bufferHandleOf,
@@ -159,7 +160,7 @@ export class KqueueBackend implements IoBackend {
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
   /** Buffers and strings of the batch being flushed. */
-  readonly #objs: unknown[] = [];
+  readonly #objs = new FlushObjects();
   #cb: (() => void) | null = null;
   #fireScheduled = false;
   #closed = false;
@@ -216,10 +217,13 @@ export class KqueueBackend implements IoBackend {
     while (done < total) {
       const n = Math.min(this.maxBatchSize, total - done);
       const objs = this.#objs;
-      objs.length = 0;
+      objs.clear();
       for (let i = 0; i < n; i++) this.#encode(i, ids[done + i]!, ops[done + i]!);
-      ready = this.#native.flush(n, objs);
-      objs.length = 0; // the addon pinned what it needs
+      try {
+        ready = this.#native.flush(n, objs.exact());
+      } finally {
+        objs.clear(); // the addon pinned what it needs
+      }
       done += n;
     }
     if (ready > 0) this.#scheduleFire();
@@ -250,19 +254,19 @@ export class KqueueBackend implements IoBackend {
       case 'write':
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = objs.push(bytesOf(op.buffer)) - 1;
+        I[b + 5] = objs.push(bytesOf(op.buffer));
         F[slot * SQ_DOUBLES + 1] = op.offset;
         break;
       case 'recv':
       case 'send':
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = objs.push(bytesOf(op.buffer)) - 1;
+        I[b + 5] = objs.push(bytesOf(op.buffer));
         break;
       case 'readv':
       case 'writev':
         I[b + 1] = int32OrBad(op.fd);
-        I[b + 5] = objs.length;
+        I[b + 5] = objs.count;
         I[b + 6] = op.buffers.length;
         for (const buf of op.buffers) objs.push(buf);
         F[slot * SQ_DOUBLES + 1] = op.offset;
@@ -274,7 +278,7 @@ export class KqueueBackend implements IoBackend {
       case 'open':
         I[b + 2] = op.flags | 0;
         I[b + 3] = op.mode | 0;
-        I[b + 5] = objs.push(op.path) - 1;
+        I[b + 5] = objs.push(op.path);
         break;
       case 'close':
       case 'accept':
@@ -288,12 +292,12 @@ export class KqueueBackend implements IoBackend {
         I[b + 2] = Math.min(op.backlog, 0x7fffffff);
         I[b + 3] = op.addr.port;
         I[b + 4] = op.reusePort ? 1 : 0;
-        I[b + 5] = objs.push(op.addr.host) - 1;
+        I[b + 5] = objs.push(op.addr.host);
         break;
       case 'connect':
         I[b + 1] = int32OrBad(op.fd);
         I[b + 3] = op.addr.port;
-        I[b + 5] = objs.push(op.addr.host) - 1;
+        I[b + 5] = objs.push(op.addr.host);
         break;
       case 'shutdown':
         I[b + 1] = int32OrBad(op.fd);
