@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
+  FlushObjects,
   IoError,
   NATIVE_OP_CODES,
   OP_SLOT_BITS,
@@ -199,5 +200,27 @@ describe('OpSlots (the live-operation table of the native drivers)', () => {
     const last = (1 << OP_SLOT_BITS) + OP_SLOT_MASK; // generation 1 of the last slot
     expect(t.release(last)).toBe(op);
     expect(t.add(op) & OP_SLOT_MASK).toBe(OP_SLOT_MASK);
+  });
+});
+
+describe('FlushObjects (the flush batch list of the native drivers)', () => {
+  it('numbers a batch from 0, trims only for a whole-list call, and drops references when cleared', () => {
+    const fo = new FlushObjects();
+    const a = new Uint8Array(1);
+    const b = new Uint8Array(2);
+    expect(fo.push(a)).toBe(0);
+    expect(fo.push('path')).toBe(1);
+    expect(fo.push(b)).toBe(2);
+    expect(fo.count).toBe(3);
+    expect(fo.exact()).toEqual([a, 'path', b]);
+    fo.clear();
+    expect(fo.count).toBe(0);
+    // The list keeps its length (no slow length store) but holds nothing from the last batch.
+    expect(fo.list.length).toBe(3);
+    expect(fo.list.every((x) => x === undefined)).toBe(true);
+    expect(fo.push(b)).toBe(0);
+    expect(fo.list[0]).toBe(b);
+    expect(fo.exact()).toEqual([b]);
+    expect(fo.list.length).toBe(1);
   });
 });
