@@ -249,11 +249,6 @@ export class EpollBackend implements IoBackend {
     return total;
   }
 
-  /** Appends a buffer or string of the batch being encoded; returns its index. */
-  #pushObj(o: unknown): number {
-    return this.#objs.push(o);
-  }
-
   #encode(slot: number, id: number, op: IoOperation): void {
     const I = this.#sqI;
     const F = this.#sqF;
@@ -281,7 +276,7 @@ export class EpollBackend implements IoBackend {
         I[b] = op.op === 'read' ? OPCODES.read : OPCODES.write;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
+        I[b + 5] = this.#objs.push(bytesOf(op.buffer));
         F[slot * SQ_DOUBLES + 1] = op.offset;
         break;
       case 'recv':
@@ -289,7 +284,7 @@ export class EpollBackend implements IoBackend {
         I[b] = op.op === 'recv' ? OPCODES.recv : OPCODES.send;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
+        I[b + 5] = this.#objs.push(bytesOf(op.buffer));
         break;
       case 'readv':
       case 'writev':
@@ -297,7 +292,7 @@ export class EpollBackend implements IoBackend {
         I[b + 1] = int32OrBad(op.fd);
         I[b + 5] = this.#objs.count;
         I[b + 6] = op.buffers.length;
-        for (const buf of op.buffers) this.#pushObj(buf);
+        for (const buf of op.buffers) this.#objs.push(buf);
         F[slot * SQ_DOUBLES + 1] = op.offset;
         break;
       case 'fsync':
@@ -309,7 +304,7 @@ export class EpollBackend implements IoBackend {
         I[b] = OPCODES.open;
         I[b + 2] = op.flags | 0;
         I[b + 3] = op.mode | 0;
-        I[b + 5] = this.#pushObj(op.path);
+        I[b + 5] = this.#objs.push(op.path);
         break;
       case 'close':
       case 'accept':
@@ -326,13 +321,13 @@ export class EpollBackend implements IoBackend {
         I[b + 2] = Math.min(op.backlog, 0x7fffffff);
         I[b + 3] = op.addr.port;
         I[b + 4] = op.reusePort ? 1 : 0;
-        I[b + 5] = this.#pushObj(op.addr.host);
+        I[b + 5] = this.#objs.push(op.addr.host);
         break;
       case 'connect':
         I[b] = OPCODES.connect;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 3] = op.addr.port;
-        I[b + 5] = this.#pushObj(op.addr.host);
+        I[b + 5] = this.#objs.push(op.addr.host);
         break;
       case 'shutdown':
         I[b] = OPCODES.shutdown;

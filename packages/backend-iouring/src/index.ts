@@ -333,11 +333,6 @@ export class IoUringBackend implements IoBackend {
     }
   }
 
-  /** Appends a buffer or string of the batch being encoded; returns its index. */
-  #pushObj(o: unknown): number {
-    return this.#objs.push(o);
-  }
-
   /** Writes queue entry `entry` (an id, or -id for a cancel request) as descriptor `i`. */
   #encode(i: number, entry: number): void {
     const I = this.#sqI;
@@ -376,7 +371,7 @@ export class IoUringBackend implements IoBackend {
         I[b] = op.op === 'read' ? OPCODES.read : OPCODES.write;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
+        I[b + 5] = this.#objs.push(bytesOf(op.buffer));
         F[f + 1] = op.offset;
         break;
       case 'recv':
@@ -384,7 +379,7 @@ export class IoUringBackend implements IoBackend {
         I[b] = op.op === 'recv' ? OPCODES.recv : OPCODES.send;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = Math.min(op.len, MAX_IO);
-        I[b + 5] = this.#pushObj(bytesOf(op.buffer));
+        I[b + 5] = this.#objs.push(bytesOf(op.buffer));
         break;
       case 'readv':
       case 'writev': {
@@ -394,7 +389,7 @@ export class IoUringBackend implements IoBackend {
         // More than the native limit (1024 iovecs): the addon fails the operation with EFAULT.
         I[b + 5] = this.#objs.count;
         I[b + 6] = bufs.length;
-        if (bufs.length <= 1024) for (let j = 0; j < bufs.length; j++) this.#pushObj(bufs[j]);
+        if (bufs.length <= 1024) for (let j = 0; j < bufs.length; j++) this.#objs.push(bufs[j]);
         F[f + 1] = op.offset;
         break;
       }
@@ -407,7 +402,7 @@ export class IoUringBackend implements IoBackend {
         I[b] = OPCODES.open;
         I[b + 2] = op.flags | 0;
         I[b + 3] = op.mode | 0;
-        I[b + 5] = this.#pushObj(op.path);
+        I[b + 5] = this.#objs.push(op.path);
         break;
       case 'close':
         I[b] = OPCODES.close;
@@ -427,13 +422,13 @@ export class IoUringBackend implements IoBackend {
         I[b + 2] = op.addr.port;
         I[b + 3] = Math.min(op.backlog, 0x7fffffff);
         I[b + 4] = op.reusePort ? 1 : 0;
-        I[b + 5] = this.#pushObj(op.addr.host);
+        I[b + 5] = this.#objs.push(op.addr.host);
         break;
       case 'connect': {
         I[b] = OPCODES.connect;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 2] = op.addr.port;
-        I[b + 5] = this.#pushObj(op.addr.host);
+        I[b + 5] = this.#objs.push(op.addr.host);
         const t = (op as IoUringConnectOperation).timeoutMs;
         if (t !== undefined) F[f + 2] = t;
         break;
