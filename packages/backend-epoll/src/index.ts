@@ -34,7 +34,7 @@ import type { NativeEpollAddon, NativeEpollBackend } from './native.js';
  * Operations are queued in JS by {@link EpollBackend.submit}, written as fixed-size descriptors
  * into one `ArrayBuffer` shared with the addon (created once), and started by
  * {@link EpollBackend.flush} with one call into native code per batch; the buffers of the batch
- * travel as one JS array in that call. Native code tries each socket operation right away with a
+ * travel as arguments of that call (see flush()). Native code tries each socket operation right away with a
  * non-blocking system call and waits for epoll readiness only on EAGAIN; file operations that
  * could block go to a small native thread pool (see native/epoll.h and the README). Finished
  * operations are written as (id, result) pairs into a second shared buffer by one `reap` call.

@@ -35,10 +35,11 @@ import type { NativeIoUringAddon, NativeIoUringBackend } from './native.js';
  * Operations are queued in JS by {@link IoUringBackend.submit}, written as fixed-size
  * descriptors into one `ArrayBuffer` shared with the addon (created once) and turned into SQEs
  * by {@link IoUringBackend.flush} with one call into native code per batch; the buffers of the
- * batch travel as one JS array in that call and stay pinned in native code until their
- * completion is reaped. Submission itself is one `io_uring_enter` per batch (deferred to the end
- * of the ready callback when the flush happens inside it). Completions are read from the CQ ring
- * into a second shared buffer by one `reap` call and dispatched here.
+ * batch travel as arguments of that call (see #flushBatch) and stay pinned in native code until
+ * their completion is reaped. Submission itself is one `io_uring_enter` per batch (deferred to the
+ * end of the ready callback when the flush happens inside it). Completions are read from the CQ
+ * ring into a second shared buffer, by the addon just before it calls the ready callback or by
+ * one `reap` call, and dispatched here.
  *
  * The ring is created with SINGLE_ISSUER|COOP_TASKRUN|TASKRUN_FLAG when the kernel accepts it,
  * else COOP_TASKRUN. Without one of those the kernel interrupts the thread for every completion
