@@ -483,18 +483,19 @@ NAN_METHOD(Backend::EventFd) {
 }
 
 // stats(): [enters, sqes submitted, cqes reaped, in flight, setup flags, kernel features, sq entries, cq entries,
-// queued accepted connections]
+// queued accepted connections, ring fd registered (1) or not (0)]
 NAN_METHOD(Backend::Stats) {
   Instance* inst = Live(info);
-  v8::Local<v8::Array> out = Nan::New<v8::Array>(9);
+  constexpr uint32_t kStats = 10;
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(kStats);
   if (inst != nullptr) {
     Engine* e = inst->engine.get();
-    const double v[9] = {static_cast<double>(e->enters()),         static_cast<double>(e->sqes_submitted()),
-                         static_cast<double>(e->cqes_reaped()),    static_cast<double>(e->in_flight()),
-                         static_cast<double>(e->ring().setup_flags()), static_cast<double>(e->ring().kernel_features()),
-                         static_cast<double>(e->ring().sq_entries()), static_cast<double>(e->ring().cq_entries()),
-                         static_cast<double>(e->queued_accepts())};
-    for (uint32_t i = 0; i < 9; ++i) Nan::Set(out, i, Nan::New<v8::Number>(v[i]));
+    const double v[kStats] = {static_cast<double>(e->enters()),         static_cast<double>(e->sqes_submitted()),
+                              static_cast<double>(e->cqes_reaped()),    static_cast<double>(e->in_flight()),
+                              static_cast<double>(e->ring().setup_flags()), static_cast<double>(e->ring().kernel_features()),
+                              static_cast<double>(e->ring().sq_entries()), static_cast<double>(e->ring().cq_entries()),
+                              static_cast<double>(e->queued_accepts()), e->ring().ring_fd_registered() ? 1.0 : 0.0};
+    for (uint32_t i = 0; i < kStats; ++i) Nan::Set(out, i, Nan::New<v8::Number>(v[i]));
   }
   info.GetReturnValue().Set(out);
 }

@@ -52,9 +52,34 @@ void Ring::Unmap() {
 }
 
 void Ring::Close() {
+  UnregisterRingFd();
   Unmap();
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
+}
+
+void Ring::RegisterRingFd() {
+  io_uring_rsrc_update up;
+  memset(&up, 0, sizeof(up));
+  up.offset = ~0u;  // any free index
+  up.data = static_cast<uint64_t>(fd_);
+  if (sys_io_uring_register(fd_, IORING_REGISTER_RING_FDS, &up, 1) != 1) return;
+  enter_index_ = static_cast<int>(up.offset);
+  enter_thread_ = pthread_self();
+}
+
+void Ring::UnregisterRingFd() {
+  if (enter_index_ < 0) return;
+  // Only the registering thread can drop its entry. From another thread (never in practice:
+  // the backend lives and closes on its own thread) the entry, and with it a reference to the
+  // ring, goes away when that thread exits.
+  if (pthread_equal(pthread_self(), enter_thread_)) {
+    io_uring_rsrc_update up;
+    memset(&up, 0, sizeof(up));
+    up.offset = static_cast<uint32_t>(enter_index_);
+    sys_io_uring_register(fd_, IORING_UNREGISTER_RING_FDS, &up, 1);
+  }
+  enter_index_ = -1;
 }
 
 int Ring::Setup(unsigned entries, unsigned cq_entries, unsigned flags, unsigned sq_idle_ms) {
@@ -153,7 +178,10 @@ int Ring::Init(unsigned entries, unsigned cq_entries, int mode, bool sqpoll, uns
   int r = -EINVAL;
   for (unsigned flags : ladder) {
     r = Setup(entries, cq_entries, flags, sq_idle_ms);
-    if (r == 0) return 0;
+    if (r == 0) {
+      RegisterRingFd();
+      return 0;
+    }
     // Only EINVAL means "try fewer flags"; ENOSYS, EPERM, ENOMEM, EMFILE are final.
     if (r != -EINVAL) return r;
   }
@@ -203,8 +231,13 @@ int Ring::Submit(bool getevents, unsigned wait_nr, const __kernel_timespec* time
     argp = &arg;
     argsz = sizeof(arg);
   }
+  int enter_fd = fd_;
+  if (enter_index_ >= 0 && pthread_equal(pthread_self(), enter_thread_)) {
+    enter_fd = enter_index_;
+    flags |= IORING_ENTER_REGISTERED_RING;
+  }
   for (;;) {
-    int r = sys_io_uring_enter(fd_, sqpoll() ? 0 : to_submit, wait_nr, flags, argp, argsz);
+    int r = sys_io_uring_enter(enter_fd, sqpoll() ? 0 : to_submit, wait_nr, flags, argp, argsz);
     if (r >= 0) return sqpoll() ? static_cast<int>(to_submit) : r;
     if (errno == EINTR) {
       // Interrupted while waiting: do not resubmit, just report what the kernel took so far.

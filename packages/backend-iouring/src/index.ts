@@ -89,6 +89,12 @@ export interface IoUringStats {
   cqEntries: number;
   /** Connections a multishot accept took that no accept operation has asked for yet. */
   queuedAccepts: number;
+  /**
+   * io_uring_enter names the ring by its index in this thread's registered ring fds
+   * (IORING_REGISTER_RING_FDS, Linux 5.18+), which spares the kernel a lookup and reference
+   * count of the ring file per call; false on kernels that refuse the registration.
+   */
+  ringFdRegistered: boolean;
 }
 
 /** Options of {@link createBackend}. */
@@ -647,6 +653,7 @@ export class IoUringBackend implements IoBackend {
       sqEntries: s[6] ?? 0,
       cqEntries: s[7] ?? 0,
       queuedAccepts: s[8] ?? 0,
+      ringFdRegistered: s[9] === 1,
     };
   }
 

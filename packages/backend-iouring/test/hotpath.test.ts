@@ -1,6 +1,9 @@
 // The per-operation hot path: bounded ids, the allocation-free drain(), and the native
 // pinned-buffer cache (a cached buffer stays pinned while in use; a detached one is refused).
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createBackend, isSupported, type IoUringBackend } from '@miniss/backend-iouring';
 import { Driver, connect, listen, openFdCount, recvExactly, sendAll } from './helpers.js';
 
@@ -177,5 +180,75 @@ describe.runIf(support.ok)('io_uring backend hot path', () => {
     await d.io({ op: 'shutdown', fd: c, how: 1 });
     expect(await d.io({ op: 'recv', fd: s, buffer: buf, len: 64 })).toBe(0);
     for (const fd of [c, s, l.fd]) await d.io({ op: 'close', fd });
+  });
+});
+
+// io_uring_enter names the ring by its index in the thread's registered ring fds
+// (IORING_REGISTER_RING_FDS). The kernel keeps 16 such entries per thread: a backend gives its
+// entry back at close, and one that finds no free entry enters through its fd.
+describe.runIf(support.ok)('io_uring backend: registered ring fd', () => {
+  const PAGE = 4096;
+  let dir = '';
+  let path = '';
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'miniss-ringfd-'));
+    path = join(dir, 'pages.bin');
+    // Page k holds the byte k everywhere.
+    const data = Buffer.alloc(32 * PAGE);
+    for (let k = 0; k < 32; k++) data.fill(k, k * PAGE, (k + 1) * PAGE);
+    writeFileSync(path, data);
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** Reads page `k` through `b` (blocking on poll) and checks it holds k. */
+  function readPage(b: IoUringBackend, fd: number, k: number): void {
+    const buf = new Uint8Array(PAGE);
+    const id = b.submit({ op: 'read', fd, buffer: buf, offset: k * PAGE, len: PAGE });
+    expect(runSync(b, id).result).toBe(PAGE);
+    expect(buf.every((v) => v === k)).toBe(true);
+  }
+
+  it('40 backends opened and closed one after another in one thread each get an entry (close gives it back)', () => {
+    const fd = openSync(path, 'r');
+    const fdsBefore = openFdCount();
+    try {
+      for (let i = 0; i < 40; i++) {
+        const b = createBackend();
+        try {
+          expect(b.stats().ringFdRegistered).toBe(true);
+          readPage(b, fd, i % 32);
+        } finally {
+          b.close();
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+    expect(openFdCount()).toBe(fdsBefore - 1);
+  });
+
+  it('more rings than entries: the rest enter through their fd, and every ring runs its own operations', () => {
+    const fd = openSync(path, 'r');
+    const rings: IoUringBackend[] = [];
+    try {
+      for (let i = 0; i < 20; i++) rings.push(createBackend());
+      const registered = rings.filter((b) => b.stats().ringFdRegistered).length;
+      expect(registered).toBeGreaterThan(0);
+      expect(registered).toBeLessThanOrEqual(16);
+      expect(rings.length - registered).toBeGreaterThanOrEqual(4);
+      // Interleaved: every ring's read goes into its own SQ; entering the wrong ring would leave
+      // it unsubmitted and runSync would time out.
+      for (let round = 0; round < 3; round++) rings.forEach((b, i) => readPage(b, fd, (i + round) % 32));
+    } finally {
+      for (const b of rings) b.close();
+      closeSync(fd);
+    }
+    // Every entry was given back: a new ring gets one again.
+    const b = createBackend();
+    try {
+      expect(b.stats().ringFdRegistered).toBe(true);
+    } finally {
+      b.close();
+    }
   });
 });

@@ -217,9 +217,7 @@ export class File implements TrackedResource, IoOwner {
   close(): Promise<void> {
     if (this._closing !== null) return this._closing;
     this._closed = true;
-    this._rt._untrackResource(this);
-    this._rt._cancelOwned(this);
-    this._closing = this._rt.io({ op: 'close', fd: this.fd }).then(noop, closeFailed);
+    this._closing = this._rt._closeResource(this, this.fd);
     return this._closing;
   }
 
@@ -231,12 +229,4 @@ export class File implements TrackedResource, IoOwner {
   _forceClose(): Promise<void> {
     return this.close();
   }
-}
-
-function noop(): void {}
-
-/** After the runtime shut down its backend released every descriptor, so a late close has nothing left to do. */
-function closeFailed(err: unknown): void {
-  if (err instanceof RuntimeError && err.code === 'RUNTIME_SHUTDOWN') return;
-  throw err;
 }

@@ -581,6 +581,17 @@ export class Runtime implements TaskScheduler {
     this._resources.delete(r);
   }
 
+  /**
+   * @internal The close of a file, listener or socket: forgets it, cancels what it has in flight
+   * (each operation still settles once) and closes `fd`. A close after the runtime shut down
+   * resolves: the backend gave every descriptor back already.
+   */
+  _closeResource(r: TrackedResource & IoOwner, fd: number): Promise<void> {
+    this._untrackResource(r);
+    this._cancelOwned(r);
+    return this.io({ op: 'close', fd }).then(noop, closeFailed);
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Shutdown
 
@@ -748,6 +759,11 @@ function abortReason(signal: AbortSignal): unknown {
 }
 
 function noop(): void {}
+
+function closeFailed(err: unknown): void {
+  if (err instanceof RuntimeError && err.code === 'RUNTIME_SHUTDOWN') return;
+  throw err;
+}
 
 /** Takes an operation's record out of its owner's list of operations in flight. */
 function unlinkFromOwner(p: PendingIo): void {

@@ -143,9 +143,7 @@ export class TcpListener implements TrackedResource, IoOwner, AsyncIterable<TcpS
   close(): Promise<void> {
     if (this._closing !== null) return this._closing;
     this._closed = true;
-    this._rt._untrackResource(this);
-    this._rt._cancelOwned(this);
-    this._closing = this._rt.io({ op: 'close', fd: this.fd }).then(noop, closeFailed);
+    this._closing = this._rt._closeResource(this, this.fd);
     return this._closing;
   }
 
@@ -306,9 +304,7 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
   close(): Promise<void> {
     if (this._closing !== null) return this._closing;
     this._closed = true;
-    this._rt._untrackResource(this);
-    this._rt._cancelOwned(this);
-    this._closing = this._rt.io({ op: 'close', fd: this.fd }).then(noop, closeFailed);
+    this._closing = this._rt._closeResource(this, this.fd);
     return this._closing;
   }
 
@@ -320,12 +316,4 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
   _forceClose(): Promise<void> {
     return this.close();
   }
-}
-
-function noop(): void {}
-
-/** After the runtime shut down its backend released every descriptor, so a late close has nothing left to do. */
-function closeFailed(err: unknown): void {
-  if (err instanceof RuntimeError && err.code === 'RUNTIME_SHUTDOWN') return;
-  throw err;
 }
