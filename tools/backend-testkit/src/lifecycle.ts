@@ -1,19 +1,18 @@
-// The lifecycle tests (cancellation, close, timers, workers) every readiness-model backend (epoll,
-// kqueue) must pass, over a backend factory. Test names carry the backend's name (describe title).
+// The lifecycle tests (cancellation, close, timers, workers) every native backend (epoll, kqueue,
+// io_uring) must pass, over a backend factory. Test names carry the backend's name (describe title).
 import { spawnSync } from 'node:child_process';
 import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IoError, type IoBackendFeatures } from '@miniss/core';
+import { IoError, type IoBackend, type IoBackendFeatures } from '@miniss/core';
 import { Driver, connect, eventually, listen, openFdCount } from './index.js';
 import { perTestBackend } from './per-test.js';
-import type { ReadinessBackend } from './sockets.js';
 
-/** One readiness-model backend under the lifecycle suite. */
-export interface LifecycleCase<B extends ReadinessBackend> {
-  /** Backend name as it appears in test names and b.name: 'epoll', 'kqueue'. */
+/** One native backend under the lifecycle suite. */
+export interface LifecycleCase<B extends IoBackend> {
+  /** Backend name as it appears in test names and b.name: 'epoll', 'kqueue', 'io_uring'. */
   name: string;
   createBackend(options?: { entries?: number }): B;
   isSupported(): { ok: boolean; reason?: string };
@@ -30,7 +29,7 @@ export interface LifecycleCase<B extends ReadinessBackend> {
   extraTests?(ctx: () => { b: B; d: Driver; dir: string }): void;
 }
 
-export function lifecycleSuite<B extends ReadinessBackend>(k: LifecycleCase<B>): void {
+export function lifecycleSuite<B extends IoBackend>(k: LifecycleCase<B>): void {
   const support = k.isSupported();
   if (!support.ok) console.warn(`${k.name} lifecycle tests skipped: ${support.reason}`);
 
@@ -90,6 +89,7 @@ export function lifecycleSuite<B extends ReadinessBackend>(k: LifecycleCase<B>):
       const acc = d.submit({ op: 'accept', fd: l.fd });
       await new Promise((r) => setTimeout(r, 10));
       expect(b.cancel(acc.id)).toBe(true);
+      expect(b.cancel(acc.id)).toBe(false); // already being cancelled
       const err = await acc.done.catch((e: unknown) => e);
       expect(err).toBeInstanceOf(IoError);
       expect(err).toMatchObject({ code: 'ECANCELED', syscall: 'accept', fd: l.fd });
@@ -141,7 +141,7 @@ export function lifecycleSuite<B extends ReadinessBackend>(k: LifecycleCase<B>):
       d.submit({ op: 'timeout', ms: 10_000 }).done.catch(() => 0);
       d.submit({ op: 'fsync', fd: ffd }).done.catch(() => 0);
       await new Promise((r) => setTimeout(r, 10));
-      // Backend-owned fds beyond its own (epoll: an eventfd) go away with it too.
+      // Backend-owned fds beyond its own (epoll, io_uring: an eventfd) go away with it too.
       k.beforeCloseWithOpsInFlight?.(b);
       // The backend's own fds go away with it; the sockets and the file are the caller's and are
       // closed with close ops first.
@@ -201,7 +201,7 @@ export function lifecycleSuite<B extends ReadinessBackend>(k: LifecycleCase<B>):
 
     it('worker.terminate() with operations in flight neither crashes nor leaks fds', async () => {
       // The listener is the main thread's (fds are per process); the workers accept on it, and
-      // keep a read waiting: on an eventfd of their own backend (epoll), or on a socket that never
+      // keep a read waiting: on an eventfd of their own backend (epoll, io_uring), or on a socket that never
       // gets data (kqueue: EVFILT_READ on a non-listener).
       const l = await listen(d);
       const pipe: number[] = [];
