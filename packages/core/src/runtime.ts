@@ -760,6 +760,7 @@ function abortReason(signal: AbortSignal): unknown {
 
 function noop(): void {}
 
+/** A close that failed because the runtime shut down: its backend released every descriptor already. */
 function closeFailed(err: unknown): void {
   if (err instanceof RuntimeError && err.code === 'RUNTIME_SHUTDOWN') return;
   throw err;
