@@ -1,11 +1,11 @@
 // The per-operation hot path: bounded ids, the allocation-free drain(), and the native
 // pinned-buffer cache (a cached buffer stays pinned while in use; a detached one is refused).
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createBackend, isSupported, type IoUringBackend } from '@miniss/backend-iouring';
-import { Driver, connect, listen, openFdCount, recvExactly, sendAll } from './helpers.js';
+import { Driver, connect, listen, openFdCount, recvExactly, sendAll, writeIndexedPages } from './helpers.js';
 
 const support = isSupported();
 
@@ -193,10 +193,7 @@ describe.runIf(support.ok)('io_uring backend: registered ring fd', () => {
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'miniss-ringfd-'));
     path = join(dir, 'pages.bin');
-    // Page k holds the byte k everywhere.
-    const data = Buffer.alloc(32 * PAGE);
-    for (let k = 0; k < 32; k++) data.fill(k, k * PAGE, (k + 1) * PAGE);
-    writeFileSync(path, data);
+    writeIndexedPages(path, 32);
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

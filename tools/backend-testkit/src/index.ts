@@ -83,6 +83,13 @@ export class Driver {
   }
 }
 
+/** Writes `pages` 4 KiB pages to `path`, page k filled with the byte k (so a read shows which page it got). */
+export function writeIndexedPages(path: string, pages: number): void {
+  const data = Buffer.alloc(pages * 4096);
+  for (let k = 0; k < pages; k++) data.fill(k, k * 4096, (k + 1) * 4096);
+  writeFileSync(path, data);
+}
+
 /**
  * Batches of changing size (64, 3, 1, 0, 2, 40, ...) of reads, readvs of two buffers and NOPs,
  * each batch submitted at once (one flush), on a file in `dir` whose 4 KiB pages each hold their
@@ -93,9 +100,7 @@ export class Driver {
 export async function checkChangingBatches(d: Driver, dir: string): Promise<void> {
   const path = join(dir, 'pages.bin');
   const pages = 256;
-  const data = Buffer.alloc(pages * 4096);
-  for (let p = 0; p < pages; p++) data.fill(p, p * 4096, (p + 1) * 4096);
-  writeFileSync(path, data);
+  writeIndexedPages(path, pages);
   const holds = (buf: Uint8Array, p: number, what: string): void => {
     if (!buf.every((x) => x === p)) throw new Error(`${what}: expected page ${p}, got bytes starting ${buf[0]}`);
   };
