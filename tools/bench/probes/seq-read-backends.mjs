@@ -1,0 +1,94 @@
+// Awaited sequential reads at queue depth 1 through the two Linux backends, without the runtime,
+// against a readSync loop in the same process: the io_uring backend (one IORING_OP_READ per
+// io_uring_enter) and the epoll backend (which reads the page cache itself with
+// preadv2(RWF_NOWAIT) inside flush(), no ring at all). If the ring were what keeps File.read
+// from the sync loop's speed, the epoll backend would be closer to it. Not a benchmark of miniss
+// against Node: it measures where the sequential read goal's budget goes (docs/benchmarks.md,
+// "A sequential 1 MiB io_uring read").
+//
+//   npx nx run-many -t build && node tools/bench/probes/seq-read-backends.mjs [block bytes] [reads per turn] [turns]
+//
+// Defaults: 1 MiB blocks of a 64 MiB page-cached file, 64 reads per turn, 60 turns; the three
+// variants take turns in a rotating order, the first third of the turns is warm-up (V8 compiles
+// the awaited path only after some thousands of calls), and the medians of the rest are printed.
+import { closeSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createBackend as createIoUring } from '@miniss/backend-iouring';
+import { createBackend as createEpoll } from '@miniss/backend-epoll';
+
+const bs = Number(process.argv[2] ?? 1 << 20);
+const per = Number(process.argv[3] ?? 64);
+const turns = Number(process.argv[4] ?? 60);
+const FILE_BYTES = 64 << 20;
+if (!Number.isInteger(bs) || bs < 512 || bs > FILE_BYTES || FILE_BYTES % bs !== 0) {
+  console.error('block bytes: a divisor of 64 MiB, at least 512');
+  process.exit(2);
+}
+const blocks = FILE_BYTES / bs;
+const path = join(tmpdir(), `miniss-seq-backends-probe-${process.pid}.bin`);
+
+const wfd = openSync(path, 'w');
+const chunk = Buffer.alloc(1 << 20, 7);
+for (let i = 0; i < 64; i++) writeSync(wfd, chunk, 0, chunk.length, i << 20);
+closeSync(wfd);
+
+const fd = openSync(path, 'r');
+const buf = new Uint8Array(bs);
+for (let i = 0; i < blocks; i++) readSync(fd, buf, 0, bs, i * bs); // into the page cache
+
+/** One awaited read at a time through a raw backend: submit, flush, resolve from its ready callback. */
+function awaitedReader(backend) {
+  let waiter = null;
+  backend.onReady(() => {
+    if (typeof backend.drain === 'function') {
+      while (backend.drain((_id, r) => waiter(r)) > 0);
+      return;
+    }
+    for (let cs = backend.poll(0); cs.length > 0; cs = backend.poll(0)) for (const c of cs) waiter(c.result);
+  });
+  return (offset) =>
+    new Promise((resolve) => {
+      waiter = resolve;
+      backend.submit({ op: 'read', fd, buffer: buf, offset, len: bs });
+      backend.flush();
+    });
+}
+
+const backends = [createIoUring(), createEpoll()];
+const [uringRead, epollRead] = backends.map(awaitedReader);
+const at = (o, i) => ((o + i) % blocks) * bs;
+const check = (n) => {
+  if (n !== bs) throw new Error(`short read: ${n instanceof Error ? n.message : n} of ${bs} bytes`);
+};
+const V = {
+  readSync: async (o) => { for (let i = 0; i < per; i++) check(readSync(fd, buf, 0, bs, at(o, i))); },
+  io_uring: async (o) => { for (let i = 0; i < per; i++) check(await uringRead(at(o, i))); },
+  epoll: async (o) => { for (let i = 0; i < per; i++) check(await epollRead(at(o, i))); },
+};
+const times = Object.fromEntries(Object.keys(V).map((k) => [k, []]));
+try {
+  let off = 0;
+  for (let t = 0; t < turns; t++) {
+    const keys = Object.keys(V);
+    for (let r = 0; r < t % keys.length; r++) keys.push(keys.shift());
+    for (const k of keys) {
+      const t0 = performance.now();
+      await V[k](off);
+      times[k].push(((performance.now() - t0) * 1000) / per);
+    }
+    off += per;
+  }
+} finally {
+  for (const b of backends) b.close();
+  closeSync(fd);
+  rmSync(path, { force: true });
+}
+const med = (a) => {
+  const s = a.slice(Math.floor(a.length / 3)).sort((x, y) => x - y);
+  return s[s.length >> 1];
+};
+const sync = med(times.readSync);
+const line = (k) => `${med(times[k]).toFixed(2)} us (${(sync / med(times[k])).toFixed(3)}x of readSync)`;
+console.log(`awaited ${bs}-byte reads, queue depth 1, medians of ${turns - Math.floor(turns / 3)} turns of ${per}:`);
+console.log(`  readSync ${sync.toFixed(2)} us; io_uring backend ${line('io_uring')}; epoll backend ${line('epoll')}`);
