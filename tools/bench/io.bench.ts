@@ -31,8 +31,8 @@ const SEQ_ROUNDS = 8;
 /**
  * Untimed 1 MiB reads of each kind before the timed passes. V8 optimizes the functions of the
  * awaited File.read path (runtime.io, the backend's flush and drain, ...) only after a few thousand
- * calls, compiling them on a helper thread; with one untimed pass, one 256-read File.read pass took
- * 40 ms against 23 ms for its readSync pass while that compilation ran on the same core
+ * calls, compiling them on a helper thread; in a pinned probe of this loop with little warm-up, one
+ * 256-read File.read pass took 40 ms against 23 ms for its readSync pass while that compilation ran
  * (--trace-opt). The sync loop's one small function is optimized early. Both sides warm up alike.
  */
 const SEQ_WARM_READS = 4096;
