@@ -55,7 +55,16 @@ function awaitedReader(backend) {
     });
 }
 
-const backends = [createIoUring(), createEpoll()];
+let backends;
+try {
+  backends = [createIoUring(), createEpoll()];
+} catch (err) {
+  // io_uring refused (ENOSYS, or EPERM in a container) or not Linux: nothing to compare here.
+  console.error(`cannot create both backends: ${err.code ?? ''} ${err.message}`);
+  closeSync(fd);
+  rmSync(path, { force: true });
+  process.exit(2);
+}
 const [uringRead, epollRead] = backends.map(awaitedReader);
 const at = (o, i) => ((o + i) % blocks) * bs;
 const check = (n) => {
