@@ -10,22 +10,16 @@
 // through the raw backend, no runtime), nop (await a NOP through the runtime), copy (a 1 MiB
 // TypedArray copy alone), and syncP / fileP / rawP / nopP: the same with that copy before each
 // operation. "cold" = variant with the copy minus the copy alone.
-import { closeSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readSync, rmSync } from 'node:fs';
 import { File, Runtime } from '@miniss/core';
 import { createBackend } from '@miniss/backend-iouring';
+import { PROBE_FILE_BYTES, writeProbeFile } from './probe-file.mjs';
 
 const per = Number(process.argv[2] ?? 2000);
 const turns = Number(process.argv[3] ?? 12);
 const PAGE = 4096;
-const FILE_PAGES = (64 << 20) / PAGE; // 64 MiB: more than this machine's 32 MiB L3
-const path = join(tmpdir(), `miniss-overhead-probe-${process.pid}.bin`);
-
-const wfd = openSync(path, 'w');
-const chunk = Buffer.alloc(1 << 20, 7);
-for (let i = 0; i < 64; i++) writeSync(wfd, chunk, 0, chunk.length, i << 20);
-closeSync(wfd);
+const FILE_PAGES = PROBE_FILE_BYTES / PAGE;
+const path = writeProbeFile('overhead');
 
 const src = new Uint8Array(1 << 20);
 const dst = new Uint8Array(1 << 20);

@@ -11,27 +11,20 @@
 // Defaults: 1 MiB blocks of a 64 MiB page-cached file, 64 reads per turn, 60 turns; the three
 // variants take turns in a rotating order, the first third of the turns is warm-up (V8 compiles
 // the awaited path only after some thousands of calls), and the medians of the rest are printed.
-import { closeSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { createBackend as createIoUring } from '@miniss/backend-iouring';
 import { createBackend as createEpoll } from '@miniss/backend-epoll';
+import { PROBE_FILE_BYTES, writeProbeFile } from './probe-file.mjs';
 
 const bs = Number(process.argv[2] ?? 1 << 20);
 const per = Number(process.argv[3] ?? 64);
 const turns = Number(process.argv[4] ?? 60);
-const FILE_BYTES = 64 << 20;
-if (!Number.isInteger(bs) || bs < 512 || bs > FILE_BYTES || FILE_BYTES % bs !== 0) {
+if (!Number.isInteger(bs) || bs < 512 || bs > PROBE_FILE_BYTES || PROBE_FILE_BYTES % bs !== 0) {
   console.error('block bytes: a divisor of 64 MiB, at least 512');
   process.exit(2);
 }
-const blocks = FILE_BYTES / bs;
-const path = join(tmpdir(), `miniss-seq-backends-probe-${process.pid}.bin`);
-
-const wfd = openSync(path, 'w');
-const chunk = Buffer.alloc(1 << 20, 7);
-for (let i = 0; i < 64; i++) writeSync(wfd, chunk, 0, chunk.length, i << 20);
-closeSync(wfd);
+const blocks = PROBE_FILE_BYTES / bs;
+const path = writeProbeFile('seq-backends');
 
 const fd = openSync(path, 'r');
 const buf = new Uint8Array(bs);
