@@ -3,7 +3,8 @@
  *  (a) random 4 KiB reads of a page-cached file, 64 in flight, vs fs.promises
  *      (goal >= 500k IOPS and >= 6x fs.promises, issue 4);
  *  (b) sequential 1 MiB reads vs fs.promises and vs a synchronous pread loop (fs.readSync)
- *      (goal: within 5% of the sync loop);
+ *      (goal: within 5% of the sync loop), one awaited File.read at a time and through
+ *      file.chunks() with reads ahead (vs fs.promises' own sequential reader, createReadStream);
  *  (c) batched NOP submit + reap through the raw backend (goal <= 300 ns/op);
  *  (d) (a) on every core at once (@miniss/multicore, one ring per core), since fs.promises too
  *      spreads its reads over every CPU (libuv's pool); the CPU each side used is in the notes.
@@ -19,7 +20,7 @@ import { closeSync, openSync, promises as fsp, readSync, rmSync, writeSync } fro
 import { availableParallelism, freemem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { File, Runtime, type BackendName, type IoBackend, type IoCompletion } from '@miniss/core';
+import { File, Runtime, type BackendName, type ChunkOptions, type IoBackend, type IoCompletion } from '@miniss/core';
 import { MultiCoreRuntime } from '@miniss/multicore';
 import { isMain, printSuite, type BenchRow, type BenchSuite } from './lib.js';
 
@@ -36,6 +37,8 @@ const SEQ_ROUNDS = 8;
  * (--trace-opt). The sync loop's one small function is optimized early. Both sides warm up alike.
  */
 const SEQ_WARM_READS = 4096;
+/** file.chunks(): reads kept in flight ahead of the chunk being consumed (its default). */
+const SEQ_READ_AHEAD = 4;
 
 function xorshift(seed: number): () => number {
   let x = seed >>> 0 || 1;
@@ -60,6 +63,17 @@ function makeFile(path: string, bytes: number): void {
   const buf = Buffer.alloc(MiB);
   for (let off = 0; off < bytes; off += MiB) readSync(rfd, buf, 0, MiB, off);
   closeSync(rfd);
+}
+
+/**
+ * Sequential passes over `bytes` by `pass` (which checks what it read): untimed ones first until
+ * SEQ_WARM_READS MiB or two passes were read, whichever is more, then SEQ_ROUNDS timed. MiB/s.
+ */
+async function timedPasses(pass: () => Promise<number>, bytes: number): Promise<number> {
+  for (let w = 0; w < 2 || w * bytes < SEQ_WARM_READS * MiB; w++) await pass();
+  let ms = 0;
+  for (let r = 0; r < SEQ_ROUNDS; r++) ms += await pass();
+  return (SEQ_ROUNDS * bytes) / MiB / (ms / 1000);
 }
 
 /** CPU this process used between `since` (a `process.cpuUsage()`) and now, in cores busy over `wallMs`. */
@@ -226,12 +240,22 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
     const seqBytes = Math.min(bytes, 256 * MiB);
     const seqBuf = Buffer.alloc(MiB);
     // Warmed up like File.read below, then SEQ_ROUNDS passes over the same region.
-    for (let n = 0; n < SEQ_WARM_READS; n++) await fh.read(seqBuf, 0, MiB, (n * MiB) % seqBytes);
-    const t0 = performance.now();
-    for (let r = 0; r < SEQ_ROUNDS; r++) {
+    const fspSeq = await timedPasses(async () => {
+      const t = performance.now();
       for (let off = 0; off < seqBytes; off += MiB) await fh.read(seqBuf, 0, MiB, off);
-    }
-    const fspSeq = (SEQ_ROUNDS * seqBytes) / MiB / ((performance.now() - t0) / 1000);
+      return performance.now() - t;
+    }, seqBytes);
+    // fs.promises' sequential reader, a stream of chunks it allocates (as file.chunks() by
+    // default): with 1 MiB chunks, and with both sides' defaults (64 KiB chunks).
+    const streamPass = async (highWaterMark: number | undefined): Promise<number> => {
+      const t = performance.now();
+      let got = 0;
+      for await (const c of fh.createReadStream({ highWaterMark, start: 0, end: seqBytes - 1, autoClose: false })) got += (c as Buffer).length;
+      if (got !== seqBytes) throw new Error(`createReadStream gave ${got} of ${seqBytes} bytes`);
+      return performance.now() - t;
+    };
+    const fspStream = await timedPasses(() => streamPass(MiB), seqBytes);
+    const fspStreamDefault = await timedPasses(() => streamPass(undefined), seqBytes);
     await fh.close();
 
     let ioUringOk = false;
@@ -262,52 +286,66 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
           note: `${sizeMb} MiB page-cached file${sizeMb < wantMb ? ` (asked ${wantMb} MiB; shrunk to half the free memory)` : ''}; one runtime, CPU ${fileRandom.cores.toFixed(2)} cores vs fs.promises ${fspRandom.cores.toFixed(2)} (libuv's pool)`,
         });
         if (backend === 'io_uring') ioUringOk = true;
-        // Sequential: passes of File.read interleaved with passes of the synchronous pread loop,
-        // so both see the same machine load (this box is shared); totals over all passes. Both
-        // read the same region into the same buffer (where a buffer lands changes a 1 MiB copy by
-        // up to ~10% here), take turns going first, and warm up alike first (SEQ_WARM_READS).
+        // Sequential: passes of File.read (one awaited read at a time), of file.chunks() with its
+        // own buffers and reads ahead, and of the synchronous pread loop, interleaved so all see
+        // the same machine load (this box is shared), each kind first in turn; totals over all
+        // passes. All read the same region, File.read and the sync loop into the same buffer (where
+        // a buffer lands changes a 1 MiB copy by up to ~10% here), and all warm up alike first
+        // (SEQ_WARM_READS).
         const pass = seqBytes;
-        let fileMs = 0;
-        let syncMs = 0;
         const sfd2 = openSync(path, 'r');
-        const syncPass = (): number => {
+        const chunkPass = async (opts: ChunkOptions): Promise<number> => {
           const t = performance.now();
-          for (let off = 0; off < pass; off += MiB) readSync(sfd2, seqBuf, 0, MiB, off);
+          let got = 0;
+          for await (const c of f.chunks({ ...opts, length: pass })) got += c.byteLength;
+          if (got !== pass) throw new Error(`file.chunks gave ${got} of ${pass} bytes`);
           return performance.now() - t;
         };
-        const filePass = async (): Promise<number> => {
-          const t = performance.now();
-          for (let off = 0; off < pass; off += MiB) await f.read(seqBuf, off);
-          return performance.now() - t;
-        };
+        const passes = [
+          (): number => {
+            const t = performance.now();
+            for (let off = 0; off < pass; off += MiB) readSync(sfd2, seqBuf, 0, MiB, off);
+            return performance.now() - t;
+          },
+          async (): Promise<number> => {
+            const t = performance.now();
+            for (let off = 0; off < pass; off += MiB) await f.read(seqBuf, off);
+            return performance.now() - t;
+          },
+          () => chunkPass({ chunkSize: MiB, readAhead: SEQ_READ_AHEAD, reuse: true }),
+        ];
+        const seqMs = [0, 0, 0];
         try {
-          for (let w = 0; w * pass < SEQ_WARM_READS * MiB; w++) {
-            syncPass();
-            await filePass();
-          }
+          for (let w = 0; w * pass < SEQ_WARM_READS * MiB; w++) for (const p of passes) await p();
           for (let r = 0; r < SEQ_ROUNDS; r++) {
-            if (r % 2 === 0) {
-              syncMs += syncPass();
-              fileMs += await filePass();
-            } else {
-              fileMs += await filePass();
-              syncMs += syncPass();
+            for (let k = 0; k < passes.length; k++) {
+              const i = (r + k) % passes.length;
+              seqMs[i] += await passes[i]!();
             }
           }
         } finally {
           closeSync(sfd2);
         }
-        const fileSeq = (SEQ_ROUNDS * pass) / MiB / (fileMs / 1000);
-        const syncSeqHere = (SEQ_ROUNDS * pass) / MiB / (syncMs / 1000);
-        rows.push({ name: `sequential 1 MiB reads, File.read (${backend})`, unit: 'MiB/s', lowerIsBetter: false, miniss: fileSeq, baselineName: 'fs.promises FileHandle.read', baseline: fspSeq });
+        const fresh = await timedPasses(() => chunkPass({ chunkSize: MiB, readAhead: SEQ_READ_AHEAD }), pass);
+        const freshDefault = await timedPasses(() => chunkPass({}), pass);
+        const rate = (msTotal: number): number => (SEQ_ROUNDS * pass) / MiB / (msTotal / 1000);
+        const [syncSeqHere, fileSeq, chunkSeq] = seqMs.map(rate) as [number, number, number];
+        const seqGoal = backend === 'io_uring' ? 'within 5% of the sync loop' : undefined;
+        const syncName = 'fs.readSync pread loop (interleaved passes, same buffer)';
+        const seqRow = (name: string, miniss: number, baselineName: string, baseline: number, goal?: string): void => {
+          rows.push({ name: `sequential 1 MiB reads, ${name} (${backend})`, unit: 'MiB/s', lowerIsBetter: false, miniss, baselineName, baseline, goal });
+        };
+        seqRow('File.read', fileSeq, 'fs.promises FileHandle.read', fspSeq);
+        seqRow('File.read', fileSeq, syncName, syncSeqHere, seqGoal);
+        seqRow(`file.chunks, ${SEQ_READ_AHEAD} ahead, reused buffers`, chunkSeq, syncName, syncSeqHere, seqGoal);
+        seqRow(`file.chunks, ${SEQ_READ_AHEAD} ahead, new buffer per chunk`, fresh, 'fs.promises FileHandle.createReadStream', fspStream);
         rows.push({
-          name: `sequential 1 MiB reads, File.read (${backend})`,
+          name: `sequential reads with both sides' defaults (64 KiB chunks), file.chunks (${backend})`,
           unit: 'MiB/s',
           lowerIsBetter: false,
-          miniss: fileSeq,
-          baselineName: 'fs.readSync pread loop (interleaved passes, same buffer)',
-          baseline: syncSeqHere,
-          goal: backend === 'io_uring' ? 'within 5% of the sync loop' : undefined,
+          miniss: freshDefault,
+          baselineName: 'fs.promises FileHandle.createReadStream',
+          baseline: fspStreamDefault,
         });
         await f.close();
       });

@@ -1,7 +1,7 @@
 import { constants as fsConstants } from 'node:fs';
 import type { BufferHandle, IoBuffer } from './backend.js';
 import { InvalidArgumentError, RuntimeError, closedError } from './errors.js';
-import { currentRuntime, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
+import { abortReason, currentRuntime, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 /** How to open a file. With no flags a file is opened read-only. */
 export interface OpenFlags {
@@ -28,6 +28,66 @@ export interface IoCallOptions {
   /** Aborting rejects the call with the signal's reason and cancels the backend operation. */
   signal?: AbortSignal;
 }
+
+/** Options of {@link File.chunks}. */
+export interface ChunkOptions {
+  /** Bytes per read, and so the largest chunk (default 65536, at most 1 GiB). */
+  chunkSize?: number;
+  /** Where to start reading (default 0). The file position is neither used nor moved. */
+  position?: number;
+  /** Bytes to read at most (default: to the end of the file). */
+  length?: number;
+  /** Reads kept in flight ahead of the one being consumed (default 4, 1..64). */
+  readAhead?: number;
+  /**
+   * Yield views of the iterator's own `readAhead + 1` buffers (from the runtime's `bufferPool`
+   * when it has the size) instead of a new buffer per chunk. No allocation per chunk, but a
+   * chunk is only valid until the next call to `next()` or `return()` (the next turn of a
+   * `for await` loop, or leaving it): copy what you keep. Default false.
+   */
+  reuse?: boolean;
+  /**
+   * Aborting ends the iteration: the pending or next `next()` rejects with the signal's reason
+   * and the reads in flight are cancelled.
+   */
+  signal?: AbortSignal;
+}
+
+const CHUNK_KEYS = new Set(['chunkSize', 'position', 'length', 'readAhead', 'reuse', 'signal']);
+const MAX_CHUNK = 1 << 30;
+const MAX_READ_AHEAD = 64;
+
+/** Validated {@link ChunkOptions}; throws `INVALID_ARGUMENT`. */
+function checkChunkOptions(o: unknown): { chunkSize: number; position: number; end: number; readAhead: number; reuse: boolean; signal: AbortSignal | undefined } {
+  if (o === null || typeof o !== 'object') throw new InvalidArgumentError('chunks: options must be an object');
+  for (const k of Object.keys(o)) {
+    if (!CHUNK_KEYS.has(k)) throw new InvalidArgumentError(`chunks: unknown option '${k}' (known: ${[...CHUNK_KEYS].join(', ')})`);
+  }
+  const { chunkSize = 65536, position = 0, length, readAhead = 4, reuse = false, signal } = o as ChunkOptions;
+  const int = (v: unknown, name: string, min: number, max: number): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+      throw new InvalidArgumentError(`chunks: ${name} must be an integer in ${min}..${max}, got ${String(v)}`);
+    }
+    return v;
+  };
+  int(chunkSize, 'chunkSize', 1, MAX_CHUNK);
+  int(position, 'position', 0, Number.MAX_SAFE_INTEGER);
+  if (length !== undefined) int(length, 'length', 0, Number.MAX_SAFE_INTEGER - position);
+  int(readAhead, 'readAhead', 1, MAX_READ_AHEAD);
+  if (typeof reuse !== 'boolean') throw new InvalidArgumentError(`chunks: reuse must be a boolean, got ${typeof reuse}`);
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError('chunks: signal must be an AbortSignal');
+  return { chunkSize, position, end: length === undefined ? Infinity : position + length, readAhead, reuse, signal };
+}
+
+/** One read of {@link File.chunks} in flight. */
+interface ChunkRead {
+  readonly done: Promise<number>;
+  readonly buf: Uint8Array;
+  readonly offset: number;
+  readonly len: number;
+}
+
+function noop(): void {}
 
 const FLAG_KEYS = new Set(['read', 'write', 'create', 'exclusive', 'truncate', 'append', 'direct']);
 
@@ -203,6 +263,105 @@ export class File implements TrackedResource, IoOwner {
     }
   }
 
+  /**
+   * The file's bytes in order, as an async iterator of chunks, with `readAhead` reads kept in
+   * flight so the backend always has the next ones (on io_uring they reach the kernel in one
+   * submission). Reads at explicit offsets from `position`; ends at the end of the file or after
+   * `length` bytes. A short read is followed by a read at the byte after it, never a gap, so a
+   * file that grows while it is read yields contiguous bytes. Chunks are new buffers the caller
+   * owns unless `reuse` is set.
+   *
+   * Errors (bad options, a closed file, a failed read) reject `next()`; the reads still in flight
+   * are cancelled and awaited first, so none outlives the iteration. Leaving a `for await` loop
+   * early does the same. Closing the file ends the iteration with `EBADF`.
+   */
+  chunks(opts: ChunkOptions = {}): AsyncIterableIterator<Uint8Array> {
+    return this._chunks(opts);
+  }
+
+  /** `for await (const chunk of file)`: {@link File.chunks} with its defaults. */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Uint8Array> {
+    return this._chunks({});
+  }
+
+  /** Readers started by `chunks()` and not yet finished: closing the file cancels their reads. */
+  private _readers: Set<IoOwner> | null = null;
+
+  private async *_chunks(opts: ChunkOptions): AsyncGenerator<Uint8Array, void, undefined> {
+    const { chunkSize, position, end, readAhead, reuse, signal } = checkChunkOptions(opts);
+    if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
+    if (signal?.aborted) throw abortReason(signal);
+    const rt = this._rt;
+    // The reads of this iteration are linked here, not on the file, so leaving early cancels only them.
+    const owner: IoOwner = { _ioHead: null };
+    (this._readers ??= new Set()).add(owner);
+    const onAbort = (): void => rt._cancelOwned(owner);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const inflight: ChunkRead[] = [];
+    const spare: Uint8Array[] = [];
+    // Reused buffers come from the runtime's pool when it has the size (memory already faulted
+    // in, and native on io_uring), and go back to it when the iteration ends.
+    const handles: BufferHandle[] = [];
+    const pool = reuse && chunkSize <= rt.bufferPool.maxSize ? rt.bufferPool : null;
+    const reusable = (): Uint8Array => {
+      const h = pool?.allocate(chunkSize) ?? null;
+      if (h === null) return new Uint8Array(chunkSize);
+      handles.push(h);
+      return h.bytes;
+    };
+    let next = position;
+    const fill = (): void => {
+      while (inflight.length < readAhead && next < end) {
+        const len = Math.min(chunkSize, end - next);
+        const buf = reuse ? (spare.pop() ?? reusable()) : Buffer.allocUnsafe(len);
+        const done = rt.io({ op: 'read', fd: this.fd, buffer: len === buf.byteLength ? buf : buf.subarray(0, len), offset: next, len }, undefined, owner);
+        // Settled out of order (a later read may fail while an earlier one is consumed): mark
+        // every read handled now; the await below still sees its error.
+        done.catch(noop);
+        inflight.push({ done, buf, offset: next, len });
+        next += len;
+      }
+    };
+    let held: Uint8Array | null = null;
+    try {
+      fill();
+      while (inflight.length > 0) {
+        const r = inflight.shift()!;
+        let n: number;
+        try {
+          n = await r.done;
+        } catch (err) {
+          if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
+          if (signal?.aborted) throw abortReason(signal);
+          throw err;
+        }
+        if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
+        if (signal?.aborted) throw abortReason(signal);
+        // (A chunk whose memory the caller transferred away is not reused.)
+        if (reuse && held !== null && held.byteLength !== 0) spare.push(held);
+        held = null;
+        if (n === 0) return;
+        if (n < r.len) {
+          // Short read (end of file, for now): what is in flight after it starts past a gap.
+          // Let those settle, ignore them, and go on from the byte after this chunk.
+          if (inflight.length > 0) await settleAll(inflight.splice(0), reuse ? spare : null);
+          next = r.offset + n;
+        }
+        fill();
+        held = r.buf;
+        yield n === r.buf.byteLength ? r.buf : r.buf.subarray(0, n);
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      if (inflight.length > 0) {
+        rt._cancelOwned(owner);
+        await settleAll(inflight, null);
+      }
+      this._readers?.delete(owner);
+      for (const h of handles) pool!.deallocate(h);
+    }
+  }
+
   /** Flushes the file's data and metadata to the device (`datasync`: data only). */
   async fsync(opts?: IoCallOptions & { datasync?: boolean }): Promise<void> {
     if (this._closed) throw closedError('fsync', { fd: this.fd, path: this.path });
@@ -217,6 +376,7 @@ export class File implements TrackedResource, IoOwner {
   close(): Promise<void> {
     if (this._closing !== null) return this._closing;
     this._closed = true;
+    if (this._readers !== null) for (const r of this._readers) this._rt._cancelOwned(r);
     this._closing = this._rt._closeResource(this, this.fd);
     return this._closing;
   }
@@ -228,5 +388,13 @@ export class File implements TrackedResource, IoOwner {
   /** @internal */
   _forceClose(): Promise<void> {
     return this.close();
+  }
+}
+
+/** Waits until every read in `reads` has settled, ignoring results; gives their buffers to `spare`. */
+async function settleAll(reads: ChunkRead[], spare: Uint8Array[] | null): Promise<void> {
+  for (const r of reads) {
+    await r.done.then(noop, noop);
+    spare?.push(r.buf);
   }
 }

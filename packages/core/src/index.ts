@@ -75,6 +75,6 @@ export {
   type BufferPoolConfig,
   type BufferPoolStats,
 } from './buffer-pool.js';
-export { File, openFlagsToNumber, type IoCallOptions, type OpenFlags } from './file.js';
+export { File, openFlagsToNumber, type ChunkOptions, type IoCallOptions, type OpenFlags } from './file.js';
 export { TcpListener, TcpStream, type BindOptions, type ConnectOptions, type TcpAddress } from './tcp.js';
 export { doctor, formatDoctor, type DoctorReport } from './doctor.js';

@@ -753,7 +753,8 @@ function isBackendFeature(f: FeatureName): boolean {
   return (Object.values(BACKEND_FEATURE) as FeatureName[]).includes(f);
 }
 
-function abortReason(signal: AbortSignal): unknown {
+/** @internal What an aborted operation rejects with: the signal's reason, or a CancelledError around it. */
+export function abortReason(signal: AbortSignal): unknown {
   const r: unknown = signal.reason;
   return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
 }
