@@ -1,7 +1,8 @@
 /**
  * File I/O through each backend, against Node's own file APIs measured in the same run:
  *  (a) random 4 KiB reads of a page-cached file, 64 in flight, vs fs.promises
- *      (goal >= 500k IOPS and >= 6x fs.promises, issue 4);
+ *      (goal >= 500k IOPS and >= 6x fs.promises, issue 4), and the same runs as CPU time per
+ *      read (fs.promises spreads its reads over libuv's pool on every CPU, miniss uses one);
  *  (b) sequential 1 MiB reads vs fs.promises and vs a synchronous pread loop (fs.readSync)
  *      (goal: within 5% of the sync loop), one awaited File.read at a time and through
  *      file.chunks() with reads ahead (vs fs.promises' own sequential reader, createReadStream);
@@ -284,6 +285,17 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
           baseline: fspRandom.rate,
           goal: backend === 'io_uring' ? '>= 500000 and >= 6x' : undefined,
           note: `${sizeMb} MiB page-cached file${sizeMb < wantMb ? ` (asked ${wantMb} MiB; shrunk to half the free memory)` : ''}; one runtime, CPU ${fileRandom.cores.toFixed(2)} cores vs fs.promises ${fspRandom.cores.toFixed(2)} (libuv's pool)`,
+        });
+        // The same runs as CPU time per read (the process's user + system time, libuv's pool
+        // threads included, over the reads done): what each read costs whatever the cores used.
+        rows.push({
+          name: `random 4 KiB reads, ${DEPTH} in flight, CPU per read, File.read (${backend})`,
+          unit: 'us/read',
+          lowerIsBetter: true,
+          miniss: (fileRandom.cores * 1e6) / fileRandom.rate,
+          baselineName: 'fs.promises FileHandle.read',
+          baseline: (fspRandom.cores * 1e6) / fspRandom.rate,
+          note: 'process CPU time (user + system) over the reads of the row above',
         });
         if (backend === 'io_uring') ioUringOk = true;
         // Sequential: passes of File.read (one awaited read at a time), of file.chunks() with its
