@@ -273,7 +273,8 @@ export class File implements TrackedResource, IoOwner {
    *
    * Errors (bad options, a closed file, a failed read) reject `next()`; the reads still in flight
    * are cancelled and awaited first, so none outlives the iteration. Leaving a `for await` loop
-   * early does the same. Closing the file ends the iteration with `EBADF`.
+   * early does the same (with `next()` by hand, call `return()`: an iteration abandoned half way
+   * keeps its reads' buffers counted in the pool). Closing the file ends the iteration with `EBADF`.
    */
   chunks(opts: ChunkOptions = {}): AsyncIterableIterator<Uint8Array> {
     return this._chunks(opts);
@@ -350,6 +351,9 @@ export class File implements TrackedResource, IoOwner {
         fill();
         held = r.buf;
         yield n === r.buf.byteLength ? r.buf : r.buf.subarray(0, n);
+        // Closed or aborted while the caller had the chunk (perhaps with nothing left in flight).
+        if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
+        if (signal?.aborted) throw abortReason(signal);
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);

@@ -410,11 +410,20 @@ describe.each(probes.filter((p) => p.ok).map((p) => p.name))('conformance: %s', 
         await expect(it.next()).rejects.toThrow('stop reading');
         expect(rt.stats().ioInFlight).toBe(0);
         expect(await it.next()).toEqual({ done: true, value: undefined });
+        // Aborted while the caller holds the last chunk, nothing left in flight: still the reason.
+        const last = new AbortController();
+        const one = f.chunks({ chunkSize: 4096, length: 4096, signal: last.signal });
+        expect((await one.next()).value.byteLength).toBe(4096);
+        last.abort(new Error('late stop'));
+        await expect(one.next()).rejects.toThrow('late stop');
         // Closing the file ends an iteration with EBADF; on a closed file the first next() does.
         const mid = f.chunks({ chunkSize: 4096, readAhead: 8 });
         expect((await mid.next()).done).toBe(false);
+        const lastOne = f.chunks({ chunkSize: 4096, length: 4096 });
+        expect((await lastOne.next()).done).toBe(false);
         await f.close();
         await expectCode(mid.next(), 'EBADF');
+        await expectCode(lastOne.next(), 'EBADF');
         await expectCode(f.chunks().next(), 'EBADF');
         expect(rt.stats().ioInFlight).toBe(0);
         // A file opened for writing only: the read's own error.
