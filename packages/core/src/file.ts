@@ -1,7 +1,7 @@
 import { constants as fsConstants } from 'node:fs';
 import type { BufferHandle, IoBuffer } from './backend.js';
 import { InvalidArgumentError, RuntimeError, closedError } from './errors.js';
-import { abortReason, currentRuntime, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
+import { abortReason, currentRuntime, noop, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 /** How to open a file. With no flags a file is opened read-only. */
 export interface OpenFlags {
@@ -86,8 +86,6 @@ interface ChunkRead {
   readonly offset: number;
   readonly len: number;
 }
-
-function noop(): void {}
 
 const FLAG_KEYS = new Set(['read', 'write', 'create', 'exclusive', 'truncate', 'append', 'direct']);
 
@@ -290,8 +288,12 @@ export class File implements TrackedResource, IoOwner {
 
   private async *_chunks(opts: ChunkOptions): AsyncGenerator<Uint8Array, void, undefined> {
     const { chunkSize, position, end, readAhead, reuse, signal } = checkChunkOptions(opts);
-    if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
-    if (signal?.aborted) throw abortReason(signal);
+    /** Ends the iteration once the file is closed (`EBADF`) or the signal aborted (its reason). */
+    const throwIfEnded = (): void => {
+      if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
+      if (signal?.aborted) throw abortReason(signal);
+    };
+    throwIfEnded();
     const rt = this._rt;
     // The reads of this iteration are linked here, not on the file, so leaving early cancels only them.
     const owner: IoOwner = { _ioHead: null };
@@ -332,12 +334,10 @@ export class File implements TrackedResource, IoOwner {
         try {
           n = await r.done;
         } catch (err) {
-          if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
-          if (signal?.aborted) throw abortReason(signal);
+          throwIfEnded();
           throw err;
         }
-        if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
-        if (signal?.aborted) throw abortReason(signal);
+        throwIfEnded();
         // (A chunk whose memory the caller transferred away is not reused.)
         if (reuse && held !== null && held.byteLength !== 0) spare.push(held);
         held = null;
@@ -352,8 +352,7 @@ export class File implements TrackedResource, IoOwner {
         held = r.buf;
         yield n === r.buf.byteLength ? r.buf : r.buf.subarray(0, n);
         // Closed or aborted while the caller had the chunk (perhaps with nothing left in flight).
-        if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
-        if (signal?.aborted) throw abortReason(signal);
+        throwIfEnded();
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);

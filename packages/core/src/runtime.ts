@@ -759,7 +759,8 @@ export function abortReason(signal: AbortSignal): unknown {
   return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
 }
 
-function noop(): void {}
+/** @internal */
+export function noop(): void {}
 
 /** A close that failed because the runtime shut down: its backend released every descriptor already. */
 function closeFailed(err: unknown): void {
