@@ -11,6 +11,7 @@
 import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { File, Runtime } from '@miniss/core';
 import { PROBE_FILE_BYTES, writeProbeFile } from './probe-file.mjs';
+import { timeTurns, timedTurns, warmMedian } from './turns.mjs';
 
 const bs = Number(process.argv[2] ?? 4096);
 const backend = process.argv[3] ?? 'io_uring';
@@ -56,26 +57,13 @@ try {
     const V = { readSync: async () => { for (let i = 0; i < blocks; i++) check(readSync(fd, bufs[0], 0, bs, i * bs)); } };
     for (const d of DEPTHS) V[`File.read x${d}`] = () => reads(d);
     for (const d of DEPTHS) V[`chunks ${d} ahead`] = () => chunks(d);
-    const times = Object.fromEntries(Object.keys(V).map((k) => [k, []]));
-    for (let t = 0; t < turns; t++) {
-      const keys = Object.keys(V);
-      for (let r = 0; r < t % keys.length; r++) keys.push(keys.shift());
-      for (const k of keys) {
-        const t0 = performance.now();
-        await V[k]();
-        times[k].push(((performance.now() - t0) * 1000) / blocks);
-      }
-    }
+    const times = await timeTurns(V, turns, blocks);
     closeSync(fd);
     await f.close();
-    const med = (a) => {
-      const s = a.slice(Math.floor(a.length / 3)).sort((x, y) => x - y);
-      return s[s.length >> 1];
-    };
-    const sync = med(times.readSync);
-    console.log(`${bs}-byte sequential reads on ${backend}, medians of ${turns - Math.floor(turns / 3)} passes over 64 MiB:`);
+    const sync = warmMedian(times.readSync);
+    console.log(`${bs}-byte sequential reads on ${backend}, medians of ${timedTurns(turns)} passes over 64 MiB:`);
     for (const k of Object.keys(V)) {
-      const m = med(times[k]);
+      const m = warmMedian(times[k]);
       console.log(`  ${k.padEnd(16)} ${m.toFixed(2)} us/read${k === 'readSync' ? '' : ` (+${(m - sync).toFixed(2)} us, ${(sync / m).toFixed(3)}x of readSync)`}`);
     }
   });

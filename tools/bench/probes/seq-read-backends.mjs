@@ -15,6 +15,7 @@ import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { createBackend as createIoUring } from '@miniss/backend-iouring';
 import { createBackend as createEpoll } from '@miniss/backend-epoll';
 import { PROBE_FILE_BYTES, writeProbeFile } from './probe-file.mjs';
+import { timeTurns, timedTurns, warmMedian } from './turns.mjs';
 
 const bs = Number(process.argv[2] ?? 1 << 20);
 const per = Number(process.argv[3] ?? 64);
@@ -68,29 +69,15 @@ const V = {
   io_uring: async (o) => { for (let i = 0; i < per; i++) check(await uringRead(at(o, i))); },
   epoll: async (o) => { for (let i = 0; i < per; i++) check(await epollRead(at(o, i))); },
 };
-const times = Object.fromEntries(Object.keys(V).map((k) => [k, []]));
+let times;
 try {
-  let off = 0;
-  for (let t = 0; t < turns; t++) {
-    const keys = Object.keys(V);
-    for (let r = 0; r < t % keys.length; r++) keys.push(keys.shift());
-    for (const k of keys) {
-      const t0 = performance.now();
-      await V[k](off);
-      times[k].push(((performance.now() - t0) * 1000) / per);
-    }
-    off += per;
-  }
+  times = await timeTurns(V, turns, per, (t) => t * per);
 } finally {
   for (const b of backends) b.close();
   closeSync(fd);
   rmSync(path, { force: true });
 }
-const med = (a) => {
-  const s = a.slice(Math.floor(a.length / 3)).sort((x, y) => x - y);
-  return s[s.length >> 1];
-};
-const sync = med(times.readSync);
-const line = (k) => `${med(times[k]).toFixed(2)} us (${(sync / med(times[k])).toFixed(3)}x of readSync)`;
-console.log(`awaited ${bs}-byte reads, queue depth 1, medians of ${turns - Math.floor(turns / 3)} turns of ${per}:`);
+const sync = warmMedian(times.readSync);
+const line = (k) => `${warmMedian(times[k]).toFixed(2)} us (${(sync / warmMedian(times[k])).toFixed(3)}x of readSync)`;
+console.log(`awaited ${bs}-byte reads, queue depth 1, medians of ${timedTurns(turns)} turns of ${per}:`);
 console.log(`  readSync ${sync.toFixed(2)} us; io_uring backend ${line('io_uring')}; epoll backend ${line('epoll')}`);
