@@ -74,6 +74,11 @@ async function timedPasses(pass: () => Promise<number>, bytes: number): Promise<
   for (let w = 0; w < 2 || w * bytes < SEQ_WARM_READS * MiB; w++) await pass();
   let ms = 0;
   for (let r = 0; r < SEQ_ROUNDS; r++) ms += await pass();
+  return seqRate(bytes, ms);
+}
+
+/** MiB/s of SEQ_ROUNDS passes over `bytes` that took `ms` in all. */
+function seqRate(bytes: number, ms: number): number {
   return (SEQ_ROUNDS * bytes) / MiB / (ms / 1000);
 }
 
@@ -340,8 +345,7 @@ export async function run(opts: { ms?: number } = {}): Promise<BenchSuite> {
         }
         const fresh = await timedPasses(() => chunkPass({ chunkSize: MiB, readAhead: SEQ_READ_AHEAD }), pass);
         const freshDefault = await timedPasses(() => chunkPass({}), pass);
-        const rate = (msTotal: number): number => (SEQ_ROUNDS * pass) / MiB / (msTotal / 1000);
-        const [syncSeqHere, fileSeq, chunkSeq] = seqMs.map(rate) as [number, number, number];
+        const [syncSeqHere, fileSeq, chunkSeq] = seqMs.map((ms) => seqRate(pass, ms)) as [number, number, number];
         const seqGoal = backend === 'io_uring' ? 'within 5% of the sync loop' : undefined;
         const syncName = 'fs.readSync pread loop (interleaved passes, same buffer)';
         const seqRow = (name: string, miniss: number, baselineName: string, baseline: number, goal?: string): void => {
