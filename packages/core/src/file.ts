@@ -159,6 +159,17 @@ export class File implements TrackedResource, IoOwner {
   _ioHead: PendingIo | null = null;
   private _closed = false;
   private _closing: Promise<void> | null = null;
+  /**
+   * Where the next read or write without a position goes. The file keeps its own position and
+   * passes it as an explicit offset, because io_uring's "current position" (offset -1) is not
+   * reliable: after a short write (disk full, file size limit) this kernel leaves the position
+   * where it was, so the next write overwrote the same bytes and `writeAll` reported success for
+   * data never stored. -1: the kernel's position is used, for files opened with `append` (every
+   * write goes to the end whatever the offset) and fds that cannot seek (a FIFO, a tty: `ESPIPE`).
+   */
+  private _cursor: number;
+  /** The turn of the last position-less operation queued (they run one at a time), or null. */
+  private _cursorTail: Promise<void> | null = null;
 
   private constructor(
     private readonly _rt: Runtime,
@@ -166,7 +177,9 @@ export class File implements TrackedResource, IoOwner {
     readonly fd: number,
     /** The path it was opened with. */
     readonly path: string,
+    append: boolean,
   ) {
+    this._cursor = append ? -1 : 0;
     _rt._trackResource(this);
   }
 
@@ -190,7 +203,7 @@ export class File implements TrackedResource, IoOwner {
       }
       throw err;
     }
-    return new File(rt, fd, path);
+    return new File(rt, fd, path, flags.append === true);
   }
 
   /** True once `close()` was called. */
@@ -207,6 +220,7 @@ export class File implements TrackedResource, IoOwner {
       const b = checkBuffer(buf, 'read');
       const offset = checkPosition(position, 'read');
       if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
+      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('read', opts?.signal, (at) => this._rt.io({ op: 'read', fd: this.fd, buffer: b, offset: at, len: lengthOf(b) }, opts?.signal, this));
       return this._rt.io({ op: 'read', fd: this.fd, buffer: b, offset, len: lengthOf(b) }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -219,6 +233,7 @@ export class File implements TrackedResource, IoOwner {
       const b = checkBuffer(buf, 'write');
       const offset = checkPosition(position, 'write');
       if (this._closed) throw closedError('write', { fd: this.fd, path: this.path });
+      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('write', opts?.signal, (at) => this._rt.io({ op: 'write', fd: this.fd, buffer: b, offset: at, len: lengthOf(b) }, opts?.signal, this));
       return this._rt.io({ op: 'write', fd: this.fd, buffer: b, offset, len: lengthOf(b) }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -226,15 +241,85 @@ export class File implements TrackedResource, IoOwner {
   }
 
   /** Writes all of `buf`, looping over short writes. With a position, later chunks follow it. */
-  async writeAll(buf: Uint8Array, position?: number, opts?: IoCallOptions): Promise<void> {
-    let done = 0;
+  async writeAll(buf: Uint8Array | BufferHandle, position?: number, opts?: IoCallOptions): Promise<void> {
+    const b = checkBuffer(buf, 'write');
+    const bytes = b instanceof Uint8Array ? b : b.bytes;
     let pos = checkPosition(position, 'write');
-    while (done < buf.byteLength) {
-      const n = await this.write(buf.subarray(done), pos, opts);
+    if (this._closed) throw closedError('write', { fd: this.fd, path: this.path });
+    let done = 0;
+    while (done < bytes.byteLength) {
+      // The first write takes the caller's buffer as given (a pool handle stays a handle).
+      const n = await this.write(done === 0 ? b : bytes.subarray(done), pos, opts);
       if (n === 0) throw new RuntimeError('IO_ERROR', `write returned 0 bytes at offset ${done} of ${this.path}`);
       done += n;
       if (pos >= 0) pos += n;
     }
+  }
+
+  /** Whether a position-less call goes through {@link File._atCursor} (see `_cursor`). */
+  private _atCursorNeeded(): boolean {
+    // Queued ones first even once the cursor is given up, so calls keep their order.
+    return this._cursor >= 0 || this._cursorTail !== null;
+  }
+
+  /**
+   * Runs a read or write without a position at the file's own position (`_cursor`), after the
+   * position-less calls before it, so each starts where the previous one ended, as with the
+   * kernel's position. An abort while it waits for its turn rejects it at once.
+   */
+  private _atCursor(syscall: string, signal: AbortSignal | undefined, run: (at: number) => Promise<number>): Promise<number> {
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    const prev = this._cursorTail;
+    let result: Promise<number>;
+    let turn: Promise<unknown>;
+    if (prev === null) {
+      result = this._cursorOp(syscall, run);
+      turn = result;
+    } else {
+      let start!: () => Promise<unknown> | undefined;
+      result = new Promise<number>((resolve, reject) => {
+        let waiting = true;
+        const onAbort = (): void => {
+          waiting = false;
+          reject(abortReason(signal!));
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
+        start = () => {
+          if (!waiting) return undefined; // aborted while queued: its turn is over
+          waiting = false;
+          signal?.removeEventListener('abort', onAbort);
+          const op = this._cursorOp(syscall, run);
+          op.then(resolve, reject);
+          return op;
+        };
+      });
+      turn = prev.then(start);
+    }
+    const tail = turn.then(noop, noop);
+    this._cursorTail = tail;
+    void tail.then(() => {
+      if (this._cursorTail === tail) this._cursorTail = null;
+    });
+    return result;
+  }
+
+  /** One position-less operation at `_cursor`, which it then advances by the bytes done. */
+  private _cursorOp(syscall: string, run: (at: number) => Promise<number>): Promise<number> {
+    if (this._closed) return Promise.reject(closedError(syscall, { fd: this.fd, path: this.path }));
+    const at = this._cursor;
+    if (at < 0) return run(-1);
+    return run(at).then(
+      (n) => {
+        if (this._cursor >= 0) this._cursor = at + n;
+        return n;
+      },
+      (err: unknown) => {
+        if ((err as { code?: unknown } | null)?.code !== 'ESPIPE') throw err;
+        // Not seekable (a FIFO, a tty): there is no position to keep, the kernel reads in order.
+        this._cursor = -1;
+        return this._closed ? Promise.reject(closedError(syscall, { fd: this.fd, path: this.path })) : run(-1);
+      },
+    );
   }
 
   /** Scatter read: fills `bufs` in order with one system call. Resolves with the total bytes read. */
@@ -243,6 +328,7 @@ export class File implements TrackedResource, IoOwner {
       const buffers = checkBuffers(bufs, 'readv');
       const offset = checkPosition(position, 'readv');
       if (this._closed) throw closedError('readv', { fd: this.fd, path: this.path });
+      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('readv', opts?.signal, (at) => this._rt.io({ op: 'readv', fd: this.fd, buffers, offset: at }, opts?.signal, this));
       return this._rt.io({ op: 'readv', fd: this.fd, buffers, offset }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -255,6 +341,7 @@ export class File implements TrackedResource, IoOwner {
       const buffers = checkBuffers(bufs, 'writev');
       const offset = checkPosition(position, 'writev');
       if (this._closed) throw closedError('writev', { fd: this.fd, path: this.path });
+      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('writev', opts?.signal, (at) => this._rt.io({ op: 'writev', fd: this.fd, buffers, offset: at }, opts?.signal, this));
       return this._rt.io({ op: 'writev', fd: this.fd, buffers, offset }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);

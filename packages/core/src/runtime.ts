@@ -123,6 +123,8 @@ function captureResolvers(resolve: (n: number) => void, reject: (e: unknown) => 
 const RESOLVED: Promise<void> = Promise.resolve();
 
 const DRAIN_BUDGET = 4096;
+/** The longest delay setTimeout honours (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The smallest size at which the live-task array is compacted (see `_compactLive`). */
 const LIVE_MIN = 64;
 const CURRENT = Symbol.for('miniss.currentRuntime');
@@ -488,7 +490,9 @@ export class Runtime implements TaskScheduler {
         // Reject now; the backend still completes the operation once (ECANCELED or its
         // result) and keeps its buffer pinned until then.
         if (this._ioFind(id) !== p) return;
-        p.resolve = noop;
+        // An fd that still arrives (the operation finished before the cancel reached it) has
+        // no owner any more: close it rather than leak it.
+        p.resolve = op.op === 'open' || op.op === 'socket' || op.op === 'accept' ? this._closeOrphanFd : noop;
         p.reject = noop;
         this._backend.cancel(id);
         this._scheduleFlush();
@@ -502,6 +506,17 @@ export class Runtime implements TaskScheduler {
     this._ioPending++;
     return promise;
   }
+
+  /** Closes an fd whose operation was aborted after the kernel had made it (nobody will ever own it). */
+  private readonly _closeOrphanFd = (fd: number): void => {
+    if (this._backendClosed || !(fd >= 0)) return;
+    try {
+      this._backend.submit({ op: 'close', fd });
+    } catch {
+      return; // the backend is closing: it closes what it handed out
+    }
+    this._scheduleFlush();
+  };
 
   /** The record of operation `id` if it is still pending. */
   private _ioFind(id: IoHandleId): PendingIo | undefined {
@@ -605,8 +620,9 @@ export class Runtime implements TaskScheduler {
   shutdown(opts: ShutdownOptions = {}): Promise<void> {
     if (this._shutdownPromise !== null) return this._shutdownPromise;
     const graceMs = opts.graceMs ?? 0;
-    if (typeof graceMs !== 'number' || !(graceMs >= 0)) {
-      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a non-negative number, got ${String(graceMs)}`));
+    // The wait is one setTimeout, which Node fires after 1 ms for anything above 2^31 - 1 ms.
+    if (typeof graceMs !== 'number' || !(graceMs >= 0 && graceMs <= MAX_TIMER_MS)) {
+      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a number of milliseconds in 0..${MAX_TIMER_MS}, got ${String(graceMs)}`));
     }
     this._shutdownStarted = true;
     this._shutdownController?.abort(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime is shutting down'));

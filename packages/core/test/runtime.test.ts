@@ -310,6 +310,17 @@ describe('lifecycle', () => {
     await expect(slow).rejects.toBeInstanceOf(CancelledError);
   });
 
+  it('shutdown refuses a graceMs that setTimeout cannot wait (negative, NaN, Infinity, over 2^31 - 1)', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    for (const graceMs of [-1, Number.NaN, Infinity, 2 ** 31]) {
+      await expect(rt.shutdown({ graceMs })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    }
+    // Refused calls start nothing: a valid one still shuts down, letting a task finish.
+    const t = rt.spawn(() => new Promise((r) => setTimeout(() => r('done'), 20)));
+    await rt.shutdown({ graceMs: 2 ** 31 - 1 });
+    expect(await t).toBe('done');
+  });
+
   it('allows one running runtime per thread', async () => {
     const rt = new Runtime({ backend: 'node' });
     expect(() => new Runtime({ backend: 'node' })).toThrow(expect.objectContaining({ code: 'RUNTIME_EXISTS' }));

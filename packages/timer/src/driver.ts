@@ -111,6 +111,8 @@ export class TaskTimers {
 const MAX_POLL_ROUNDS = 16;
 /** Most timers fired before yielding to the microtask queue (see `_fire`). */
 const FIRE_CHUNK = 128;
+/** The longest wake-up armed at once: setTimeout's limit, 2^31 - 1 ms. */
+const MAX_ARM_MS = 2 ** 31 - 1;
 const RESOLVED: Promise<void> = Promise.resolve();
 
 /** The reason the driver aborts a wake-up it no longer needs; never seen by users. */
@@ -269,7 +271,10 @@ export class TimerDriver implements RuntimePlugin {
     // cached time and may wake a little early (poll then finds nothing due and the flush
     // re-arms): round up there so that it mostly does not.
     const left = this.wheel.origin + tick - performance.now();
-    const ms = left <= 0 ? 0 : this._wholeMs ? Math.ceil(left) : Math.ceil(left * 1000) / 1000;
+    // A deadline further away than setTimeout's limit (about 24.8 days) is armed at the limit: the
+    // early wake-up finds nothing due and arms again (the node backend's timeout is a setTimeout,
+    // which would fire after 1 ms for anything longer, and so would the fallback below).
+    const ms = Math.min(MAX_ARM_MS, left <= 0 ? 0 : this._wholeMs ? Math.ceil(left) : Math.ceil(left * 1000) / 1000);
     const ctl = new AbortController();
     this._armCtl = ctl;
     this.runtime.io({ op: 'timeout', ms }, ctl.signal).then(

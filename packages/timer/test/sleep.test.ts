@@ -26,6 +26,34 @@ describe.each(backends)('sleep on the $name backend', ({ name, ok, reason }) => 
       expect(results[0]!.took).toBeGreaterThan(0);
     });
 
+    it('a sleep longer than setTimeout allows (2^31 - 1 ms) arms one wake-up and stays asleep', async () => {
+      const rt = timerRuntime(name);
+      const overflows: string[] = [];
+      const onWarning = (w: Error): void => {
+        if (w.name === 'TimeoutOverflowWarning') overflows.push(w.message);
+      };
+      process.on('warning', onWarning);
+      try {
+        const r = await rt.blockOn(async () => {
+          const ac = new AbortController();
+          const p = sleep(60 * 24 * 3600 * 1000, { signal: ac.signal }).then(
+            () => 'fired',
+            () => 'aborted',
+          );
+          await new Promise((res) => setTimeout(res, 150));
+          const s = timerStats(rt);
+          ac.abort();
+          return { wakeups: s.wakeups, arms: s.arms, result: await p };
+        });
+        expect(r.result).toBe('aborted');
+        expect(r.wakeups).toBe(0);
+        expect(r.arms).toBe(1);
+        expect(overflows).toEqual([]);
+      } finally {
+        process.off('warning', onWarning);
+      }
+    });
+
     it('resolves sleeps in deadline order, and arms one wake-up per earlier deadline, not one per timer', async () => {
       const rt = timerRuntime(name);
       const order: number[] = [];
