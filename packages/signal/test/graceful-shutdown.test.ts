@@ -1,10 +1,38 @@
 import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Runtime, tryCurrentRuntime } from '@miniss/core';
-import { gracefulShutdown, waitForSignal } from '@miniss/signal';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { CancelledError, Runtime, createRuntime, tryCurrentRuntime, type MultiCoreRuntimeLike, type RuntimeConfig } from '@miniss/core';
+import { SignalPlugin, gracefulShutdown, waitForSignal } from '@miniss/signal';
 
-const fixture = fileURLToPath(new URL('./fixtures/drain.mjs', import.meta.url));
+const drainFixture = fileURLToPath(new URL('./fixtures/drain.mjs', import.meta.url));
+const readmeFixture = fileURLToPath(new URL('./fixtures/readme-pattern.mjs', import.meta.url));
+
+/**
+ * A 2-core MultiCoreRuntime through core's createRuntime (core loads @miniss/multicore itself, so
+ * this package needs no dependency on it), unpinned so the test process keeps its CPU affinity.
+ */
+type MultiCore = MultiCoreRuntimeLike & {
+  runtime: Runtime;
+  spawnOn<T>(core: number, fn: (...args: never[]) => T | PromiseLike<T>): PromiseLike<Awaited<T>> & { cancel(): boolean };
+};
+function multiCore(features: RuntimeConfig['features'] = []): MultiCore {
+  const config = { backend: 'node', features: [...(features ?? []), 'multicore'], cores: 2, pin: false } as RuntimeConfig;
+  return createRuntime(config) as unknown as MultiCore;
+}
+
+/** `p`'s outcome ('resolved <v>' or its rejection's code), or 'pending' if it has not settled within `ms`. */
+function outcome(p: PromiseLike<unknown>, ms: number): Promise<string> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    Promise.resolve(p).then(
+      (v) => `resolved ${String(v)}`,
+      (e: { code?: string }) => `rejected ${String(e?.code)}`,
+    ),
+    new Promise<string>((resolve) => (timer = setTimeout(() => resolve('pending'), ms))),
+  ]).finally(() => clearTimeout(timer));
+}
+
+const listeners = (): number[] => ['SIGINT', 'SIGTERM', 'SIGUSR2'].map((s) => process.listenerCount(s));
 
 interface Run {
   child: ChildProcess;
@@ -13,7 +41,7 @@ interface Run {
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-function run(args: string[]): Run {
+function run(args: string[], fixture = drainFixture): Run {
   const child = spawnChild(process.execPath, [fixture, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: string[] = [];
   const waiters: Array<{ line: string; resolve: () => void }> = [];
@@ -100,6 +128,75 @@ describe('gracefulShutdown with real signals (child process)', () => {
   });
 });
 
+describe("the README's pattern: gracefulShutdown(rt, ...); await rt.blockOn(serve)", () => {
+  it.each(['single', 'multi'])('%s: a serve cut off at graceMs by SIGTERM is caught as the requested stop and the process exits 0', async (kind) => {
+    const r = run([kind, 'serve'], readmeFixture);
+    await r.waitFor('ready');
+    r.child.kill('SIGTERM');
+    const { code, signal } = await r.exit;
+    expect(r.lines).toContain('stopped by SIGTERM');
+    expect({ code, signal }).toEqual({ code: 0, signal: null });
+  });
+
+  it('a serve that fails by itself is not swallowed: the process exits 1 with its error', async () => {
+    const r = run(['single', 'fail'], readmeFixture);
+    const { code } = await r.exit;
+    expect(code).toBe(1);
+    expect(r.lines.join('\n')).toContain('serve failed');
+    expect(r.lines).not.toContain('stopped by null');
+  });
+});
+
+describe('gracefulShutdown owns its listeners', () => {
+  it('a MultiCoreRuntime removes them when it shuts down, with or without the signal feature', async () => {
+    for (const features of [['signal'], []] as Array<RuntimeConfig['features']>) {
+      const before = listeners();
+      const mc = multiCore(features);
+      gracefulShutdown(mc);
+      expect(listeners()).toEqual([before[0]! + 1, before[1]! + 1, before[2]]);
+      await mc.blockOn(() => 1);
+      expect(listeners()).toEqual(before);
+    }
+  });
+
+  it('refuses a runtime that is shutting down or has shut down with RUNTIME_SHUTDOWN, installing nothing', async () => {
+    const before = listeners();
+    const rt = new Runtime({ backend: 'node', features: ['signal'] });
+    const closing = rt.shutdown();
+    expect(() => gracefulShutdown(rt)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+    await closing;
+    expect(() => gracefulShutdown(rt)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+    const mc = multiCore();
+    await mc.shutdown();
+    expect(() => gracefulShutdown(mc)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+    expect(listeners()).toEqual(before);
+  });
+
+  it('a signal-started multicore shutdown keeps them until every core is down: a second signal still forces the exit', async () => {
+    // Core 0 has nothing to do and closes its plugins at once; core 1 drains for 400 ms.
+    const guard = (): void => {}; // SIGUSR2 must never reach its default action (ending this process)
+    process.on('SIGUSR2', guard);
+    try {
+      const mc = multiCore(['signal']);
+      const forced = vi.fn();
+      const g = gracefulShutdown(mc, { signals: ['SIGUSR2'], graceMs: 5000, onForcedExit: forced });
+      const work = mc.spawnOn(1, () => new Promise<string>((r) => setTimeout(() => r('drained'), 400)));
+      await new Promise((r) => setTimeout(r, 50));
+      process.kill(process.pid, 'SIGUSR2');
+      await new Promise((r) => setTimeout(r, 150));
+      expect(mc.runtime.stats().shuttingDown).toBe(true);
+      process.kill(process.pid, 'SIGUSR2');
+      await g.done;
+      expect(forced).toHaveBeenCalledWith('SIGUSR2', 128 + 12);
+      expect(await work).toBe('drained');
+      expect(g.signal).toBe('SIGUSR2');
+      expect(process.listenerCount('SIGUSR2')).toBe(1);
+    } finally {
+      process.off('SIGUSR2', guard);
+    }
+  });
+});
+
 describe('waitForSignal', () => {
   it('resolves with the name of the signal received', async () => {
     const rt = new Runtime({ backend: 'node', features: ['signal'] });
@@ -142,6 +239,98 @@ describe('waitForSignal', () => {
     });
   });
 
+  it('rejects with RUNTIME_SHUTDOWN when its runtime shuts down first, leaving no listener', async () => {
+    const rt = new Runtime({ backend: 'node', features: ['signal'] });
+    const before = listeners();
+    let pending!: Promise<string>;
+    await rt.blockOn(() => {
+      pending = waitForSignal(['SIGUSR2']);
+      return 1;
+    });
+    expect(await outcome(pending, 1000)).toBe('rejected RUNTIME_SHUTDOWN');
+    expect(listeners()).toEqual(before);
+  });
+
+  it('rejects a bad opts or opts.signal with INVALID_ARGUMENT and installs nothing; null means no options', async () => {
+    const rt = new Runtime({ backend: 'node', features: ['signal'] });
+    const before = listeners();
+    let late!: Promise<string>;
+    const root = await rt.blockOn(async () => {
+      await expect(waitForSignal(undefined, { signal: {} as AbortSignal })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      await expect(waitForSignal(['SIGUSR2'], 'SIGUSR2' as never)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      expect(listeners()).toEqual(before);
+      expect(rt.stats().plugins.signal).toMatchObject({ listeners: 0 });
+      // Never a synchronous TypeError: null is "no options", as @miniss/timer's sleep takes it.
+      expect(() => (late = waitForSignal(['SIGUSR2'], null as never))).not.toThrow();
+      void late.catch(() => undefined);
+      return 'root ok';
+    });
+    // The runtime's shutdown (which closes the plugin) did not fail, and removed the late waiter.
+    expect(root).toBe('root ok');
+    expect(await outcome(late, 1000)).toBe('rejected RUNTIME_SHUTDOWN');
+    expect(listeners()).toEqual(before);
+  });
+
+  it("treats an abort reason as core's I/O does: an Error (a default abort()'s DOMException) as is, anything else wrapped in a CancelledError", async () => {
+    const rt = new Runtime({ backend: 'node', features: ['signal'] });
+    await rt.blockOn(async () => {
+      for (const reason of ['stop', undefined]) {
+        const early = new AbortController();
+        early.abort(reason);
+        const fromCore = await rt.io({ op: 'nop' }, early.signal).catch((e: unknown) => e);
+        const fromSignal = await waitForSignal(['SIGUSR2'], { signal: early.signal }).catch((e: unknown) => e);
+        const late = new AbortController();
+        const p = waitForSignal(['SIGUSR2'], { signal: late.signal });
+        late.abort(reason);
+        const fromWait = await p.catch((e: unknown) => e);
+        if (reason === undefined) {
+          expect(fromCore).toBe(early.signal.reason);
+          expect(fromSignal).toBe(early.signal.reason);
+          expect(fromWait).toBe(late.signal.reason);
+          expect(fromWait).toMatchObject({ name: 'AbortError' });
+        } else {
+          for (const e of [fromCore, fromSignal, fromWait]) {
+            expect(e).toBeInstanceOf(CancelledError);
+            expect(e).toMatchObject({ code: 'CANCELLED', cause: 'stop' });
+          }
+        }
+      }
+      expect(process.listenerCount('SIGUSR2')).toBe(0);
+    });
+  });
+
+  it('on another core rejects with FEATURE_UNAVAILABLE at once, and gracefulShutdown throws it: Node delivers signals to the main thread only', async () => {
+    const mc = multiCore(['signal']);
+    // Built with `new Function` so the test runner leaves its import() alone (shipped by source).
+    const waitOnCore = new Function(
+      "return async () => { try { await (await import('@miniss/signal')).waitForSignal(['SIGUSR2']); return 'resolved'; } catch (e) { return e.code + ': ' + e.message; } }",
+    )() as () => Promise<string>;
+    const shutdownOnCore = new Function(
+      "return async () => { const { currentRuntime } = await import('@miniss/core'); const { gracefulShutdown } = await import('@miniss/signal'); try { gracefulShutdown(currentRuntime()); return 'accepted'; } catch (e) { return e.code + ': ' + e.message; } }",
+    )() as () => Promise<string>;
+    const got = await mc.blockOn(async () => {
+      const h = mc.spawnOn(1, waitOnCore);
+      const r = await outcome(h, 2000);
+      h.cancel();
+      return [r, await mc.spawnOn(1, shutdownOnCore)];
+    });
+    expect(got[0]).toMatch(/^resolved FEATURE_UNAVAILABLE: .*main thread/);
+    expect(got[1]).toMatch(/^FEATURE_UNAVAILABLE: .*main thread/);
+  });
+
+  it('SignalPlugin.close settles every owner even if one throws, then refuses new ones', () => {
+    const plugin = new SignalPlugin();
+    const later = vi.fn();
+    plugin._own(() => {
+      throw new Error('boom');
+    });
+    plugin._own(later);
+    expect(() => plugin.close()).toThrow('boom');
+    expect(later).toHaveBeenCalledWith(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+    expect(plugin.stats().listeners).toBe(0);
+    expect(() => plugin._own(() => undefined)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
+  });
+
   it('closing the runtime removes listeners left behind', async () => {
     const rt = new Runtime({ backend: 'node', features: ['signal'] });
     const before = process.listenerCount('SIGTERM');
@@ -155,6 +344,14 @@ describe('waitForSignal', () => {
     const rt = new Runtime({ backend: 'node', features: ['signal'] });
     expect(() => gracefulShutdown(rt, { graceMs: -1 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(() => gracefulShutdown(rt, { signals: ['SIGFOO'] })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    // Beyond 2^31 - 1 ms Node's timers fire after 1 ms (and core's shutdown refuses the grace).
+    const before = listeners();
+    expect(() => gracefulShutdown(rt, { graceMs: 2 ** 31 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(() => gracefulShutdown(rt, { progressIntervalMs: 2 ** 31 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    // Would otherwise throw inside the signal listener, uncaught, on the second signal.
+    expect(() => gracefulShutdown(rt, { onForcedExit: 'exit' as never })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(() => gracefulShutdown(rt, null as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(listeners()).toEqual(before);
     await rt.shutdown();
   });
 });
