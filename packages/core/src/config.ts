@@ -87,8 +87,11 @@ export function resolveConfig(config: RuntimeConfig = {}, env: NodeJS.ProcessEnv
     'initialTaskQueueCapacity',
     'expectedWakeupCount',
     'bufferPool',
-    // Options MultiCoreRuntime accepts in the same object.
+    // Options MultiCoreRuntime accepts in the same object (createRuntime passes it on whole).
     'pin',
+    'spinMs',
+    'awaitSpinMs',
+    'workerExitTimeoutMs',
   ]);
   for (const key of Object.keys(config)) {
     if (!known.has(key)) throw invalid(`unknown config key '${key}' (known: ${[...known].join(', ')})`);

@@ -707,7 +707,7 @@ export class Runtime implements TaskScheduler {
     if ((globalThis as Slot)[CURRENT] === this) (globalThis as Slot)[CURRENT] = undefined;
     this._arityFn = null; // holds no closure (and what it captured) past shutdown
     for (const e of this._unobservedFailures) {
-      process.emitWarning(`a miniss task failed and nobody awaited it: ${(e as Error)?.stack ?? String(e)}`, {
+      process.emitWarning(`a miniss task failed and nobody awaited it: ${describeFailure(e)}`, {
         type: 'MinissUnobservedTaskError',
       });
     }
@@ -777,6 +777,15 @@ export function abortReason(signal: AbortSignal): unknown {
 
 /** @internal */
 export function noop(): void {}
+
+/** A failed task's value as text for a warning; whatever was thrown (its getters may throw too). */
+function describeFailure(e: unknown): string {
+  try {
+    return (e as Error | null)?.stack ?? String(e);
+  } catch {
+    return 'a value that cannot be shown (reading its stack or converting it to a string threw)';
+  }
+}
 
 /** A close that failed because the runtime shut down: its backend released every descriptor already. */
 function closeFailed(err: unknown): void {

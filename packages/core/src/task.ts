@@ -168,7 +168,7 @@ export class JoinHandle<T> implements PromiseLike<T> {
   get signal(): AbortSignal {
     if (this._controller === null) {
       this._controller = new AbortController();
-      if (this._state >= TaskState.Ok && this._value instanceof CancelledError) this._controller.abort(this._value);
+      if (this._state >= TaskState.Ok && isCancelledError(this._value)) this._controller.abort(this._value);
     }
     return this._controller.signal;
   }
@@ -250,7 +250,7 @@ export class JoinHandle<T> implements PromiseLike<T> {
     this._state = ok ? TaskState.Ok : TaskState.Failed;
     this._value = value;
     this._fn = null;
-    const cancelled = !ok && value instanceof CancelledError;
+    const cancelled = !ok && isCancelledError(value);
     let hook = this._cancelHooks;
     if (hook !== null) {
       this._cancelHooks = null;
@@ -323,3 +323,15 @@ export class CancelHook {
 }
 
 function noop(): void {}
+
+/**
+ * Whether a task's outcome is a cancellation. A task may throw anything, including a Proxy whose
+ * `getPrototypeOf` trap throws, which makes `instanceof` throw: that is not a cancellation.
+ */
+function isCancelledError(value: unknown): boolean {
+  try {
+    return value instanceof CancelledError;
+  } catch {
+    return false;
+  }
+}

@@ -310,6 +310,46 @@ describe('lifecycle', () => {
     await expect(slow).rejects.toBeInstanceOf(CancelledError);
   });
 
+  it('a task may throw a value that cannot even be inspected (a Proxy whose traps throw): it fails with that value, unobserved ones are still reported', async () => {
+    const hostile = new Proxy(
+      {},
+      {
+        getPrototypeOf() {
+          throw new Error('no prototype for you');
+        },
+        get() {
+          throw new Error('no properties either');
+        },
+      },
+    );
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => {
+      if (w.name === 'MinissUnobservedTaskError') warnings.push(w.message);
+    };
+    process.on('warning', onWarning);
+    try {
+      const rt = new Runtime({ backend: 'node' });
+      const seen = rt.spawn(() => {
+        throw hostile;
+      });
+      rt.spawn(async () => {
+        throw hostile;
+      });
+      let caught: unknown;
+      await seen.then(undefined, (e: unknown) => {
+        caught = e; // not returned: resolving with the Proxy would read its then
+      });
+      expect(caught === hostile).toBe(true); // not toBe: printing the Proxy would throw
+      expect(seen.signal.aborted).toBe(false); // not a cancellation
+      await new Promise((r) => setImmediate(r)); // the other task runs and fails
+      await rt.shutdown();
+      await new Promise((r) => setImmediate(r));
+      expect(warnings).toEqual([expect.stringContaining('cannot be shown')]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('shutdown refuses a graceMs that setTimeout cannot wait (negative, NaN, Infinity, over 2^31 - 1)', async () => {
     const rt = new Runtime({ backend: 'node' });
     for (const graceMs of [-1, Number.NaN, Infinity, 2 ** 31]) {
@@ -352,6 +392,10 @@ describe('config', () => {
 
   it('blockOn rejects (does not throw) on a bad config', async () => {
     await expect(blockOn(() => 1, { backend: 'bogus' as never })).rejects.toMatchObject({ code: 'INVALID_CONFIG' });
+  });
+
+  it("accepts MultiCoreRuntime's own keys, which createRuntime passes on with the rest", () => {
+    expect(() => resolveConfig({ pin: false, spinMs: 0, awaitSpinMs: 1, workerExitTimeoutMs: 100 } as never, {})).not.toThrow();
   });
 
   it('fills in the seeds defaults', () => {
