@@ -43,8 +43,13 @@ for (let i = 0; i < argv.length; i++) {
     opts.port = num();
     if (opts.port > 65535) usage(`--port must be 0..65535, got ${opts.port}`);
   } else if (a === '--cores') opts.cores = num();
-  else if (a === '--idle-ms') opts.idleMs = num();
-  else if (a === '--grace-ms') opts.graceMs = num();
+  else if (a === '--idle-ms' || a === '--grace-ms') {
+    const ms = num();
+    // Both become setTimeout delays, which Node turns into 1 ms past 2^31 - 1.
+    if (ms > 2 ** 31 - 1) usage(`${a} must be at most ${2 ** 31 - 1}, got ${ms}`);
+    if (a === '--idle-ms') opts.idleMs = ms;
+    else opts.graceMs = ms;
+  }
   else if (a === '--backend') {
     if (v === undefined || !(v === 'auto' || (BACKENDS as readonly string[]).includes(v))) usage(`--backend must be auto or one of ${BACKENDS.join(', ')}, got ${String(v)}`);
     opts.backend = v as BackendChoice;

@@ -533,12 +533,16 @@ describe('apps/http-echo command line', () => {
     }
   });
 
-  it('rejects bad options with usage', async () => {
-    const child = spawnChild(process.execPath, [main, '--port', 'x'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  it.each([
+    [['--port', 'x'], '--port needs a non-negative integer'],
+    [['--grace-ms', String(2 ** 31)], '--grace-ms must be at most 2147483647'],
+    [['--idle-ms', '1e12'], '--idle-ms must be at most 2147483647'],
+  ])('rejects bad options with usage: %j', async (args, message) => {
+    const child = spawnChild(process.execPath, [main, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
     const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
     expect(code).toBe(2);
-    expect(out).toContain('--port needs a non-negative integer');
+    expect(out).toContain(message);
   });
 });

@@ -216,10 +216,78 @@ function cloneError(err: unknown): Error {
   if (err instanceof RuntimeError) return err;
   const e = new RuntimeError(
     'INVALID_ARGUMENT',
-    `a value cannot be sent to another core: ${(err as Error)?.message ?? String(err)} (arguments and results travel by structured clone: no functions, symbols or class instances with methods)`,
+    `a value cannot be sent to another core: ${messageOf(err)} (arguments and results travel by structured clone: no functions, symbols or class instances with methods)`,
     { cause: err },
   );
   return e;
+}
+
+/**
+ * Text describing any value, that never throws: a thrown value may be an object whose `toJSON`
+ * and `toString` both throw, a revoked Proxy, or one with a throwing `Symbol.toPrimitive`, and the
+ * code that reports it must not fail in turn (a throw there left a handle pending for good, or
+ * crashed the core from a promise reaction).
+ */
+export function describeValue(value: unknown): string {
+  switch (typeof value) {
+    case 'string':
+      return value;
+    case 'number':
+    case 'bigint':
+    case 'boolean':
+    case 'undefined':
+    case 'symbol':
+      return String(value); // JSON would say null for NaN and Infinity, and nothing for the rest
+    case 'function':
+      try {
+        const name = (value as { name?: unknown }).name;
+        if (typeof name === 'string' && name !== '') return `function ${name}`;
+      } catch {
+        /* a Proxy whose get trap throws */
+      }
+      return 'an anonymous function';
+    default:
+      break;
+  }
+  try {
+    const json = JSON.stringify(value);
+    if (json !== undefined) return json;
+  } catch {
+    /* cyclic, a BigInt, or a throwing toJSON: try String() */
+  }
+  try {
+    return String(value);
+  } catch {
+    /* a throwing toString / Symbol.toPrimitive: try the built-in tag */
+  }
+  try {
+    return Object.prototype.toString.call(value);
+  } catch {
+    /* a revoked Proxy throws even here */
+  }
+  return `[a ${typeof value} that cannot be described]`;
+}
+
+/** An error's stack (else its message or a description), for a warning; never throws. */
+export function stackOf(err: unknown): string {
+  try {
+    const st = (err as { stack?: unknown } | null | undefined)?.stack;
+    if (typeof st === 'string') return st;
+  } catch {
+    /* a getter or Proxy trap that throws */
+  }
+  return messageOf(err);
+}
+
+/** An error's message (a string `message` property), else a description of the value; never throws. */
+export function messageOf(err: unknown): string {
+  try {
+    const m = (err as { message?: unknown } | null | undefined)?.message;
+    if (typeof m === 'string') return m;
+  } catch {
+    /* a getter or Proxy trap that throws */
+  }
+  return describeValue(err);
 }
 
 /** Encodes one value (a result). Throws `INVALID_ARGUMENT` when it cannot be structured-cloned. */
@@ -313,16 +381,15 @@ const KNOWN_FIELDS = new Set(['name', 'message', 'stack', 'code', 'errno', 'sysc
 
 function toWire(err: unknown, depth: number): WireError {
   if (!(err instanceof Error)) {
-    let message: string;
-    try {
-      message = typeof err === 'string' ? err : JSON.stringify(err) ?? String(err);
-    } catch {
-      message = String(err);
-    }
-    return { name: 'Error', message: `non-Error thrown: ${message}` };
+    // A thrown non-Error has no class, stack or code to carry: it arrives as a RuntimeError with a
+    // code of its own (every error the library rejects with has one) and a description of the value.
+    return { name: 'RuntimeError', code: 'NON_ERROR_THROWN', message: `non-Error thrown: ${describeValue(err)}` };
   }
   const e = err as Error & Record<string, unknown>;
-  const w: WireError = { name: e.name, message: e.message };
+  // name and message are ordinary properties: anything may sit there (an object that cannot be
+  // cloned, a getter that throws). Only strings travel.
+  const name = e.name;
+  const w: WireError = { name: typeof name === 'string' ? name : 'Error', message: messageOf(e) };
   if (typeof e.stack === 'string') w.stack = e.stack;
   for (const k of ['code', 'errno', 'syscall', 'path', 'fd'] as const) {
     const v = e[k];
@@ -338,11 +405,32 @@ function toWire(err: unknown, depth: number): WireError {
   return w;
 }
 
-/** Encodes an error (or any thrown value) with its name, message, code, stack and cause. */
+/**
+ * What travels when even the description of a failure cannot be built or serialized (an Error
+ * subclass whose getters or Proxy traps throw): a fixed, coded error, so the handle still settles.
+ */
+function unencodableWire(why: unknown): WireError {
+  return {
+    name: 'RuntimeError',
+    code: 'RESULT_NOT_CLONEABLE',
+    message: `the task failed, and what it threw cannot be sent back to its core (${messageOf(why)})`,
+  };
+}
+
+/**
+ * Encodes an error (or any thrown value) with its name, message, code, stack and cause. Never
+ * throws: a value that cannot be described is replaced by a `RESULT_NOT_CLONEABLE` error.
+ */
 export function encodeError(err: unknown): Encoded {
-  const s = new v8.Serializer();
+  let s = new v8.Serializer();
   s.writeHeader();
-  s.writeValue(toWire(err, 0));
+  try {
+    s.writeValue(toWire(err, 0));
+  } catch (why) {
+    s = new v8.Serializer();
+    s.writeHeader();
+    s.writeValue(unencodableWire(why));
+  }
   return { kind: Kind.V8, bytes: s.releaseBuffer(), sabs: null };
 }
 

@@ -3,7 +3,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { RuntimeError, type JoinHandle, type Runtime } from '@miniss/core';
 import { RECORD_HEADER, RingReader, RingWriter } from './byte-ring.js';
-import { Kind, SCRATCH, decodeArgs, decodeError, decodeValue, encodeArgs, encodeError, encodeValue, type Encoded } from './codec.js';
+import { Kind, SCRATCH, decodeArgs, decodeError, decodeValue, encodeArgs, encodeError, encodeValue, describeValue, messageOf, stackOf, type Encoded } from './codec.js';
 import { CoreTaskHandle } from './handle.js';
 import { PendingTable } from './pending.js';
 import {
@@ -77,6 +77,14 @@ const POLL_BUDGET = 1024;
 
 /** Longest synchronous wait for the next message inside one event-loop turn, ms. */
 export const SYNC_SPIN_MS = 0.01;
+/**
+ * The longest delay `setTimeout` honours (2^31-1 ms, ~24.8 days): Node sets a larger one (or
+ * Infinity) to 1 ms with a TimeoutOverflowWarning, so every duration that reaches a timer here is
+ * checked against it.
+ */
+export const MAX_TIMEOUT_MS = 0x7fffffff;
+/** Unobserved failures remembered for the shutdown warning (core's Runtime keeps as many). */
+const MAX_UNOBSERVED = 16;
 /** Longest time one tick keeps serving messages before it yields to the event loop, ms. */
 export const TICK_BUDGET_MS = 0.1;
 /** Empty rounds after which the microtask spin gives up (a round is ~50-100 ns). */
@@ -181,6 +189,8 @@ export class CoreNode {
 
   // Tasks this core sent (or placed on itself), by id.
   private readonly pending = new PendingTable<CoreTaskHandle<unknown>>();
+  /** Handles that failed while nobody awaited them (see noteFailure). */
+  private readonly unobserved: Array<CoreTaskHandle<unknown>> = [];
   private readonly inflight: Int32Array;
   private nextId = 1;
   private rr = 0;
@@ -392,6 +402,40 @@ export class CoreNode {
         port.close();
       }
     }
+    this.warnUnobserved();
+  }
+
+  /**
+   * Remembers a handle that failed while nobody awaited it. Like core's Runtime, at most
+   * {@link MAX_UNOBSERVED} are kept (and warned about at stop); unlike it, one awaited after it
+   * failed and before the shutdown is not reported, and makes room for another.
+   */
+  private noteFailure(h: CoreTaskHandle<unknown>): void {
+    if (!h._failedUnobserved) return;
+    const list = this.unobserved;
+    if (list.length >= MAX_UNOBSERVED) {
+      let k = 0;
+      for (const x of list) if (x._failedUnobserved) list[k++] = x;
+      list.length = k;
+      if (k >= MAX_UNOBSERVED) return;
+    }
+    list.push(h);
+  }
+
+  /**
+   * A failed task whose handle nobody awaited would otherwise vanish without a trace: at shutdown
+   * each one is reported as a `MinissUnobservedTaskError` warning, as core's Runtime does for its
+   * own tasks. Cancelled tasks, and tasks lost to a crash (`MinissCoreCrash` says so) or to the
+   * shutdown itself, are not reported.
+   */
+  private warnUnobserved(): void {
+    const list = this.unobserved.splice(0);
+    for (const h of list) {
+      if (!h._failedUnobserved) continue;
+      process.emitWarning(`a miniss task failed and nobody awaited it (task ${h.id} on core ${h.core}): ${stackOf(h._failure)}`, {
+        type: 'MinissUnobservedTaskError',
+      });
+    }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -447,7 +491,12 @@ export class CoreNode {
   spawnOn<T>(core: number, fn: (...args: any[]) => T | PromiseLike<T>, args: unknown[]): CoreTaskHandle<Awaited<T>> {
     this.checkOpen();
     if (typeof core !== 'number' || !Number.isInteger(core) || core < 0 || core >= this.cores) {
-      throw new RuntimeError('INVALID_ARGUMENT', `core must be an integer in 0..${this.cores - 1}, got ${String(core)}`);
+      throw new RuntimeError('INVALID_ARGUMENT', `core must be an integer in 0..${this.cores - 1}, got ${describeValue(core)}`);
+    }
+    // Misuse of the call itself throws, as Runtime.spawn does for a non-function; what concerns
+    // shipping the task (its source, its arguments) rejects the handle.
+    if (typeof fn !== 'function') {
+      throw new RuntimeError('INVALID_ARGUMENT', `a task must be a function, got ${fn === null ? 'null' : typeof fn}`);
     }
     // A sleeping destination takes tens of microseconds to wake: ring its doorbell first, so the
     // wake-up overlaps the work of writing the task (cold, that work takes as long). The core then
@@ -462,6 +511,7 @@ export class CoreNode {
       encoded = encodeArgs(args);
     } catch (err) {
       h._settle(false, err);
+      this.noteFailure(h as CoreTaskHandle<unknown>);
       return h;
     }
     if (core !== this.core && this.isGone(core)) {
@@ -512,10 +562,15 @@ export class CoreNode {
     return h;
   }
 
+  /** Runs `fn` once on every core. Returns a promise, so every failure (shutdown included) rejects it. */
   broadcast<T>(fn: (...args: any[]) => T | PromiseLike<T>, args: unknown[]): Promise<Array<Awaited<T>>> {
-    this.checkOpen();
     const hs: Array<CoreTaskHandle<Awaited<T>>> = [];
-    for (let c = 0; c < this.cores; c++) hs.push(this.spawnOn(c, fn, args));
+    try {
+      this.checkOpen();
+      for (let c = 0; c < this.cores; c++) hs.push(this.spawnOn(c, fn, args));
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return Promise.all(hs);
   }
 
@@ -610,11 +665,19 @@ export class CoreNode {
         v = decodeValue(e.kind, e.bytes, e.sabs);
       } catch (err) {
         p._settle(false, resultNotCloneable(err));
+        this.noteFailure(p);
         return;
       }
       p._settle(true, v);
     } else {
-      p._settle(false, explainNotShippable(value, src, this.core));
+      let reason: unknown;
+      try {
+        reason = explainNotShippable(value, src, this.core);
+      } catch {
+        reason = value; // explaining it threw (a message getter or Proxy trap): hand it over as thrown
+      }
+      p._settle(false, reason);
+      this.noteFailure(p);
     }
   }
 
@@ -653,10 +716,10 @@ export class CoreNode {
   // -------------------------------------------------------------------------------------------
   // Control messages (core 0 only)
 
-  /** Asks core `c` to shut down, giving its tasks `graceMs`. */
+  /** Asks core `c` to shut down, giving its tasks `graceMs` (0..MAX_TIMEOUT_MS, checked by the caller). */
   sendShutdown(c: number, graceMs: number): void {
     if (c === this.core || this.isGone(c)) return;
-    this.emit(c, MsgType.Shutdown, 0, 0, 0, Math.min(0xffffffff, Math.max(0, Math.round(graceMs))), EMPTY);
+    this.emit(c, MsgType.Shutdown, 0, 0, 0, Math.min(MAX_TIMEOUT_MS, Math.max(0, Math.round(graceMs))), EMPTY);
   }
 
   /** Tells core `c` that core `lost` is gone. */
@@ -1242,15 +1305,23 @@ export class CoreNode {
     if (this.stopped || this.isGone(to)) return;
     let e: Encoded;
     let flags = 0;
-    if (ok) {
-      try {
-        e = encodeValue(value);
-      } catch (err) {
-        e = encodeError(resultNotCloneable(err));
+    try {
+      if (ok) {
+        try {
+          e = encodeValue(value);
+        } catch (err) {
+          e = encodeError(resultNotCloneable(err));
+          flags = F_ERR;
+        }
+      } else {
+        e = encodeError(explainNotShippable(value, src, this.core));
         flags = F_ERR;
       }
-    } else {
-      e = encodeError(explainNotShippable(value, src, this.core));
+    } catch {
+      // Nothing about the outcome could be encoded (encodeError itself does not throw, but what
+      // it is handed is computed from the value). The handle on the other core must still settle:
+      // a throw here would leave it pending, or crash this core from a promise reaction.
+      e = encodeError(unreportable(ok));
       flags = F_ERR;
     }
     let body = e.bytes;
@@ -1297,6 +1368,7 @@ export class CoreNode {
       value = err;
     }
     p._settle(ok, value);
+    if (!ok) this.noteFailure(p);
   }
 }
 
@@ -1337,16 +1409,22 @@ function noReport(): void {}
 
 export function coreGoneError(core: number, state: number): RuntimeError {
   if (state === CoreState.Crashed) {
-    return new RuntimeError('CORE_CRASHED', `core ${core} crashed: its tasks are lost (see mc.coreStats()[${core}].crash for why)`);
+    return new RuntimeError('CORE_CRASHED', `core ${core} crashed: its tasks are lost (see mc.stats().perCore[${core}].crash for why)`);
   }
   return new RuntimeError('RUNTIME_SHUTDOWN', `core ${core} has shut down`);
 }
 
 function resultNotCloneable(err: unknown): RuntimeError {
+  return new RuntimeError('RESULT_NOT_CLONEABLE', `the task's result cannot be sent back to its core: ${messageOf(err)}`, { cause: err });
+}
+
+/** The fixed error a task's handle gets when nothing about its outcome could be encoded. */
+function unreportable(ok: boolean): RuntimeError {
   return new RuntimeError(
     'RESULT_NOT_CLONEABLE',
-    `the task's result cannot be sent back to its core: ${(err as Error)?.message ?? String(err)}`,
-    { cause: err },
+    ok
+      ? "the task's result cannot be sent back to its core, and neither can the reason"
+      : 'the task failed, and what it threw cannot be sent back to its core',
   );
 }
 

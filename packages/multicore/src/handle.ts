@@ -62,9 +62,19 @@ export class CoreTaskHandle<T> implements PromiseLike<T> {
     return true;
   }
 
-  /** @internal A failure nobody has awaited (for the warning at shutdown). */
-  get _unobservedFailure(): unknown {
-    return this._state === 2 && !this._observed && !(this._value instanceof CancelledError) ? this._value : undefined;
+  /** @internal The task failed (not cancelled) and nobody has awaited the handle (for the warning at shutdown). */
+  get _failedUnobserved(): boolean {
+    if (this._state !== 2 || this._observed) return false;
+    try {
+      return !(this._value instanceof CancelledError);
+    } catch {
+      return true; // a thrown Proxy whose getPrototypeOf trap throws: not a cancellation
+    }
+  }
+
+  /** @internal What the task failed with (undefined while pending or after success). */
+  get _failure(): unknown {
+    return this._state === 2 ? this._value : undefined;
   }
 
   private _p(): Promise<T> {

@@ -2,8 +2,9 @@
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { Runtime, RuntimeError, type RuntimeConfig, type ShutdownOptions } from '@miniss/core';
-import { createRing } from './byte-ring.js';
-import { CoreNode } from './core-node.js';
+import { BYTES_PER_MESSAGE, RING_HEADER_BYTES, createRing, ringDataBytes } from './byte-ring.js';
+import { describeValue, messageOf, stackOf } from './codec.js';
+import { CoreNode, MAX_TIMEOUT_MS } from './core-node.js';
 import type { CoreTaskHandle } from './handle.js';
 import {
   ACTIVE,
@@ -44,6 +45,12 @@ export interface MultiCoreConfig extends RuntimeConfig {
    * one wake-up, not two; see the README's "Doorbell" section).
    */
   awaitSpinMs?: number;
+  /**
+   * How long, after `graceMs`, shutdown waits for a worker core to send its last results and exit
+   * before it terminates the worker, ms (default 5000; 0..2^31-1). Only a core whose thread is
+   * blocked (a synchronous loop in a task) needs it.
+   */
+  workerExitTimeoutMs?: number;
 }
 
 export interface CoreStat {
@@ -64,17 +71,36 @@ export interface CoreStat {
   wakeups: number;
   backlog: number;
   crash?: { message: string; stack?: string };
+  /**
+   * True when shutdown had to terminate this core's worker (it had not exited `workerExitTimeoutMs`
+   * after the grace period); its state is then 'exited' and its tasks rejected `RUNTIME_SHUTDOWN`.
+   */
+  terminated?: boolean;
 }
 
 const STATE_NAMES = ['starting', 'running', 'stopping', 'exited', 'crashed'] as const;
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
+/**
+ * The largest `crossCpuChannelCapacity`: 2^20 messages. Each ring takes 64 bytes of shared memory
+ * per message (rounded up to a power of two), and there are cores·(cores-1) rings, so this bound
+ * already means 64 MiB per ring and 768 MiB for 4 cores. A ring is back-pressure between two
+ * cores, never storage (a full ring queues locally, it does not drop), so a bigger one buys
+ * nothing but memory; and the ring's free-running 32-bit head and tail cap a ring at 2^31 bytes.
+ */
+export const MAX_CHANNEL_CAPACITY = 1 << 20;
+
+/** A configuration value for an error message: strings quoted (so '2' does not read as 2). */
+function shown(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v) : describeValue(v);
+}
+
 function parseConfig(arg: number | MultiCoreConfig | undefined): MultiCoreConfig {
   if (arg === undefined) return {};
   if (typeof arg === 'number') return { cores: arg };
   if (typeof arg !== 'object' || arg === null) {
-    throw new RuntimeError('INVALID_CONFIG', `MultiCoreRuntime expects a core count or a config object, got ${String(arg)}`);
+    throw new RuntimeError('INVALID_CONFIG', `MultiCoreRuntime expects a core count or a config object, got ${shown(arg)}`);
   }
   return arg;
 }
@@ -93,6 +119,9 @@ export class MultiCoreRuntime {
   private readonly workers: Array<Worker | null> = [null];
   private readonly exited: Array<Promise<void>> = [];
   private readonly crashes = new Map<number, Error>();
+  /** Cores whose workers shutdown terminated (they had not exited in time): not crashes. */
+  private readonly terminated = new Set<number>();
+  private readonly workerExitTimeoutMs: number;
   private shutdownPromise: Promise<void> | null = null;
   /** The calling thread's `Cpus_allowed_list` before core 0 was pinned (null: not pinned / not Linux). */
   private affinityBefore: string | null = null;
@@ -104,11 +133,14 @@ export class MultiCoreRuntime {
     const cfg = parseConfig(arg);
     const n = cfg.cores ?? availableParallelism();
     if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0) {
-      throw new RuntimeError('INVALID_CONFIG', `cores must be a positive integer, got ${String(n)} (e.g. new MultiCoreRuntime(4))`);
+      throw new RuntimeError('INVALID_CONFIG', `cores must be a positive integer, got ${shown(n)} (e.g. new MultiCoreRuntime(4))`);
     }
     const capacity = cfg.crossCpuChannelCapacity ?? 1000;
-    if (!Number.isInteger(capacity) || capacity <= 0) {
-      throw new RuntimeError('INVALID_CONFIG', `crossCpuChannelCapacity must be a positive integer, got ${String(capacity)}`);
+    if (typeof capacity !== 'number' || !Number.isInteger(capacity) || capacity <= 0 || capacity > MAX_CHANNEL_CAPACITY) {
+      throw new RuntimeError(
+        'INVALID_CONFIG',
+        `crossCpuChannelCapacity must be an integer in 1..${MAX_CHANNEL_CAPACITY} (messages per ring; default 1000), got ${shown(capacity)}`,
+      );
     }
     this.cores = n;
     const pin = cfg.pin ?? true;
@@ -117,20 +149,37 @@ export class MultiCoreRuntime {
     const awaitSpinMs = cfg.awaitSpinMs ?? 1;
     for (const [k, v] of [['spinMs', spinMs], ['awaitSpinMs', awaitSpinMs]] as const) {
       if (typeof v !== 'number' || !(v >= 0) || v > 1000) {
-        throw new RuntimeError('INVALID_CONFIG', `${k} must be a number of milliseconds in 0..1000, got ${String(v)}`);
+        throw new RuntimeError('INVALID_CONFIG', `${k} must be a number of milliseconds in 0..1000, got ${shown(v)}`);
       }
     }
-    const { cores: _c, pin: _p, spinMs: _s, awaitSpinMs: _a, ...rest } = cfg;
+    const exitMs = cfg.workerExitTimeoutMs ?? 5000;
+    if (typeof exitMs !== 'number' || !(exitMs >= 0) || exitMs > MAX_TIMEOUT_MS) {
+      throw new RuntimeError('INVALID_CONFIG', `workerExitTimeoutMs must be a number of milliseconds in 0..${MAX_TIMEOUT_MS}, got ${shown(exitMs)}`);
+    }
+    this.workerExitTimeoutMs = exitMs;
+    const { cores: _c, pin: _p, spinMs: _s, awaitSpinMs: _a, workerExitTimeoutMs: _w, ...rest } = cfg;
     void _c;
     void _p;
     void _s;
     void _a;
+    void _w;
     const coreConfig: RuntimeConfig = { ...rest, features: (cfg.features ?? []).filter((f) => f !== 'multicore') };
 
     this.control = createControlBlock(n);
     this.ctl = new Int32Array(this.control);
     const rings: Array<SharedArrayBuffer | null> = [];
-    for (let from = 0; from < n; from++) for (let to = 0; to < n; to++) rings.push(from === to ? null : createRing(capacity));
+    try {
+      for (let from = 0; from < n; from++) for (let to = 0; to < n; to++) rings.push(from === to ? null : createRing(capacity));
+    } catch (err) {
+      // Within the bound, many cores can still ask for more shared memory than there is.
+      const bytes = RING_HEADER_BYTES + ringDataBytes(capacity);
+      throw new RuntimeError(
+        'INVALID_CONFIG',
+        `cannot allocate ${n * (n - 1)} cross-core rings of ${bytes} bytes (crossCpuChannelCapacity ${capacity} x ${BYTES_PER_MESSAGE} bytes, ` +
+          `cores ${n}): ${(err as Error)?.message}. Lower crossCpuChannelCapacity or cores`,
+        { cause: err },
+      );
+    }
     // ports[a][b]: a's end of the channel between a and b (SharedArrayBuffers travel by port).
     const ports: Array<Array<MessagePort | null>> = [];
     for (let a = 0; a < n; a++) ports.push(new Array<MessagePort | null>(n).fill(null));
@@ -166,7 +215,8 @@ export class MultiCoreRuntime {
             const b = coreBase(c);
             const st = Atomics.load(this.ctl, b + STATE);
             if (st !== CoreState.Exited && st !== CoreState.Crashed) {
-              this.onCrash(c, new RuntimeError('CORE_CRASHED', `core ${c} exited unexpectedly`));
+              if (this.terminated.has(c)) this.onTerminated(c);
+              else this.onCrash(c, new RuntimeError('CORE_CRASHED', `core ${c} exited unexpectedly`));
             }
             resolve();
           });
@@ -187,7 +237,7 @@ export class MultiCoreRuntime {
     if (Atomics.load(this.ctl, b + STATE) === CoreState.Exited) return;
     Atomics.store(this.ctl, b + STATE, CoreState.Crashed);
     this.crashes.set(core, err);
-    const lost = new RuntimeError('CORE_CRASHED', `core ${core} crashed: ${err?.message ?? String(err)}; its tasks are lost`, { cause: err });
+    const lost = new RuntimeError('CORE_CRASHED', `core ${core} crashed: ${messageOf(err)}; its tasks are lost`, { cause: err });
     this.node0.coreLost(core, lost);
     for (let c = 1; c < this.cores; c++) if (c !== core) this.node0.sendCoreLost(c, core);
     try {
@@ -196,8 +246,23 @@ export class MultiCoreRuntime {
       /* a logging hook must not break crash handling */
     }
     if (this.onCoreCrash === null) {
-      process.emitWarning(`miniss core ${core} crashed: ${err?.stack ?? String(err)}`, { type: 'MinissCoreCrash' });
+      process.emitWarning(`miniss core ${core} crashed: ${stackOf(err)}`, { type: 'MinissCoreCrash' });
     }
+  }
+
+  /**
+   * Shutdown terminated core `core`'s worker: it is not a crash (no warning, no onCoreCrash), but
+   * its tasks are lost, so their handles reject with `RUNTIME_SHUTDOWN` saying why.
+   */
+  private onTerminated(core: number): void {
+    Atomics.store(this.ctl, coreBase(core) + STATE, CoreState.Exited);
+    const err = new RuntimeError(
+      'RUNTIME_SHUTDOWN',
+      `core ${core} was terminated by shutdown: it had not exited ${this.workerExitTimeoutMs} ms after the grace period ` +
+        '(its thread was blocked, e.g. by a synchronous loop in a task), so its tasks are lost',
+    );
+    this.node0.coreLost(core, err);
+    for (let c = 1; c < this.cores; c++) if (c !== core) this.node0.sendCoreLost(c, core);
   }
 
   /** The runtime of core 0 (the calling thread). */
@@ -239,8 +304,10 @@ export class MultiCoreRuntime {
   shutdown(opts: ShutdownOptions = {}): Promise<void> {
     if (this.shutdownPromise !== null) return this.shutdownPromise;
     const graceMs = opts.graceMs ?? 0;
-    if (typeof graceMs !== 'number' || !(graceMs >= 0)) {
-      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a non-negative number, got ${String(graceMs)}`));
+    // Checked as core's Runtime.shutdown checks it: a longer grace (or Infinity) would reach
+    // setTimeout, which turns it into 1 ms, here and on every worker.
+    if (typeof graceMs !== 'number' || !(graceMs >= 0) || graceMs > MAX_TIMEOUT_MS) {
+      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a number of milliseconds in 0..${MAX_TIMEOUT_MS}, got ${shown(graceMs)}`));
     }
     this.shutdownPromise = this.doShutdown(graceMs);
     return this.shutdownPromise;
@@ -265,9 +332,14 @@ export class MultiCoreRuntime {
     // Workers get their grace plus time to report; a worker that does not exit is terminated.
     let timer: ReturnType<typeof setTimeout> | undefined;
     const all = Promise.all(this.exited);
-    const done = await Promise.race([all.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs + 5000)))]);
+    const waitMs = Math.min(graceMs + this.workerExitTimeoutMs, MAX_TIMEOUT_MS);
+    const done = await Promise.race([all.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), waitMs)))]);
     clearTimeout(timer);
     if (!done) {
+      for (let c = 1; c < this.cores; c++) {
+        const st = Atomics.load(this.ctl, coreBase(c) + STATE);
+        if (st !== CoreState.Exited && st !== CoreState.Crashed) this.terminated.add(c);
+      }
       for (const w of this.workers) if (w) await w.terminate();
     }
     // The workers' last results are published in the rings before they exit: read them all.
@@ -332,6 +404,7 @@ export class MultiCoreRuntime {
         backlog: Atomics.load(this.ctl, b + BACKLOG),
       };
       if (crash !== undefined) st.crash = { message: crash.message, ...(crash.stack !== undefined ? { stack: crash.stack } : {}) };
+      if (this.terminated.has(c)) st.terminated = true;
       out.push(st);
       void MSGS_IN;
       void MSGS_OUT;

@@ -127,7 +127,9 @@ describe('MultiCoreRuntime', () => {
     await expect(doomed).rejects.toMatchObject({ code: 'CORE_CRASHED', message: expect.stringContaining('uncaught on core 1') });
     expect(crashes).toEqual([1]);
     expect(mc.stats().perCore[1]!.state).toBe('crashed');
-    await expect(mc.spawnOn(1, () => 1)).rejects.toMatchObject({ code: 'CORE_CRASHED' });
+    // The message points at where the cause is kept.
+    await expect(mc.spawnOn(1, () => 1)).rejects.toMatchObject({ code: 'CORE_CRASHED', message: expect.stringContaining('mc.stats().perCore[1].crash') });
+    expect(mc.stats().perCore[1]!.crash?.message).toContain('uncaught on core 1');
     expect(await mc.spawnOn(2, (x: number) => x + 1, 1)).toBe(2);
     expect(await mc.spawn((x: number) => x + 1, 2)).toBe(3);
     await closed(mc);
