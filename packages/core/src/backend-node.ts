@@ -12,7 +12,7 @@ import {
   type IoOpName,
   type SocketAddress,
 } from './backend.js';
-import { IoError, RuntimeError, ioErrorFromCode, toIoError, type IoErrorDetails } from './errors.js';
+import { IoError, RuntimeError, ioErrorFromCode, ioErrorFromErrno, toIoError, type IoErrorDetails } from './errors.js';
 import { bytesOf, validateOperation } from './io-operation.js';
 
 /**
@@ -29,6 +29,12 @@ const RECV_HIGH_WATER = 256 * 1024;
 
 /** Default for `listen` when backlog is 0: the same as Node's. */
 const DEFAULT_BACKLOG = 511;
+
+/**
+ * The longest delay `setTimeout` takes (2^31-1 ms, about 24.8 days). Node runs a longer one after
+ * 1 ms (with a TimeoutOverflowWarning), so a `timeout` op arms at most this much at a time.
+ */
+const MAX_TIMER_MS = 0x7fffffff;
 
 /**
  * `reusePort` reached `net.Server#listen` in Node 22.12 / 23.1. Older versions ignore the option,
@@ -78,9 +84,18 @@ class SockRec {
   chunks: Buffer[] = [];
   queued = 0;
   paused = true;
+  /** Nothing more will be read: the peer's FIN, an error, or the socket was destroyed. */
   eof = false;
   readShut = false;
+  /** `shutdown` how 0 is collecting what the kernel had already received (see `_shutRead`). */
+  readSettling = false;
+  /**
+   * The socket's pending error, not reported yet: like the kernel's `SO_ERROR`, it goes to the
+   * first recv or send that looks, once; later recvs return 0 and later sends `EPIPE`.
+   */
   error: IoError | null = null;
+  /** The last error a send's write callback reported (Node emits the same object as 'error' after it). */
+  reported: Error | null = null;
   recvWaiters: Op[] = [];
   sends: Set<Op> | null = null;
   /** The last operation touching this socket that can be in flight (connect/listen/shutdown). */
@@ -109,6 +124,18 @@ function sysError(err: unknown, syscall: string, details: IoErrorDetails, fallba
 }
 
 /**
+ * {@link sysError} named after the operation that failed, not the call Node made for it: a
+ * failed `send` is `syscall: 'send'` (Node says `'write'`), as the native backends report it.
+ */
+function opError(err: unknown, syscall: string, details: IoErrorDetails, fallback: string): IoError {
+  const e = sysError(err, syscall, details, fallback);
+  if (e.syscall === syscall) return e;
+  const out = e.errno !== 0 ? ioErrorFromErrno(e.errno, syscall, details) : ioErrorFromCode(e.code, syscall, details);
+  (out as { cause?: unknown }).cause = err;
+  return out;
+}
+
+/**
  * The portable backend: the {@link IoBackend} contract on top of `node:fs` and `node:net`, so a
  * runtime works on every OS Node runs on. It is the baseline the native backends are measured
  * against, not a fast path.
@@ -122,15 +149,28 @@ function sysError(err: unknown, syscall: string, details: IoErrorDetails, fallba
  *   through Node's event loop, which cannot run while `poll` holds the thread, so a positive
  *   timeout behaves like 0.
  * - Files use real fds and the callback API of `node:fs` (libuv's threadpool); `readv`/`writev`
- *   are `fs.readv`/`fs.writev`, one vectored system call each. A `close` of a file fd with
+ *   are `fs.readv`/`fs.writev`, one vectored system call each (`readv` of no buffers gives 0, as
+ *   `preadv(2)` does; libuv would refuse it). A `close` of a file fd with
  *   operations still running on it waits for them: closing the number while the threadpool still
  *   uses it could make them hit a file opened later under the same number.
+ * - `timeout` is a `setTimeout`; one longer than 2^31-1 ms is armed in steps (Node would fire it
+ *   after 1 ms), so it never completes early.
  * - Sockets have virtual fds (see {@link NODE_VIRTUAL_FD_BASE}). `recv` copies from the chunks
  *   Node reads (one copy; `node:net` offers no read-into-my-buffer for accepted sockets); bytes no
  *   `recv` asked for stay queued for the next one, and the socket is paused once
  *   256 KiB are queued so a peer cannot make us buffer without bound. `send` completes when Node's
  *   write callback says the bytes reached the kernel, so the result is always the full length.
- *   `shutdown` how 1 is `socket.end()`; how 0 ends the read side locally (later `recv`s return 0).
+ *   `shutdown` how 1 is `socket.end()`; how 0 ends the read side locally as Linux's `SHUT_RD`
+ *   does: bytes already received (also those still in the kernel, see `_shutRead`) are returned,
+ *   then recv gives 0 at once.
+ * - Socket errors follow the kernel's: an error (a reset) is reported once, to the first recv or
+ *   send that looks (`ECONNRESET`), after which recv returns 0 and send fails with `EPIPE`; a
+ *   failed send does not make recv fail. Errors name the operation (`syscall: 'send'`), not the
+ *   call Node made (`'write'`).
+ * - Memory: this backend cannot pin a caller's buffer as the native ones do. A recv whose buffer
+ *   was detached (transferred) or shrunk while it waited completes with `EFAULT` and leaves the
+ *   bytes queued for the next recv. A send that Node would have to hold in its stream buffer
+ *   (another write is in progress) is copied first, so a detach cannot empty it.
  * - `reusePort` is passed to `net.Server#listen`, which honours it from Node 22.12/23.1 on. On
  *   older Node (20.x) it is ignored by Node: the first listener works, a second one on the same
  *   port fails with `EADDRINUSE` whose message says so. Use the io_uring or epoll backend for
@@ -235,7 +275,8 @@ export class NodeBackend implements IoBackend {
         };
         break;
       case 'timeout':
-        rec.timer = setTimeout(() => this._complete(rec, 0), op.ms);
+        if (op.ms <= MAX_TIMER_MS) rec.timer = setTimeout(() => this._complete(rec, 0), op.ms);
+        else this._longTimeout(rec, op.ms);
         rec.cancel = () => {
           clearTimeout(rec.timer as ReturnType<typeof setTimeout>);
           this._cancelled(rec, 'timeout');
@@ -360,6 +401,24 @@ export class NodeBackend implements IoBackend {
     if (this._ready.length > 0 && this._onReady !== null) this._onReady();
   }
 
+  /**
+   * A timeout longer than one timer can be (see {@link MAX_TIMER_MS}): armed in steps of at most
+   * that, re-armed until the whole delay has passed, so it never completes early.
+   */
+  private _longTimeout(rec: Op, ms: number): void {
+    let left = ms;
+    const step = (): void => {
+      if (left <= 0) {
+        this._complete(rec, 0);
+        return;
+      }
+      const d = Math.min(left, MAX_TIMER_MS);
+      left -= d;
+      rec.timer = setTimeout(step, d);
+    };
+    step();
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Files
 
@@ -400,7 +459,7 @@ export class NodeBackend implements IoBackend {
     }
     const done = (err: NodeJS.ErrnoException | null, n?: number) => {
       this._fsEnd(fd);
-      if (err) this._complete(rec, sysError(err, syscall, { fd }, 'EIO'));
+      if (err) this._complete(rec, opError(err, syscall, { fd }, 'EIO'));
       else this._complete(rec, n ?? 0);
     };
     try {
@@ -412,7 +471,11 @@ export class NodeBackend implements IoBackend {
           fs.write(fd, bytesOf(op.buffer), 0, op.len, op.offset < 0 ? null : op.offset, done);
           break;
         case 'readv':
-          fs.readv(fd, op.buffers, op.offset < 0 ? null : op.offset, done);
+          // preadv(2) with no buffers reads nothing and returns 0 (what the native backends
+          // report), but libuv refuses it with EINVAL. The fstat only checks the fd, as the
+          // kernel would first. (fs.writev passes an empty list through: it already gives 0.)
+          if (op.buffers.length === 0) fs.fstat(fd, (err) => done(err, 0));
+          else fs.readv(fd, op.buffers, op.offset < 0 ? null : op.offset, done);
           break;
         case 'writev':
           fs.writev(fd, op.buffers, op.offset < 0 ? null : op.offset, done);
@@ -425,7 +488,7 @@ export class NodeBackend implements IoBackend {
     } catch (err) {
       // Node's own argument checks (they mirror validateOperation, so this is a safety net).
       this._fsEnd(fd);
-      this._complete(rec, sysError(err, syscall, { fd }, 'EINVAL'));
+      this._complete(rec, opError(err, syscall, { fd }, 'EINVAL'));
     }
   }
 
@@ -712,14 +775,22 @@ export class NodeBackend implements IoBackend {
   }
 
   private _onData(s: SockRec, chunk: Buffer): void {
-    if (s.readShut) return;
     let off = 0;
     while (off < chunk.length && s.recvWaiters.length > 0) {
       const op = s.recvWaiters.shift()!;
-      const n = Math.min(op.len, chunk.length - off);
-      op.bytes!.set(off === 0 && n === chunk.length ? chunk : chunk.subarray(off, off + n));
-      off += n;
       this._release(s);
+      const bytes = op.bytes!;
+      if (bytes.byteLength < op.len) {
+        // The caller transferred (detached) or shrank the buffer while the recv waited. Native
+        // backends pin the memory and write into it wherever it moved; here the bytes would have
+        // nowhere to go. Fail this recv with EFAULT (what io_uring reports for a buffer detached
+        // before it reached the kernel) and keep the bytes for the next recv: nothing is lost.
+        this._fail(op, 'EFAULT', 'recv', { fd: op.fd });
+        continue;
+      }
+      const n = Math.min(op.len, chunk.length - off);
+      bytes.set(off === 0 && n === chunk.length ? chunk : chunk.subarray(off, off + n));
+      off += n;
       this._complete(op, n);
     }
     if (off < chunk.length) {
@@ -738,40 +809,57 @@ export class NodeBackend implements IoBackend {
   }
 
   private _onError(s: SockRec, err: Error): void {
-    if (s.error === null) s.error = sysError(err, 'recv', { fd: s.fd }, 'ECONNRESET');
+    // Node destroys a socket on any error: nothing more will be read after the queued bytes.
+    s.eof = true;
+    // A failed write was already reported to its send (Node calls the write callback first, then
+    // emits the same error here). Anything else (a reset seen by a read) is the socket's pending
+    // error, reported once like SO_ERROR: recv on Linux gives ECONNRESET once, then 0.
+    if (err !== s.reported && s.error === null) s.error = opError(err, 'recv', { fd: s.fd }, 'ECONNRESET');
     this._drainWaitersAtEnd(s);
-    this._failSends(s, err);
+    this._failSends(s);
   }
 
   private _onClose(s: SockRec): void {
     // Destroyed without 'end' (a local destroy, or after an error): readers see EOF or the error.
     s.eof = true;
     this._drainWaitersAtEnd(s);
-    this._failSends(s, null);
+    this._failSends(s);
   }
 
-  /** With nothing queued, readers waiting at end of stream get 0 (EOF) or the stream's error. */
+  /** True when a recv with nothing queued must not wait: end of stream, or the read side shut. */
+  private _readDone(s: SockRec): boolean {
+    return s.eof || (s.readShut && !s.readSettling);
+  }
+
+  /**
+   * With nothing queued and nothing more to come, readers waiting get 0 (EOF); the first one
+   * gets the socket's pending error instead, if there is one.
+   */
   private _drainWaitersAtEnd(s: SockRec): void {
-    if (s.queued > 0) return;
+    if (s.queued > 0 || !this._readDone(s)) return;
     while (s.recvWaiters.length > 0) {
       const op = s.recvWaiters.shift()!;
       this._release(s);
-      this._complete(op, s.error !== null && !s.readShut ? this._recvError(s, op) : 0);
+      this._complete(op, this._takeError(s, 'recv', op.fd) ?? 0);
     }
   }
 
-  private _recvError(s: SockRec, op: Op): IoError {
-    const e = s.error!;
-    const out = ioErrorFromCode(e.code, 'recv', { fd: op.fd });
+  /** The socket's pending error as `syscall` reports it, consumed (see {@link SockRec.error}); or null. */
+  private _takeError(s: SockRec, syscall: string, fd: number): IoError | null {
+    const e = s.error;
+    if (e === null) return null;
+    s.error = null;
+    const out = ioErrorFromCode(e.code, syscall, { fd });
     (out as { cause?: unknown }).cause = e;
     return out;
   }
 
-  private _failSends(s: SockRec, err: Error | null): void {
+  /** The socket is gone: sends still waiting get its pending error (the first one) or EPIPE. */
+  private _failSends(s: SockRec): void {
     if (s.sends === null) return;
     for (const op of s.sends) {
       this._release(s);
-      this._complete(op, sysError(err, 'send', { fd: op.fd }, 'EPIPE'));
+      this._complete(op, this._takeError(s, 'send', op.fd) ?? ioErrorFromCode('EPIPE', 'send', { fd: op.fd }));
     }
     s.sends.clear();
   }
@@ -787,16 +875,12 @@ export class NodeBackend implements IoBackend {
       this._complete(rec, 0);
       return;
     }
-    if (s.queued > 0 && !s.readShut) {
+    if (s.queued > 0) {
       this._complete(rec, this._copyOut(s, bytes, len));
       return;
     }
-    if (s.readShut || s.eof) {
-      this._complete(rec, s.error !== null && !s.readShut ? this._recvError(s, rec) : 0);
-      return;
-    }
-    if (s.error !== null) {
-      this._complete(rec, this._recvError(s, rec));
+    if (this._readDone(s)) {
+      this._complete(rec, this._takeError(s, 'recv', fd) ?? 0);
       return;
     }
     rec.bytes = bytes;
@@ -847,7 +931,8 @@ export class NodeBackend implements IoBackend {
     }
     const sock = s.socket!;
     if (sock.destroyed || sock.writableEnded) {
-      this._fail(rec, s.error?.code === 'ECONNRESET' ? 'ECONNRESET' : 'EPIPE', 'send', { fd });
+      // As send(2) after a reset or our own shutdown: the pending error once (ECONNRESET), then EPIPE.
+      this._complete(rec, this._takeError(s, 'send', fd) ?? ioErrorFromCode('EPIPE', 'send', { fd }));
       return;
     }
     if (len === 0) {
@@ -860,10 +945,17 @@ export class NodeBackend implements IoBackend {
       if (s.sends?.delete(rec)) this._release(s);
       this._cancelled(rec, 'send');
     };
-    sock.write(len === bytes.byteLength ? bytes : bytes.subarray(0, len), (err) => {
+    let chunk = len === bytes.byteLength ? bytes : bytes.subarray(0, len);
+    // With a write already in progress Node keeps this one in its stream buffer as a view of the
+    // caller's memory; a detach (transfer) before Node gets to it would empty the view and the
+    // write would send nothing yet report success. Native backends pin the memory; here the
+    // bytes are copied. (TcpStream has one send in the backend at a time, so it never pays this.)
+    if (sock.writableLength > 0) chunk = Buffer.from(chunk);
+    sock.write(chunk, (err) => {
+      if (err) s.reported = err;
       if (!s.sends?.delete(rec)) return;
       this._release(s);
-      this._complete(rec, err ? sysError(err, 'send', { fd }, 'EPIPE') : len);
+      this._complete(rec, err ? opError(err, 'send', { fd }, 'EPIPE') : len);
     });
   }
 
@@ -884,16 +976,7 @@ export class NodeBackend implements IoBackend {
       this._fail(rec, 'ENOTCONN', 'shutdown', { fd });
       return;
     }
-    if (how === 0 || how === 2) {
-      s.readShut = true;
-      s.chunks = [];
-      s.queued = 0;
-      this._drainWaitersAtEnd(s);
-      if (!s.paused) {
-        s.paused = true;
-        s.socket?.pause();
-      }
-    }
+    if (how === 0 || how === 2) this._shutRead(s);
     const sock = s.socket!;
     if (how === 0 || sock.writableEnded || sock.destroyed) {
       this._complete(rec, 0);
@@ -915,6 +998,39 @@ export class NodeBackend implements IoBackend {
       }
       this._complete(rec, 0);
     });
+  }
+
+  /**
+   * `shutdown(SHUT_RD)` as Linux does it for TCP: bytes already received are still returned, and
+   * once none are queued recv returns 0 at once instead of waiting (Linux also keeps queueing what
+   * arrives later, and so does this backend, up to the high-water mark).
+   *
+   * "Already received" includes bytes the kernel holds that Node has not read yet: a socket with
+   * no recv so far is paused and libuv is not reading it. So the read side is resumed and recvs
+   * keep waiting for two turns of the event loop: `resume()` starts libuv's read on the next tick,
+   * and at least one poll phase (which reads whatever the kernel has) runs before the second
+   * `setImmediate`, whichever phase this was called in. After that, with nothing queued, recv
+   * gives 0 (or the socket's pending error, once).
+   */
+  private _shutRead(s: SockRec): void {
+    if (s.readShut) return;
+    s.readShut = true;
+    if (s.eof || s.socket === null) {
+      this._drainWaitersAtEnd(s);
+      return;
+    }
+    s.readSettling = true;
+    // (Paused at the high-water mark, it has bytes queued for the recvs already.)
+    if (s.paused && s.queued < RECV_HIGH_WATER) {
+      s.paused = false;
+      s.socket.resume();
+    }
+    setImmediate(() =>
+      setImmediate(() => {
+        s.readSettling = false;
+        this._drainWaitersAtEnd(s);
+      }),
+    );
   }
 
   /** Destroys what a socket fd holds and completes every operation waiting on it with ECANCELED. */

@@ -491,7 +491,9 @@ export class Runtime implements TaskScheduler {
         // result) and keeps its buffer pinned until then.
         if (this._ioFind(id) !== p) return;
         // An fd that still arrives (the operation finished before the cancel reached it) has
-        // no owner any more: close it rather than leak it.
+        // no owner any more: close it rather than leak it. The record stays in its owner's list
+        // until that completion, which calls resolve or reject once (TcpStream's call order
+        // relies on this: it swaps them to start the calls queued behind, see tcp.ts _settled).
         p.resolve = op.op === 'open' || op.op === 'socket' || op.op === 'accept' ? this._closeOrphanFd : noop;
         p.reject = noop;
         this._backend.cancel(id);

@@ -756,3 +756,206 @@ describe.each(probes.filter((p) => p.ok).map((p) => p.name))('conformance: %s', 
     });
   });
 });
+
+describe.each(probes.filter((p) => p.ok).map((p) => p.name))('conformance: %s (stream call order, socket errors, edge inputs)', (name) => {
+  async function run<T>(fn: (rt: Runtime) => Promise<T>): Promise<T> {
+    const rt = new Runtime({ backend: name });
+    const result = await rt.blockOn(() => fn(rt));
+    const s = rt.stats();
+    expect(s.openResources).toBe(0);
+    expect(s.ioInFlight).toBe(0);
+    return result;
+  }
+
+  async function pair(): Promise<{ listener: TcpListener; client: TcpStream; server: TcpStream }> {
+    const listener = await TcpListener.bind({ host: '127.0.0.1', port: 0 });
+    const [client, server] = await Promise.all([TcpStream.connect({ host: '127.0.0.1', port: listener.address.port }), listener.accept()]);
+    return { listener, client, server };
+  }
+
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+  /**
+   * Reads until the byte count `want` resolves to has arrived (or EOF) and returns the bytes as
+   * runs: 'AAABB' is [['A', 3], ['B', 2]].
+   */
+  async function readRuns(s: TcpStream, want: Promise<number>): Promise<Array<[string, number]>> {
+    let total = Infinity;
+    void want.then((n) => (total = n));
+    const runs: Array<[string, number]> = [];
+    const buf = new Uint8Array(1 << 16);
+    let got = 0;
+    while (got < total) {
+      const n = await s.recv(buf);
+      if (n === 0) break;
+      got += n;
+      for (let i = 0; i < n; i++) {
+        const ch = String.fromCharCode(buf[i]!);
+        const last = runs[runs.length - 1];
+        if (last !== undefined && last[0] === ch) last[1]++;
+        else runs.push([ch, 1]);
+      }
+      // Let the sends' results through before deciding whether more is coming.
+      await sleep(0);
+    }
+    return runs;
+  }
+
+  it('concurrent recvs fill their buffers in call order', async () => {
+    await run(async () => {
+      const { listener, client, server } = await pair();
+      const bufs = [new Uint8Array(2), new Uint8Array(2), new Uint8Array(2)];
+      const ps = bufs.map((b) => server.recv(b));
+      await sleep(20); // all three are waiting before any byte arrives
+      await client.sendAll(Buffer.from('aabbcc'));
+      const ns = await Promise.all(ps);
+      expect(bufs.map((b, i) => Buffer.from(b.subarray(0, ns[i])).toString())).toEqual(['aa', 'bb', 'cc']);
+      await Promise.all([client.close(), server.close(), listener.close()]);
+    });
+  });
+
+  it('sends queued behind a full socket buffer go out in call order; a sendAll keeps its bytes together', async () => {
+    await run(async () => {
+      const { listener, client, server } = await pair();
+      // The peer reads nothing for a while: 4 MiB fill the socket buffers and the calls after it wait.
+      const big = 4 << 20;
+      const sends = [
+        client.send(Buffer.alloc(big, 'A')),
+        client.send(Buffer.alloc(1000, 'B')),
+        client.sendAll(Buffer.alloc(big, 'C')).then(() => big),
+        client.send(Buffer.alloc(1000, 'D')),
+      ];
+      await sleep(50);
+      const counts = Promise.all(sends);
+      const runs = await readRuns(server, counts.then((ns) => ns.reduce((a, b) => a + b, 0)));
+      const [nA, nB, nC, nD] = await counts;
+      expect(nB).toBe(1000);
+      expect(nD).toBe(1000);
+      // Each call's bytes arrive as one run, in call order (A may be short: a send takes what fits).
+      expect(runs).toEqual([
+        ['A', nA],
+        ['B', nB],
+        ['C', nC],
+        ['D', nD],
+      ]);
+      await Promise.all([client.close(), server.close(), listener.close()]);
+    });
+  });
+
+  it('a queued call withdrawn by its signal never reaches the backend; close() rejects queued calls with ECANCELED', async () => {
+    await run(async (rt) => {
+      const { listener, client, server } = await pair();
+      const first = new Uint8Array(16);
+      const p1 = server.recv(first);
+      const submitted = rt.stats().ioSubmitted;
+      const ac = new AbortController();
+      const p2 = server.recv(new Uint8Array(16), { signal: ac.signal });
+      ac.abort(new CancelledError('not any more'));
+      await expect(p2).rejects.toBeInstanceOf(CancelledError);
+      expect(rt.stats().ioSubmitted).toBe(submitted);
+      // The recv in flight still gets the bytes: none went to the withdrawn one.
+      await client.sendAll(Buffer.from('hello'));
+      expect(Buffer.from(first.subarray(0, await p1)).toString()).toBe('hello');
+      // One in flight, two waiting: all reject ECANCELED on close, the waiting ones unsubmitted.
+      const inFlight = server.recv(new Uint8Array(16));
+      const before = rt.stats().ioSubmitted;
+      const waiting = [server.recv(new Uint8Array(16)), server.recv(new Uint8Array(16))];
+      expect(rt.stats().ioSubmitted).toBe(before);
+      const errors = Promise.all([inFlight, ...waiting].map((p) => expectCode(p, 'ECANCELED')));
+      await server.close();
+      for (const e of await errors) expect((e as IoError).syscall).toBe('recv');
+      expect(rt.stats().ioSubmitted).toBe(before + 1); // the close, and no recv
+      await Promise.all([client.close(), listener.close()]);
+    });
+  });
+
+  it("shutdown('write') waits for the sends called before it: the FIN follows all of their bytes", async () => {
+    await run(async () => {
+      const { listener, client, server } = await pair();
+      const data = randomBytes(8 << 20);
+      const all = client.sendAll(data);
+      const fin = client.shutdown('write');
+      const chunks: Uint8Array[] = [];
+      for await (const c of server) chunks.push(c);
+      await all;
+      await fin;
+      expect(sha(Buffer.concat(chunks))).toBe(sha(data));
+      await Promise.all([client.close(), server.close(), listener.close()]);
+    });
+  });
+
+  it('a reset is reported once (recv ECONNRESET, then 0; send then EPIPE), and a failed send does not make recv fail', async () => {
+    await run(async () => {
+      const buf = new Uint8Array(16);
+      // The peer closes with our bytes unread: it answers with a reset.
+      let { listener, client, server } = await pair();
+      await server.sendAll(Buffer.from('unread'));
+      await sleep(20);
+      await client.close();
+      await sleep(30);
+      let err = await expectCode(server.recv(buf), 'ECONNRESET');
+      expect((err as IoError).syscall).toBe('recv');
+      expect(await server.recv(buf)).toBe(0);
+      expect(await server.recv(buf)).toBe(0);
+      err = await expectCode(server.send(Buffer.from('x')), 'EPIPE');
+      expect((err as IoError).syscall).toBe('send');
+      await Promise.all([server.close(), listener.close()]);
+      // The peer closes cleanly; our first send makes it reset, the second fails.
+      ({ listener, client, server } = await pair());
+      await client.close();
+      await sleep(30);
+      expect(await server.send(new Uint8Array(100))).toBe(100);
+      await sleep(30);
+      err = await expectCode(server.send(new Uint8Array(100)), 'EPIPE');
+      expect((err as IoError).syscall).toBe('send');
+      expect(await server.recv(buf)).toBe(0);
+      expect(await server.recv(buf)).toBe(0);
+      await Promise.all([server.close(), listener.close()]);
+    });
+  });
+
+  it("shutdown('read') still returns the bytes already received, then 0", async () => {
+    await run(async () => {
+      const { listener, client, server } = await pair();
+      await server.sendAll(Buffer.from('already-received'));
+      await sleep(30);
+      await client.shutdown('read');
+      const buf = new Uint8Array(64);
+      const n = await client.recv(buf);
+      expect(Buffer.from(buf.subarray(0, n)).toString()).toBe('already-received');
+      expect(await client.recv(buf)).toBe(0);
+      await Promise.all([client.close(), server.close(), listener.close()]);
+    });
+  });
+
+  it('readv and writev of no buffers resolve 0', async () => {
+    const path = join(dir, `${name}-empty-vec.txt`);
+    fs.writeFileSync(path, 'abc');
+    await run(async () => {
+      const f = await File.open(path, { read: true, write: true });
+      expect(await f.readv([], 0)).toBe(0);
+      expect(await f.readv([])).toBe(0);
+      expect(await f.writev([], 0)).toBe(0);
+      await f.close();
+    });
+    expect(fs.readFileSync(path, 'utf8')).toBe('abc');
+  });
+
+  it('null options reject INVALID_ARGUMENT; sendAll of nothing on a closed stream rejects EBADF; a failed lookup has no errno 0', async () => {
+    await run(async () => {
+      const { listener, client, server } = await pair();
+      const port = listener.address.port;
+      await expectCode(TcpListener.bind({ host: '127.0.0.1', port: 0 }, null as never), 'INVALID_ARGUMENT');
+      await expectCode(TcpStream.connect({ host: '127.0.0.1', port }, null as never), 'INVALID_ARGUMENT');
+      await expectCode(TcpStream.connect({ host: '127.0.0.1', port }, 5 as never), 'INVALID_ARGUMENT');
+      await client.close();
+      await expectCode(client.sendAll(new Uint8Array(0)), 'EBADF');
+      await expectCode(client.sendAll(new Uint8Array(4)), 'EBADF');
+      const err = (await expectCode(TcpStream.connect({ host: 'no-such-host.invalid', port: 80 }), 'ENOTFOUND', 'EAI_AGAIN', 'EAI_FAIL')) as IoError;
+      expect(err).toBeInstanceOf(IoError);
+      expect(err.syscall).toBe('getaddrinfo');
+      expect(err.errno === undefined || err.errno < 0).toBe(true);
+      await Promise.all([server.close(), listener.close()]);
+    });
+  });
+});
