@@ -1,7 +1,6 @@
 // Plain C++ io_uring engine: see io_uring.h. No liburing, no V8.
 #include "io_uring.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
@@ -14,9 +13,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+
+#include "miniss/op.h"  // @miniss/native-common: Op and ParseAddress (op.cc is linked into this addon)
 
 namespace miniss {
 namespace {
@@ -308,9 +310,11 @@ std::unique_ptr<Engine> Engine::Create(const EngineOptions& options, int* err, c
 
 Engine::~Engine() { Shutdown(0); }
 
-Slot& Engine::SlotAt(uint32_t slot) {
-  if (slot >= slots_.size()) slots_.resize(std::max<size_t>(slot + 1, slots_.size() * 2));
-  return slots_[slot];
+void Engine::GrowSlots(uint32_t slot) {
+  // Doubling keeps growth amortised; only the pointers move (see slots_).
+  const size_t n = std::max<size_t>(static_cast<size_t>(slot) + 1, slots_.size() * 2);
+  slots_.reserve(n);
+  while (slots_.size() < n) slots_.push_back(std::make_unique<Slot>());
 }
 
 void Engine::Release(Slot& s) {
@@ -344,9 +348,16 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
   if (d.op == kOpAccept && d.prep_error == 0) return PrepareAccept(slot_index, d);
   if (d.op == kOpCancel) return PrepareCancel(d);
   // A close, and a connect with a timeout, take two linked SQEs; make sure both fit before
-  // touching either.
-  const bool link_timeout = d.op == kOpConnect && d.ms > 0 && d.prep_error == 0;
-  const unsigned need = d.op == kOpClose || link_timeout ? 2 : 1;
+  // touching either. A ring of one entry can never hold both (JS refuses `entries: 1`; this
+  // guards direct use of the addon): fail such an operation with EINVAL through a NOP rather than
+  // keep it queued forever, which left the loop spinning on it.
+  bool link_timeout = d.op == kOpConnect && d.ms > 0 && d.prep_error == 0;
+  unsigned need = d.op == kOpClose || link_timeout ? 2 : 1;
+  if (need > ring_.sq_entries()) {
+    d.prep_error = EINVAL;
+    link_timeout = false;
+    need = 1;
+  }
   io_uring_sqe* sqe = SqeOrFlush(need);
   if (sqe == nullptr) return false;
   io_uring_sqe* sqe2 = need == 2 ? ring_.GetSqe() : nullptr;
@@ -384,12 +395,7 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
       sqe->opcode = IORING_OP_NOP;
       break;
     case kOpTimeout: {
-      const double ms = d.ms < 0 ? 0 : d.ms;
-      const double secs = ms / 1000.0;
-      s.ts.tv_sec = static_cast<int64_t>(secs);
-      s.ts.tv_nsec = static_cast<long long>((ms - static_cast<double>(s.ts.tv_sec) * 1000.0) * 1e6);
-      if (s.ts.tv_nsec < 0) s.ts.tv_nsec = 0;
-      if (s.ts.tv_nsec > 999999999) s.ts.tv_nsec = 999999999;
+      s.ts = TimespecOfMs(d.ms);
       sqe->opcode = IORING_OP_TIMEOUT;
       sqe->fd = -1;
       sqe->addr = reinterpret_cast<uint64_t>(&s.ts);
@@ -474,8 +480,9 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
     case kOpListen: {
       sockaddr_storage ss;
       socklen_t len = 0;
-      if (ParseAddress(d.str, d.a, &ss, &len) != 0) {
-        sync_result(-EINVAL);
+      const int perr = SocketAddressFor(d.fd, d.str, d.a, &ss, &len);
+      if (perr != 0) {
+        sync_result(-perr);
         break;
       }
       int one = 1;
@@ -490,8 +497,9 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
     }
     case kOpConnect: {
       socklen_t len = 0;
-      if (ParseAddress(d.str, d.a, &s.addr, &len) != 0) {
-        sync_result(-EINVAL);
+      const int perr = SocketAddressFor(d.fd, d.str, d.a, &s.addr, &len);
+      if (perr != 0) {
+        sync_result(-perr);
         if (sqe2 != nullptr) {
           sqe2->opcode = IORING_OP_NOP;  // the timeout's SQE, unused
           sqe2->user_data = kInternalUserData;
@@ -507,11 +515,7 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
         // Backend extension `timeoutMs`: IORING_OP_LINK_TIMEOUT linked to the connect. If it
         // fires first the connect completes with ECANCELED, which src/index.ts reports as
         // ETIMEDOUT (unless the caller cancelled). The kernel copies the timespec at submit.
-        const double ms = d.ms;
-        s.ts.tv_sec = static_cast<int64_t>(ms / 1000.0);
-        s.ts.tv_nsec = static_cast<long long>((ms - static_cast<double>(s.ts.tv_sec) * 1000.0) * 1e6);
-        if (s.ts.tv_nsec < 0) s.ts.tv_nsec = 0;
-        if (s.ts.tv_nsec > 999999999) s.ts.tv_nsec = 999999999;
+        s.ts = TimespecOfMs(d.ms);
         sqe->flags |= IOSQE_IO_LINK;
         sqe2->opcode = IORING_OP_LINK_TIMEOUT;
         sqe2->fd = -1;
@@ -574,9 +578,9 @@ size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
         if (!more && in_flight_ > 0) --in_flight_;
         continue;
       }
-      const uint32_t idx = static_cast<uint32_t>(ud & kSlotMask);
-      if (idx >= slots_.size() || !slots_[idx].live || slots_[idx].id != ud) continue;
-      Slot& s = slots_[idx];
+      Slot* live = LiveSlot(ud);
+      if (live == nullptr) continue;
+      Slot& s = *live;
       int32_t res = s.has_sync_result ? s.sync_result : cqe->res;
       if (s.op == kOpTimeout && res == -ETIME) res = 0;
       // Shutting down: nobody will ever see this completion, so an fd it made (open, accept,
@@ -716,12 +720,13 @@ bool Engine::PrepareAccept(uint32_t slot_index, OpDesc& d) {
 bool Engine::PrepareCancel(OpDesc& d) {
   io_uring_sqe* sqe = SqeOrFlush(1);
   if (sqe == nullptr) return false;
-  const uint32_t ts = static_cast<uint32_t>(d.target & kSlotMask);
-  if (ts < slots_.size() && slots_[ts].live && slots_[ts].id == d.target && slots_[ts].listener >= 0) {
+  Slot* target = LiveSlot(d.target);
+  if (target != nullptr && target->listener >= 0) {
     // An accept waiting on a listener's multishot: it has no request in the kernel to cancel.
     // Take it off the waiters (no connection can be handed to it after this) and complete it
     // with ECANCELED through a NOP: exactly once.
-    Slot& s = slots_[ts];
+    Slot& s = *target;
+    const uint32_t ts = static_cast<uint32_t>(d.target & kSlotMask);
     Listener& l = listeners_[s.listener];
     for (auto it = l.waiters.begin(); it != l.waiters.end(); ++it) {
       if (*it == ts) {
@@ -763,7 +768,7 @@ void Engine::PushLocal(uint64_t id, int32_t res, bool owns_fd) { local_.push_bac
 
 void Engine::FailWaiters(Listener& l, int32_t res) {
   while (!l.waiters.empty()) {
-    Slot& s = slots_[l.waiters.front()];
+    Slot& s = *slots_[l.waiters.front()];
     l.waiters.pop_front();
     PushLocal(s.id, res, false);
     Release(s);
@@ -787,7 +792,7 @@ void Engine::OnAcceptCqe(uint32_t index, int32_t res, bool more) {
     if (shutting_down_ || !l.attached) {
       close(res);  // the listener is closed or the engine shuts down: nobody will take it
     } else if (!l.waiters.empty()) {
-      Slot& s = slots_[l.waiters.front()];
+      Slot& s = *slots_[l.waiters.front()];
       l.waiters.pop_front();
       PushLocal(s.id, res, true);
       Release(s);
@@ -960,13 +965,16 @@ void Engine::Shutdown(int wait_ms) {
         // The kernel still owns some buffers (a request it could not cancel in time). Never free
         // memory it may write into: keep those pins for the life of the process.
         auto* keep = new std::vector<std::shared_ptr<void>>();
-        for (Slot& s : slots_) {
+        for (const auto& p : slots_) {
+          const Slot& s = *p;
           if (!s.live) continue;
           if (s.pin) keep->push_back(s.pin);
-          for (auto& p : s.pins) keep->push_back(p);
-          // The iovec array, path and sockaddr live inside the slot: leak the slot table too.
+          for (auto& q : s.pins) keep->push_back(q);
         }
-        new std::vector<Slot>(std::move(slots_));
+        // The iovec arrays, paths, sockaddrs and timespecs live in the slots: leak them too.
+        // Moving the table moves only the pointers, so every Slot stays where the kernel was
+        // told it is.
+        new std::vector<std::unique_ptr<Slot>>(std::move(slots_));
       }
     }
     ring_.Close();
@@ -1051,26 +1059,36 @@ int ProbeIoUring(std::string* detail) {
   return 0;
 }
 
-int ParseAddress(const std::string& host, int port, sockaddr_storage* out, socklen_t* len) {
+int SocketAddressFor(int fd, const std::string& host, int port, sockaddr_storage* out, socklen_t* len) {
   memset(out, 0, sizeof(*out));
+  *len = 0;
   if (port < 0 || port > 65535) return EINVAL;
-  std::string h = host;
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  auto* v4 = reinterpret_cast<sockaddr_in*>(out);
-  if (inet_pton(AF_INET, h.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<uint16_t>(port));
-    *len = sizeof(sockaddr_in);
-    return 0;
+  // inet_pton reads up to the first NUL: "127.0.0.1\0anything" would connect to 127.0.0.1.
+  if (host.find('\0') != std::string::npos) return EINVAL;
+  Op op;
+  op.fd = fd;
+  op.b = port;
+  op.path = host;
+  const int r = ParseAddress(&op);
+  if (r < 0) return -r;
+  if (op.addrlen == 0 || op.addrlen > sizeof(*out)) return EINVAL;
+  memcpy(out, &op.addr, op.addrlen);
+  *len = op.addrlen;
+  return 0;
+}
+
+__kernel_timespec TimespecOfMs(double ms) {
+  __kernel_timespec ts{};
+  if (!(ms > 0)) return ts;  // negative, zero or NaN: expires at once
+  const double secs = std::floor(ms / 1000.0);
+  if (secs >= static_cast<double>(kMaxTimeoutSec)) {
+    ts.tv_sec = kMaxTimeoutSec;
+    return ts;
   }
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(out);
-  if (inet_pton(AF_INET6, h.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<uint16_t>(port));
-    *len = sizeof(sockaddr_in6);
-    return 0;
-  }
-  return EINVAL;
+  ts.tv_sec = static_cast<int64_t>(secs);
+  const double ns = (ms - secs * 1000.0) * 1e6;
+  ts.tv_nsec = ns <= 0 ? 0 : ns >= 999999999.0 ? 999999999 : static_cast<long long>(ns);
+  return ts;
 }
 
 }  // namespace miniss

@@ -198,7 +198,11 @@ class Ring {
   io_uring_cqe* cqes_ = nullptr;
 };
 
-// Per-slot state of an operation in flight: exactly what the kernel may still touch.
+// Per-slot state of an operation in flight: exactly what the kernel may still touch. SQEs point
+// into it (the inline buffer of a short `path`, `addr`, `ts`), and the kernel reads those only
+// when it consumes the SQE: at the io_uring_enter that ends the batch, or whenever the SQPOLL
+// thread gets to it. So a Slot never moves while it is live: the engine allocates each one on
+// its own (see Engine::slots_).
 struct Slot {
   uint64_t id = 0;
   bool live = false;
@@ -304,7 +308,19 @@ class Engine {
 
  private:
   Engine() = default;
-  Slot& SlotAt(uint32_t slot);
+  // The slot of index `slot`, growing the table (never moving a Slot) when it is past the end.
+  Slot& SlotAt(uint32_t slot) {
+    if (slot >= slots_.size()) GrowSlots(slot);
+    return *slots_[slot];
+  }
+  // The live slot of operation `id`, or nullptr (never made, free, or reused by a later id).
+  Slot* LiveSlot(uint64_t id) {
+    const uint64_t index = id & kSlotMask;
+    if (index >= slots_.size()) return nullptr;
+    Slot* s = slots_[index].get();
+    return s->live && s->id == id ? s : nullptr;
+  }
+  void GrowSlots(uint32_t slot);
   void Release(Slot& s);
   int Enter(bool getevents, unsigned wait_nr, const __kernel_timespec* ts);
   // An SQE, entering the kernel once to make room if the SQ ring is full; nullptr if still full.
@@ -326,7 +342,12 @@ class Engine {
   Ring ring_;
   int event_fd_ = -1;
   std::vector<int> extra_fds_;
-  std::vector<Slot> slots_;
+  // One heap Slot per index, every element non-null. Growing the table moves only the pointers:
+  // a std::vector<Slot> moved every Slot on growth, while SQEs prepared earlier in the same batch
+  // still pointed into them (the kernel then read a path, timespec or sockaddr from freed memory).
+  // The cost is one more load per lookup (a std::deque<Slot> costs that too: its blocks hold one
+  // Slot each at this size, and its indexing does more arithmetic).
+  std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<Listener> listeners_;
   std::vector<uint32_t> free_listeners_;
   std::unordered_map<int, uint32_t> listener_of_fd_;
@@ -351,8 +372,21 @@ class Engine {
 // `detail` with what was refused (for isSupported()'s reason).
 int ProbeIoUring(std::string* detail);
 
-// Parses a numeric IPv4/IPv6 host and port into `out`. Returns 0 or EINVAL.
-int ParseAddress(const std::string& host, int port, sockaddr_storage* out, socklen_t* len);
+// Fills `out` with the numeric host and port for the address family of socket `fd`, through
+// @miniss/native-common's ParseAddress (the one the epoll and kqueue backends use): an IPv6 zone
+// given as an interface index ("fe80::1%2") and an IPv4 host on an IPv6 socket (the v4-mapped
+// ::ffff:a.b.c.d) work as there. Returns 0 or a positive errno: EINVAL for a host that does not
+// parse (or holds a NUL byte) or a port out of range, EBADF/ENOTSOCK from the socket.
+int SocketAddressFor(int fd, const std::string& host, int port, sockaddr_storage* out, socklen_t* len);
+
+// Milliseconds as the relative timespec of an IORING_OP_TIMEOUT or LINK_TIMEOUT: 0 for a
+// negative or NaN count, seconds clamped to kMaxTimeoutSec.
+__kernel_timespec TimespecOfMs(double ms);
+// About 35,000 years. A double of 9.2e21 ms or more does not fit tv_sec (the conversion is
+// undefined behaviour; x86-64 gives INT64_MIN, which the kernel refuses with EINVAL), and the
+// kernel turns any relative timeout past KTIME_MAX (about 292 years) into "never" anyway, so the
+// clamp changes nothing a caller could observe.
+constexpr int64_t kMaxTimeoutSec = int64_t{1} << 40;
 
 }  // namespace miniss
 

@@ -1,3 +1,4 @@
+import { closeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import {
   FlushObjects,
@@ -63,6 +64,14 @@ const IORING_SETUP_DEFER_TASKRUN = 1 << 13;
 const MAX_IO = 0x7ffff000;
 const ECANCELED = osConstants.errno.ECANCELED;
 const ETIMEDOUT = osConstants.errno.ETIMEDOUT;
+const EINVAL = osConstants.errno.EINVAL;
+/**
+ * SQ ring sizes `entries` may ask for. At least 2: a `close` (a cancel-by-fd hard-linked to the
+ * close) and a `connect` with `timeoutMs` (the connect linked to its timeout) take two SQEs that
+ * must enter the ring together; a one-entry ring could never take them.
+ */
+const MIN_ENTRIES = 2;
+const MAX_ENTRIES = 32768;
 
 /**
  * A `connect` may carry `timeoutMs` (core's contract; `features.linkedTimeouts` is true here): the
@@ -218,6 +227,10 @@ export class IoUringBackend implements IoBackend {
   #preAll = false;
   /** A drain() is handing completions to its sink (the completion buffer is in use). */
   #reaping = false;
+  /** How many completions of the completion buffer that drain() is handing over. */
+  #reapingCount = 0;
+  /** The kept completions (once #local) a drain() is handing over, while it does. */
+  #drainingLocal: IoCompletion[] | null = null;
   #fireScheduled = false;
   #closed = false;
 
@@ -227,7 +240,12 @@ export class IoUringBackend implements IoBackend {
     const sim = simulatedRefusal();
     if (sim !== null) throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'io_uring' is unavailable: ${sim.reason}`);
     this.#addon = loadedAddon.addon;
-    const entries = positiveIntOption(options.entries, 'entries', 256, 32768);
+    const entries: unknown = options.entries === undefined ? 256 : options.entries;
+    if (typeof entries !== 'number' || !Number.isInteger(entries) || entries < MIN_ENTRIES || entries > MAX_ENTRIES) {
+      throw new InvalidArgumentError(
+        `entries must be an integer between ${MIN_ENTRIES} and ${MAX_ENTRIES}, got ${String(entries)} (a close takes two linked submission queue entries)`,
+      );
+    }
     this.maxBatchSize = positiveIntOption(options.maxBatchSize, 'maxBatchSize', 128, 65536);
     const sqIdleMs = positiveIntOption(options.sqIdleMs, 'sqIdleMs', 50, 60000);
     const taskRun = options.taskRun ?? 'best';
@@ -243,6 +261,10 @@ export class IoUringBackend implements IoBackend {
     this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
     this.#cq = new Float64Array(cq);
     // The addon reaps before it calls: `reaped` completions wait in the completion buffer.
+    // It keeps this callback in an internal field of the native object (#native), not in a
+    // persistent handle: the callback reaches `this`, and `this` reaches #native, so a GC root
+    // on it kept a backend dropped without close() alive forever (see kOnReadyField in
+    // native/binding.cc).
     const onReady = (reaped: number): void => {
       this.#pre = reaped;
       this.#preAll = reaped < cqCap;
@@ -296,14 +318,24 @@ export class IoUringBackend implements IoBackend {
 
   flush(): number {
     if (this.#closed) return 0;
-    const total = this.#qLen;
+    let total = this.#qLen;
     if (total === 0) return 0;
     const q = this.#q;
     let done = 0;
     while (done < total) {
-      const n = Math.min(this.maxBatchSize, total - done);
+      let n = Math.min(this.maxBatchSize, total - done);
       this.#objs.clear(); // nothing left over from a batch whose encoding threw
-      for (let i = 0; i < n; i++) this.#encode(i, q[done + i]!);
+      try {
+        for (let i = 0; i < n; i++) this.#encode(i, q[done + i]!);
+      } catch {
+        // An operation changed after submit so that it no longer encodes (submit validated it,
+        // flush reads it again): it alone fails, the rest of the batch goes on. Without this the
+        // queue kept it and every later flush, poll and drain threw the same error.
+        const kept = this.#encodeOrFail(done, n, total);
+        total -= n - kept;
+        n = kept;
+        if (n === 0) continue;
+      }
       const hold = done + n < total;
       const taken = this.#flushBatch(n, hold);
       done += taken;
@@ -338,6 +370,46 @@ export class IoUringBackend implements IoBackend {
     } finally {
       objs.clear();
     }
+  }
+
+  /**
+   * The slow path of a batch whose encoding threw: encodes queue entries `from..from+n-1` one by
+   * one as descriptors 0, 1, ..., completes each one that throws with EINVAL (through #local) and
+   * takes it out of the queue (entries up to `total` move down). Returns how many were encoded.
+   */
+  #encodeOrFail(from: number, n: number, total: number): number {
+    const q = this.#q;
+    this.#objs.clear();
+    let kept = 0;
+    for (let r = from; r < from + n; r++) {
+      const entry = q[r]!;
+      try {
+        this.#encode(kept, entry);
+      } catch {
+        this.#failQueued(entry, -EINVAL);
+        continue;
+      }
+      q[from + kept++] = entry;
+    }
+    if (kept < n) q.copyWithin(from + kept, from + n, total);
+    return kept;
+  }
+
+  /** Completes queued operation `id` (never handed to the ring) with `errno` in JS. */
+  #failQueued(id: number, errno: number): void {
+    const op = this.#opOf(id);
+    if (op === undefined) return;
+    let result: Error;
+    let buffer: BufferHandle | undefined;
+    // The operation is malformed by now: its own fields may throw again.
+    try {
+      result = ioErrorForOperation(op, errno);
+      buffer = bufferHandleOf(op);
+    } catch {
+      result = ioErrorFromErrno(errno, typeof op.op === 'string' ? op.op : 'submit');
+    }
+    this.#local.push({ handle: id, result, buffer });
+    this.#scheduleFire();
   }
 
   /** Writes queue entry `entry` (an id, or -id for a cancel request) as descriptor `i`. */
@@ -456,6 +528,8 @@ export class IoUringBackend implements IoBackend {
     const op = this.#opOf(id);
     const slot = id & OP_SLOT_MASK;
     if (op === undefined || this.#slotCancelled[slot] === true) return false;
+    // Finished already, its completion kept in JS until the next poll or drain.
+    if (this.#local.length > 0 && this.#local.some((c) => c.handle === id)) return false;
     const q = this.#q;
     let queued = -1;
     for (let i = 0; i < this.#qLen; i++) {
@@ -529,19 +603,24 @@ export class IoUringBackend implements IoBackend {
     if (this.#qLen > 0) this.flush();
     let count = 0;
     if (this.#local.length > 0) {
-      // Completions made in JS (rare): through poll's path, which releases their slots.
+      // Completions kept in JS (rare): each one's slot is released as it is handed over, so the
+      // ones a throwing sink leaves stay counted in inFlight (and close() still knows their ops).
       const local = this.#local;
       this.#local = [];
-      for (const c of local) this.#release(c.handle);
+      this.#drainingLocal = local;
       let j = 0;
       try {
-        for (; j < local.length; j++) {
+        // A sink that closed the backend gets nothing more (close() closed the fds among the rest).
+        for (; j < local.length && !this.#closed; j++) {
+          const c = local[j]!;
+          this.#release(c.handle);
           count++;
-          sink(local[j]!.handle, local[j]!.result);
+          sink(c.handle, c.result);
         }
       } finally {
+        this.#drainingLocal = null;
         // The sink threw: the rest is handed over by the next poll or drain.
-        if (j < local.length - 1) {
+        if (j < local.length - 1 && !this.#closed) {
           this.#local = local.slice(j + 1).concat(this.#local);
           this.#scheduleFire();
         }
@@ -562,6 +641,7 @@ export class IoUringBackend implements IoBackend {
     const cq = this.#cq;
     let i = 0;
     this.#reaping = true;
+    this.#reapingCount = n;
     try {
       for (; i < n; i++) {
         const id = cq[CQ_DOUBLES * i]! | 0;
@@ -591,27 +671,68 @@ export class IoUringBackend implements IoBackend {
     if (this.#local.length > 0) this.#scheduleFire();
   }
 
-  /** Moves entries `from..to-1` of the completion buffer into #local, as completions of their live operations. */
+  /**
+   * Moves entries `from..to-1` of the completion buffer into #local, as completions of their live
+   * operations. Their slots stay taken until poll or drain hands them over (user operations never
+   * carry IORING_CQE_F_MORE, so each is final): inFlight keeps counting them, as the IoBackend
+   * contract says, and close() still finds the fds of the opens, accepts and sockets among them.
+   */
   #keepCq(from: number, to: number): void {
     const cq = this.#cq;
     for (let i = from; i < to; i++) {
       const id = cq[CQ_DOUBLES * i]! | 0;
       const op = this.#opOf(id);
       if (op === undefined) continue;
-      this.#local.push({ handle: id, result: this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!), buffer: bufferHandleOf(op) });
+      this.#local.push({ handle: id, result: this.#resultValue(id, op, cq[CQ_DOUBLES * i + 1]!), buffer: bufferHandleOf(op) });
     }
   }
 
   /** The result of a reaped CQE of live operation `id` (releasing its slot unless more CQEs follow). */
   #resultOf(id: number, op: IoOperation, r: number, flags: number): number | Error {
+    const res = this.#resultValue(id, op, r);
+    if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
+    return res;
+  }
+
+  /** What a CQE result `r` of live operation `id` means to the caller (its slot is left as it is). */
+  #resultValue(id: number, op: IoOperation, r: number): number | Error {
     let res = r;
     // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
     // the caller cancelled it.
     if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id & OP_SLOT_MASK] !== true) {
       res = -ETIMEDOUT;
     }
-    if ((flags & IORING_CQE_F_MORE) === 0) this.#release(id);
     return res >= 0 ? res : ioErrorForOperation(op, res);
+  }
+
+  /**
+   * Closes the fds that finished `open`, `accept` and `socket` operations returned to completions
+   * nobody will be handed any more (close() is running): the ones kept in JS and the first
+   * `inBuffer` of the completion buffer, as far as their operations are still live (a completion
+   * handed over has its slot released already).
+   */
+  #closeUnclaimedFds(inBuffer: number): void {
+    const cq = this.#cq;
+    for (let i = 0; i < inBuffer; i++) {
+      const id = cq[CQ_DOUBLES * i]! | 0;
+      const op = this.#opOf(id);
+      if (op !== undefined) this.#closeResultFd(op, cq[CQ_DOUBLES * i + 1]!);
+    }
+    for (const kept of [this.#local, this.#drainingLocal ?? []]) {
+      for (const c of kept) {
+        const op = this.#opOf(c.handle);
+        if (op !== undefined) this.#closeResultFd(op, c.result);
+      }
+    }
+  }
+
+  #closeResultFd(op: IoOperation, result: number | Error): void {
+    if (typeof result !== 'number' || result < 0 || (op.op !== 'open' && op.op !== 'accept' && op.op !== 'socket')) return;
+    try {
+      closeSync(result);
+    } catch {
+      // Already gone (EBADF): nothing to release.
+    }
   }
 
   onReady(cb: (() => void) | null): void {
@@ -693,6 +814,13 @@ export class IoUringBackend implements IoBackend {
     if (this.#closed) return;
     this.#closed = true;
     this.#cb = null;
+    // Completions taken from the ring but not handed over (kept in #local, waiting in the
+    // completion buffer for this ready call, or in a drain whose sink called close()) are
+    // nobody's now: the fds among them would leak. (Native close closes the ones still in the
+    // ring.)
+    const inBuffer = this.#pre > 0 ? this.#pre : this.#reaping ? this.#reapingCount : 0;
+    if (inBuffer > 0 || this.#local.length > 0 || this.#drainingLocal !== null) this.#closeUnclaimedFds(inBuffer);
+    this.#pre = 0;
     // Native close cancels what is in flight, waits for the kernel to give every buffer back
     // (buffers it still holds after that are leaked on purpose, never freed under it) and
     // closes the ring and its eventfds.
