@@ -29,6 +29,7 @@
 
 #include <sys/epoll.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -78,6 +79,18 @@ struct FdState {
   // after or before the read that stopped at its mark, never lost: in both orders the flag is
   // set before the next recv is decided on.
   bool urgent = false;
+  // Pool ops of this fd (reads, writes, fsyncs handed to the thread pool and not yet drained). A
+  // close of the fd waits for them in held_close: a pool thread takes its job off the queue and
+  // only then enters pwritev, and in between another pool thread could run the close, and an
+  // open could be given the same number, so the write would land in the new file.
+  uint32_t pool_ops = 0;
+  Op* held_close = nullptr;
+  // A close of this fd was submitted (held, or running on the pool): ops submitted after it fail
+  // with EBADF, until the close is done or the kernel hands the number out again.
+  bool closing = false;
+  // Bumped whenever the number stops being this file's (closed, or handed out again after being
+  // closed behind our back): a pool op counted under an older generation is no longer counted.
+  uint32_t gen = 1;
 };
 
 // Counters for tests and benchmarks (plain numbers, this thread only).
@@ -113,7 +126,10 @@ class EpollReactor : public OpBook<FdState> {
   void Submit(Op* op);
 
   // Cancels the op with this id. False if unknown or already complete; true if a cancellation
-  // was made (the op completes with -ECANCELED, or with its result if a pool thread runs it).
+  // was made: the op completes with -ECANCELED, or, if a pool thread is inside its read, write
+  // or close, with its result. A running open or fsync is abandoned to its pool thread and
+  // completes with -ECANCELED at once (an fd the open still returns is closed by that thread);
+  // an open that finished but was not reaped yet has its fd closed and reports -ECANCELED.
   bool Cancel(uint64_t id);
 
   // Waits up to timeout_ms (0: not at all, -1: forever) for events and dispatches them, retrying
@@ -124,10 +140,12 @@ class EpollReactor : public OpBook<FdState> {
   // Returns the fd or -errno.
   int CreateEventFd();
 
-  // Cancels everything, joins the pool (a job inside a blocking system call finishes first),
-  // closes fds produced by operations nobody will reap, releases every op and closes the epoll,
-  // event and timer fds. Idempotent.
+  // Cancels everything and stops the pool: a running open, close or fsync is abandoned to its
+  // thread at once, a running read or write is waited for up to kShutdownGrace and then abandoned
+  // too (see thread_pool.h). Closes fds produced by operations nobody will reap, releases every
+  // other op and closes the epoll, event and timer fds. Idempotent.
   void Shutdown();
+  static constexpr std::chrono::milliseconds kShutdownGrace{1000};
   bool closed() const { return closed_; }
   const ReactorStats& stats() const { return stats_; }
 
@@ -137,6 +155,8 @@ class EpollReactor : public OpBook<FdState> {
 
   bool IsInternal(int fd) const { return fd == epfd_ || fd == evfd_ || fd == tfd_; }
   void Adopt(int fd, bool is_socket);  // a new fd from socket/accept/eventfd
+  FdState* Renew(int fd);              // the kernel just handed this number out
+  void Forget(FdState* st);            // the number is no longer the file it was
 
   void SubmitInner(Op* op);
   void ToPool(Op* op);
@@ -144,6 +164,9 @@ class EpollReactor : public OpBook<FdState> {
   void StartWrite(Op* op);
   void StartSocketOp(Op* op, bool read_side);
   void StartClose(Op* op);
+  void CloseNow(Op* op);
+  void FinishPoolOp(Op* op, int64_t result);
+  void PoolOpDone(int fd, uint32_t gen);
   void StartTimer(Op* op);
   void StartSyncSocketCall(Op* op);
 

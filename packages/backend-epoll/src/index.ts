@@ -51,6 +51,7 @@ const MAX_IO = 0x7ffff000;
 /** The most buffers/strings of one batch passed to the addon as call arguments (see flush()). */
 const MAX_SPREAD = 1024;
 const ECANCELED = osConstants.errno.ECANCELED;
+const EFAULT = osConstants.errno.EFAULT;
 
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface EpollStats {
@@ -156,8 +157,15 @@ export class EpollBackend implements IoBackend {
    * becomes ready later makes the epoll fd readable and Node's loop calls onReady again.
    */
   #drained = false;
-  /** Completions made in JS (cancelled before they were flushed). */
+  /** Completions made in JS (cancelled before they were flushed, or refused at flush). */
   #local: IoCompletion[] = [];
+  /**
+   * By slot (`id & OP_SLOT_MASK`): the byte length of each buffer of a readv/writev when it was
+   * submitted (set by submit, consumed by the flush that encodes it). A readv/writev names no
+   * length, so without this a buffer detached or shrunk (a resizable ArrayBuffer) between submit
+   * and flush would silently take part with fewer bytes; read/write carry `len` for that check.
+   */
+  readonly #vecLens: (number[] | undefined)[] = [];
   /** Buffers and strings of the batch being flushed (cleared after each native flush). */
   readonly #objs = new FlushObjects();
   #cb: (() => void) | null = null;
@@ -178,10 +186,15 @@ export class EpollBackend implements IoBackend {
     this.#sqI = new Int32Array(sq, 0, sqCap * SQ_INTS);
     this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
     this.#cq = new Float64Array(cq);
+    // The addon holds onEvent strongly (a persistent handle in native memory, which the garbage
+    // collector cannot trace through), so onEvent must not hold `this`: a backend that is dropped
+    // without close() would keep its native object, 3 fds and its pool threads forever. Through a
+    // WeakRef the backend can be collected, and its native object with it, whose destructor closes
+    // everything (addon.h). One deref per event dispatch.
+    const self = new WeakRef(this);
     const onEvent = (): void => {
-      // The addon just dispatched events: completions may be ready that no poll has seen.
-      this.#drained = false;
-      if (!this.#closed && this.#cb !== null) this.#cb();
+      const backend = self.deref();
+      if (backend !== undefined) backend.#onEvent();
     };
     try {
       this.#native = new this.#addon.EpollBackend(sq, cq, sqCap, this.#cqCap, entries, poolThreads, onEvent);
@@ -189,6 +202,12 @@ export class EpollBackend implements IoBackend {
       const e = err as { errno?: number; syscall?: string; message?: string };
       throw new RuntimeError('BACKEND_UNAVAILABLE', `backend 'epoll' could not start: ${e?.message ?? String(err)}`, { cause: err });
     }
+  }
+
+  #onEvent(): void {
+    // The addon just dispatched events: completions may be ready that no poll has seen.
+    this.#drained = false;
+    if (!this.#closed && this.#cb !== null) this.#cb();
   }
 
   get inFlight(): number {
@@ -199,6 +218,7 @@ export class EpollBackend implements IoBackend {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the epoll backend is closed: no more operations can be submitted');
     validateOperation(op);
     const id = this.#slots.add(op);
+    if (op.op === 'readv' || op.op === 'writev') this.#vecLens[id & OP_SLOT_MASK] = op.buffers.map(byteLengthOf);
     this.#qIds[this.#qLen++] = id;
     return id;
   }
@@ -226,19 +246,21 @@ export class EpollBackend implements IoBackend {
       const n = Math.min(this.maxBatchSize, total - done);
       const objs = this.#objs;
       objs.clear(); // nothing left over from a batch whose encoding threw
+      // k: descriptors written (an operation refused by #encode takes none).
+      let k = 0;
       for (let i = 0; i < n; i++) {
         const id = ids[done + i]!;
-        this.#encode(i, id, slotOp[id & OP_SLOT_MASK]!);
+        if (this.#encode(k, id, slotOp[id & OP_SLOT_MASK]!)) k++;
       }
       // The objects travel as arguments: reading an argument in C++ is much cheaper than an
       // element lookup on an array (a generic property access through the V8 API), and the usual
       // one or two go without a spread. Only a huge vectored batch goes as the array.
       const len = objs.count;
       try {
-        if (len === 0) ready = this.#native.flush(n, null);
-        else if (len === 1) ready = this.#native.flush(n, null, objs.list[0]);
-        else if (len === 2) ready = this.#native.flush(n, null, objs.list[0], objs.list[1]);
-        else ready = len <= MAX_SPREAD ? this.#native.flush(n, null, ...objs.exact()) : this.#native.flush(n, objs.exact());
+        if (len === 0) ready = k === 0 ? 0 : this.#native.flush(k, null);
+        else if (len === 1) ready = this.#native.flush(k, null, objs.list[0]);
+        else if (len === 2) ready = this.#native.flush(k, null, objs.list[0], objs.list[1]);
+        else ready = len <= MAX_SPREAD ? this.#native.flush(k, null, ...objs.exact()) : this.#native.flush(k, objs.exact());
       } finally {
         objs.clear(); // the addon pinned what it needs
       }
@@ -249,7 +271,8 @@ export class EpollBackend implements IoBackend {
     return total;
   }
 
-  #encode(slot: number, id: number, op: IoOperation): void {
+  /** Writes descriptor `slot` for `op`; false when `op` was refused instead (completed locally, no descriptor). */
+  #encode(slot: number, id: number, op: IoOperation): boolean {
     const I = this.#sqI;
     const F = this.#sqF;
     const b = slot * SQ_INTS;
@@ -287,7 +310,17 @@ export class EpollBackend implements IoBackend {
         I[b + 5] = this.#objs.push(bytesOf(op.buffer));
         break;
       case 'readv':
-      case 'writev':
+      case 'writev': {
+        const lens = this.#vecLens[id & OP_SLOT_MASK];
+        this.#vecLens[id & OP_SLOT_MASK] = undefined;
+        if (lens === undefined || !sameOrLonger(op.buffers, lens)) {
+          // A buffer was detached or shrunk since submit: EFAULT, like read/write whose buffer
+          // is shorter than `len` (native code also refuses a detached one, but cannot tell a
+          // shrunk one from a short one).
+          this.#local.push({ handle: id, result: ioErrorForOperation(op, -EFAULT), buffer: bufferHandleOf(op) });
+          this.#scheduleFire();
+          return false;
+        }
         I[b] = op.op === 'readv' ? OPCODES.readv : OPCODES.writev;
         I[b + 1] = int32OrBad(op.fd);
         I[b + 5] = this.#objs.count;
@@ -295,6 +328,7 @@ export class EpollBackend implements IoBackend {
         for (const buf of op.buffers) this.#objs.push(buf);
         F[slot * SQ_DOUBLES + 1] = op.offset;
         break;
+      }
       case 'fsync':
         I[b] = OPCODES.fsync;
         I[b + 1] = int32OrBad(op.fd);
@@ -337,6 +371,7 @@ export class EpollBackend implements IoBackend {
       default:
         I[b] = -1; // unreachable: submit validated the operation
     }
+    return true;
   }
 
   cancel(id: IoHandleId): boolean {
@@ -355,6 +390,7 @@ export class EpollBackend implements IoBackend {
       // Not flushed yet: it never reaches the kernel.
       q.copyWithin(queued, queued + 1, this.#qLen);
       this.#qLen--;
+      this.#vecLens[id & OP_SLOT_MASK] = undefined;
       this.#drained = false;
       this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
       this.#scheduleFire();
@@ -468,13 +504,29 @@ export class EpollBackend implements IoBackend {
     if (this.#closed) return;
     this.#closed = true;
     this.#cb = null;
-    // Native close cancels what is in flight, waits for pool threads inside a system call,
-    // closes the fds of finished opens/accepts nobody will reap, and closes its own fds.
+    // Native close cancels what is in flight, abandons pool jobs stuck in a system call (an open,
+    // close or fsync at once, a read or write after a grace period of waiting: see
+    // native/epoll.h), closes the fds of finished opens/accepts nobody will reap, and closes its
+    // own fds. It never waits for a system call that does not return.
     this.#native.close();
     this.#qLen = 0;
     this.#local = [];
+    this.#vecLens.length = 0;
     this.#slots.clear();
   }
+}
+
+function byteLengthOf(b: Uint8Array): number {
+  return b.byteLength;
+}
+
+/** Whether every buffer is still at least as long as it was at submit (a detached one is 0 long). */
+function sameOrLonger(buffers: Uint8Array[], lens: number[]): boolean {
+  if (buffers.length !== lens.length) return false;
+  for (let i = 0; i < lens.length; i++) {
+    if (buffers[i]!.byteLength < lens[i]!) return false;
+  }
+  return true;
 }
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */

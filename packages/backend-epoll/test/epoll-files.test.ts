@@ -18,6 +18,37 @@ fileSuite({
     expect(b.stats().nowaitReads).toBeGreaterThan(0);
   },
   extraTests: (ctx) => {
+    it('readv/writev fail with EFAULT when a buffer was detached or shrunk between submit and flush', async () => {
+      const { d, dir } = ctx();
+      const path = join(dir, 'vectored.bin');
+      writeFileSync(path, 'zzzzzzzzzzzz');
+      const fd = await d.io({ op: 'open', path, flags: constants.O_RDWR, mode: 0 });
+      const enc = (t: string): Uint8Array => new TextEncoder().encode(t);
+      // Detached (transferred) after submit, before the driver's flush: it used to be skipped,
+      // as a 0-length buffer, and the call wrote "AAAACCCC".
+      const mid = enc('BBBB');
+      const w = d.error({ op: 'writev', fd, buffers: [enc('AAAA'), mid, enc('CCCC')], offset: 0 });
+      structuredClone(mid.buffer, { transfer: [mid.buffer] });
+      expect((await w).code).toBe('EFAULT');
+      // Shrunk: a length-tracking view of a resizable ArrayBuffer.
+      const resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer & { resize(n: number): void })(4, {
+        maxByteLength: 8,
+      });
+      const shrinking = new Uint8Array(resizable);
+      const r = d.error({ op: 'readv', fd, buffers: [new Uint8Array(4), shrinking], offset: 0 });
+      resizable.resize(2);
+      expect((await r).code).toBe('EFAULT');
+      const gone = new Uint8Array(4);
+      const r2 = d.error({ op: 'readv', fd, buffers: [gone], offset: 0 });
+      structuredClone(gone.buffer, { transfer: [gone.buffer] });
+      expect((await r2).code).toBe('EFAULT');
+      expect(readFileSync(path, 'latin1')).toBe('zzzzzzzzzzzz');
+      // Untouched buffers, zero-length ones included, still work.
+      expect(await d.io({ op: 'writev', fd, buffers: [enc('AB'), new Uint8Array(0), enc('CD')], offset: 0 })).toBe(4);
+      expect(readFileSync(path, 'latin1')).toBe('ABCDzzzzzzzz');
+      await d.io({ op: 'close', fd });
+    });
+
     it('reads through the thread pool on a page-cache miss (file evicted with fadvise DONTNEED)', async () => {
       const { b, d, dir } = ctx();
       const path = join(dir, 'cold.bin');

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "io_uring.h"
-#include "miniss/flush_objects.h"   // @miniss/native-common: ObjectAt, BindBuffer, StringOf
+#include "miniss/flush_objects.h"   // @miniss/native-common: ObjectAt, BindBuffer, BindWholeView, StringOf
 #include "miniss/module_methods.h"  // @miniss/native-common: address, allocateBuffer, signalFd, setAffinity
 #include "miniss/store_cache.h"     // @miniss/native-common: the pinned-buffer cache
 
@@ -438,7 +438,7 @@ NAN_METHOD(Backend::Flush) {
         for (int32_t j = 0; ok && j < n; ++j) {
           v8::Local<v8::Value> b;
           const size_t k = static_cast<size_t>(j);
-          ok = ObjectAt(info, objs, kFlushFixedArgs, first + j, &b) && BindBuffer(&inst->store_cache, b, -1, &d.iov[k], &d.pins[k]);
+          ok = ObjectAt(info, objs, kFlushFixedArgs, first + j, &b) && BindWholeView(&inst->store_cache, b, &d.iov[k], &d.pins[k]);
         }
         break;
       }

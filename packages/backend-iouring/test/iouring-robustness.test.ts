@@ -409,6 +409,32 @@ describe.runIf(support.ok)('io_uring backend robustness', () => {
     }
   });
 
+  it('a readv/writev buffer detached between submit and flush fails the operation with EFAULT (it was skipped as 0 bytes)', () => {
+    const b = createBackend();
+    const path = `${dir}/vectored.bin`;
+    writeFileSync(path, 'zzzzzzzzzzzz');
+    const fd = openSync(path, 'r+');
+    try {
+      const enc = (t: string): Uint8Array => new TextEncoder().encode(t);
+      const mid = enc('BBBB');
+      const w = b.submit({ op: 'writev', fd, buffers: [enc('AAAA'), mid, enc('CCCC')], offset: 0 });
+      structuredClone(mid.buffer, { transfer: [mid.buffer] });
+      const gone = new Uint8Array(4);
+      const r = b.submit({ op: 'readv', fd, buffers: [new Uint8Array(4), gone], offset: 0 });
+      structuredClone(gone.buffer, { transfer: [gone.buffer] });
+      const got = settle(b, [w, r]);
+      expect([got.get(w), got.get(r)]).toEqual(['EFAULT', 'EFAULT']);
+      const check = Buffer.alloc(12);
+      readSync(fd, check, 0, 12, 0);
+      expect(check.toString('latin1')).toBe('zzzzzzzzzzzz');
+      // Untouched buffers, zero-length ones included, still work.
+      expect(run(b, { op: 'writev', fd, buffers: [enc('AB'), new Uint8Array(0), enc('CD')], offset: 0 })).toBe(4);
+    } finally {
+      b.close();
+      closeSync(fd);
+    }
+  });
+
   it('a timeout too large for a timespec (1e22 ms, Number.MAX_VALUE) stays pending instead of failing with EINVAL', () => {
     const b = createBackend();
     try {

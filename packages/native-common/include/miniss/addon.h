@@ -50,8 +50,9 @@ constexpr int kFlushFixedArgs = 2;
 
 // Fills `op` from descriptor words `d` (kSqInts int32) and `f` (kSqDoubles float64), binding and
 // pinning its buffers or reading its path. Returns 0, or the negative errno the op must fail
-// with (-EFAULT: a buffer detached or shrunk since submit, a missing object; `too_many_iovs` for
-// a vectored call with more than 1024 buffers).
+// with (-EFAULT: a buffer detached or shrunk since submit (for readv/writev: detached; their
+// drivers check shrinking, see BindWholeView), a missing object; `too_many_iovs` for a vectored
+// call with more than 1024 buffers).
 inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<v8::Value> objs, StoreCache* cache,
                     const int32_t* d, const double* f, Op* op, int too_many_iovs) {
   op->id = static_cast<uint64_t>(f[0]);
@@ -88,7 +89,7 @@ inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<
       for (int32_t j = 0; ok && j < nobj; j++) {
         v8::Local<v8::Value> v;
         ok = ObjectAt(info, objs, kFlushFixedArgs, obj + j, &v) &&
-             BindBuffer(cache, v, -1, &op->iovs[static_cast<size_t>(j)], &op->pins[static_cast<size_t>(j)]);
+             BindWholeView(cache, v, &op->iovs[static_cast<size_t>(j)], &op->pins[static_cast<size_t>(j)]);
       }
       break;
     }
@@ -195,8 +196,9 @@ class ReadinessAddon {
   static void OnClosed(uv_handle_t* handle) {
     Instance* inst = static_cast<Instance*>(handle->data);
     Nan::HandleScope scope;
-    // Cancels what is left, joins the pool threads (a job in a blocking system call finishes
-    // first, its buffers pinned until then) and closes the reactor's fds. A no-op after close().
+    // Cancels what is left, stops the pool threads (epoll abandons a job stuck in a blocking
+    // system call to its thread, see thread_pool.h; kqueue still waits for it) and closes the
+    // reactor's fds. A no-op after close().
     if (inst->reactor) inst->reactor->Shutdown();
     inst->reactor.reset();
     inst->async.reset();
@@ -369,7 +371,9 @@ class ReadinessAddon {
   }
 
   // close(): synchronous: after it returns every fd of the backend is closed and every pinned
-  // buffer released; the uv handle itself is freed in its close callback.
+  // buffer released, except, with a reactor that stops its pool without waiting for stuck jobs
+  // (epoll), those of a job stuck in its system call past the grace period, which its abandoned
+  // thread keeps (thread_pool.h); the uv handle itself is freed in its close callback.
   static NAN_METHOD(Close) {
     BackendWrap* self = Nan::ObjectWrap::Unwrap<BackendWrap>(info.Holder());
     if (self == nullptr || self->inst_ == nullptr) return;

@@ -49,6 +49,27 @@ inline bool BindBuffer(StoreCache* cache, v8::Local<v8::Value> value, int64_t le
   return true;
 }
 
+// Points `iov` at all of a view (the buffers of a readv/writev, which carry no length of their
+// own) and pins its store. Unlike BindBuffer(len < 0), false also when the view's ArrayBuffer was
+// detached: a detached view reads as 0 bytes long, and binding it would silently drop that
+// buffer from the vectored call instead of failing it (EFAULT, as a detached read/write buffer).
+// A view shrunk since submit (a resizable ArrayBuffer) cannot be told from one that was always
+// that short here; the driver checks the lengths it recorded at submit.
+inline bool BindWholeView(StoreCache* cache, v8::Local<v8::Value> value, struct iovec* iov, std::shared_ptr<void>* pin) {
+  if (!value->IsArrayBufferView()) return false;
+  v8::Local<v8::ArrayBufferView> view = value.As<v8::ArrayBufferView>();
+  v8::Local<v8::ArrayBuffer> ab = view->Buffer();
+  if (ab->WasDetached()) return false;
+  std::shared_ptr<v8::BackingStore> store = cache->Get(ab);
+  const size_t len = view->ByteLength();
+  char* data = static_cast<char*>(store->Data());
+  if (data == nullptr && len > 0) return false;
+  iov->iov_base = data == nullptr ? nullptr : data + view->ByteOffset();
+  iov->iov_len = len;
+  *pin = std::move(store);
+  return true;
+}
+
 // The UTF-8 text of a string value (a path); false when it is not a string.
 inline bool StringOf(v8::Local<v8::Value> v, std::string* out) {
   if (!v->IsString()) return false;

@@ -78,7 +78,12 @@ struct Op {
   uint8_t kind = 0;  // read/write on a readiness fd: kKindSocket or kKindStream (0 = not classified)
   bool in_progress = false;  // connect: the non-blocking connect() was issued, waiting for writability (EPOLLOUT / EVFILT_WRITE)
   Op* qnext = nullptr;       // next op in the same fd wait queue
+  // Cancel() found the op inside a pool thread's system call (loop thread only; pool threads
+  // never read it): a new fd it still returns is closed and the op reports ECANCELED instead.
   bool cancel_requested = false;
+  // A pool op on an fd, counted in that fd's state until it finishes: the generation of the fd
+  // number it was counted under (0: not counted). See epoll.h's FdState::pool_ops.
+  uint32_t fd_gen = 0;
   uint64_t deadline_ns = 0;
   Op* prev = nullptr;  // intrusive list of live ops (for cancel and shutdown)
   Op* next = nullptr;
@@ -110,6 +115,7 @@ struct Op {
     in_progress = false;
     qnext = nullptr;
     cancel_requested = false;
+    fd_gen = 0;
     deadline_ns = 0;
     prev = next = nullptr;
   }
