@@ -1,6 +1,6 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { SocketAddress } from './backend.js';
+import type { IoOperation, SocketAddress } from './backend.js';
 import { constants as osConstants } from 'node:os';
 import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromCode, ioErrorFromErrno } from './errors.js';
 import type { IoCallOptions } from './file.js';
@@ -397,18 +397,18 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
 
   /** Submits a send as the write side's operation. */
   private _send(b: Uint8Array, signal: AbortSignal | undefined): Promise<number> {
-    const before = this._ioHead;
-    const p = this._rt.io({ op: 'send', fd: this.fd, buffer: b, len: b.byteLength }, signal, this);
-    const head = this._ioHead;
-    this._sendIo = head !== before ? head : null;
-    this._sendWait = p;
-    return p;
+    return this._writeSide({ op: 'send', fd: this.fd, buffer: b, len: b.byteLength }, signal);
   }
 
   /** Submits a shutdown of the write side (how 1 or 2) as the write side's operation. */
   private _shutdown(how: 1 | 2): Promise<number> {
+    return this._writeSide({ op: 'shutdown', fd: this.fd, how }, undefined);
+  }
+
+  /** Submits `op` (a send or a write-side shutdown) as the write side's operation (see _recv). */
+  private _writeSide(op: IoOperation, signal: AbortSignal | undefined): Promise<number> {
     const before = this._ioHead;
-    const p = this._rt.io({ op: 'shutdown', fd: this.fd, how }, undefined, this);
+    const p = this._rt.io(op, signal, this);
     const head = this._ioHead;
     this._sendIo = head !== before ? head : null;
     this._sendWait = p;

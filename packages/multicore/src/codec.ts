@@ -268,26 +268,24 @@ export function describeValue(value: unknown): string {
   return `[a ${typeof value} that cannot be described]`;
 }
 
+/** Property `key` of `value` when it is a string; undefined otherwise, or when reading it throws. */
+function stringProp(value: unknown, key: 'stack' | 'message'): string | undefined {
+  try {
+    const v = (value as Record<string, unknown> | null | undefined)?.[key];
+    return typeof v === 'string' ? v : undefined;
+  } catch {
+    return undefined; // a getter or Proxy trap that throws
+  }
+}
+
 /** An error's stack (else its message or a description), for a warning; never throws. */
 export function stackOf(err: unknown): string {
-  try {
-    const st = (err as { stack?: unknown } | null | undefined)?.stack;
-    if (typeof st === 'string') return st;
-  } catch {
-    /* a getter or Proxy trap that throws */
-  }
-  return messageOf(err);
+  return stringProp(err, 'stack') ?? messageOf(err);
 }
 
 /** An error's message (a string `message` property), else a description of the value; never throws. */
 export function messageOf(err: unknown): string {
-  try {
-    const m = (err as { message?: unknown } | null | undefined)?.message;
-    if (typeof m === 'string') return m;
-  } catch {
-    /* a getter or Proxy trap that throws */
-  }
-  return describeValue(err);
+  return stringProp(err, 'message') ?? describeValue(err);
 }
 
 /** Encodes one value (a result). Throws `INVALID_ARGUMENT` when it cannot be structured-cloned. */

@@ -1,26 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RuntimeError } from '@miniss/core';
-import { MultiCoreRuntime, type MultiCoreConfig } from '@miniss/multicore';
+import { make, shutDownAfterEach, within } from './helpers.js';
 
-// One runtime per thread: a test that fails half-way must not leave its runtime running for the next.
-const open: MultiCoreRuntime[] = [];
-function make(config: MultiCoreConfig): MultiCoreRuntime {
-  const mc = new MultiCoreRuntime(config);
-  open.push(mc);
-  return mc;
-}
-afterEach(async () => {
-  for (const mc of open.splice(0)) await mc.shutdown().catch(() => {});
-});
-
-async function within<T>(p: PromiseLike<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: still pending after ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+shutDownAfterEach();
 
 /** Collects process warnings of the given names while `fn` runs (and one tick after). */
 async function collectWarnings(names: string[], fn: () => Promise<void>): Promise<string[]> {
