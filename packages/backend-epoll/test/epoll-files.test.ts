@@ -28,7 +28,7 @@ fileSuite({
       // as a 0-length buffer, and the call wrote "AAAACCCC".
       const mid = enc('BBBB');
       const w = d.error({ op: 'writev', fd, buffers: [enc('AAAA'), mid, enc('CCCC')], offset: 0 });
-      structuredClone(mid.buffer, { transfer: [mid.buffer] });
+      structuredClone(mid.buffer, { transfer: [mid.buffer as ArrayBuffer] });
       expect((await w).code).toBe('EFAULT');
       // Shrunk: a length-tracking view of a resizable ArrayBuffer.
       const resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer & { resize(n: number): void })(4, {
@@ -40,7 +40,7 @@ fileSuite({
       expect((await r).code).toBe('EFAULT');
       const gone = new Uint8Array(4);
       const r2 = d.error({ op: 'readv', fd, buffers: [gone], offset: 0 });
-      structuredClone(gone.buffer, { transfer: [gone.buffer] });
+      structuredClone(gone.buffer, { transfer: [gone.buffer as ArrayBuffer] });
       expect((await r2).code).toBe('EFAULT');
       expect(readFileSync(path, 'latin1')).toBe('zzzzzzzzzzzz');
       // Untouched buffers, zero-length ones included, still work.

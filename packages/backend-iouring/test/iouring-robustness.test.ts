@@ -418,10 +418,10 @@ describe.runIf(support.ok)('io_uring backend robustness', () => {
       const enc = (t: string): Uint8Array => new TextEncoder().encode(t);
       const mid = enc('BBBB');
       const w = b.submit({ op: 'writev', fd, buffers: [enc('AAAA'), mid, enc('CCCC')], offset: 0 });
-      structuredClone(mid.buffer, { transfer: [mid.buffer] });
+      structuredClone(mid.buffer, { transfer: [mid.buffer as ArrayBuffer] });
       const gone = new Uint8Array(4);
       const r = b.submit({ op: 'readv', fd, buffers: [new Uint8Array(4), gone], offset: 0 });
-      structuredClone(gone.buffer, { transfer: [gone.buffer] });
+      structuredClone(gone.buffer, { transfer: [gone.buffer as ArrayBuffer] });
       const got = settle(b, [w, r]);
       expect([got.get(w), got.get(r)]).toEqual(['EFAULT', 'EFAULT']);
       const check = Buffer.alloc(12);

@@ -11,7 +11,9 @@
 //   from the set behind our back; it is re-added (EV_ADD on an existing knote just updates it)
 //   whenever a wait starts on it while idle.
 // - Files: the BSDs have no preadv2(RWF_NOWAIT), so every regular-file read, write, fsync, open
-//   and non-socket close runs on the thread pool.
+//   and non-socket close runs on the thread pool. As on epoll, a close waits for the pool ops of
+//   its fd submitted before it (FdState::pool_ops), and a pool job stuck in its system call is
+//   abandoned to its thread by a cancel (open, fsync) or by Shutdown (thread_pool.h).
 // - Pool completions wake the loop with EVFILT_USER/NOTE_TRIGGER (no eventfd); timeouts use one
 //   one-shot EVFILT_TIMER armed for the earliest deadline.
 //
@@ -23,6 +25,7 @@
 #include <sys/types.h>
 #include <sys/event.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -46,6 +49,18 @@ struct FdState {
   bool trusted = false;     // created by this reactor: its knotes cannot vanish silently
   bool is_socket = false;   // created by socket()/accept(): close() is cheap and done inline
   bool nosigpipe = false;   // SO_NOSIGPIPE set by this reactor (macOS, where send() has no MSG_NOSIGNAL)
+  // Pool ops of this fd (reads, writes, fsyncs handed to the thread pool and not yet drained). A
+  // close of the fd waits for them in held_close: a pool thread takes its job off the queue and
+  // only then enters pwritev, and in between another pool thread could run the close, and an
+  // open could be given the same number, so the write would land in the new file.
+  uint32_t pool_ops = 0;
+  Op* held_close = nullptr;
+  // A close of this fd was submitted (held, or running on the pool): ops submitted after it fail
+  // with EBADF, until the close is done or the kernel hands the number out again.
+  bool closing = false;
+  // Bumped whenever the number stops being this file's (closed, or handed out again after being
+  // closed behind our back): a pool op counted under an older generation is no longer counted.
+  uint32_t gen = 1;
 };
 
 struct ReactorStats {
@@ -73,9 +88,22 @@ class KqueueReactor : public OpBook<FdState> {
   int fd() const { return kq_; }
 
   void Submit(Op* op);
+
+  // Cancels the op with this id. False if unknown or already complete; true if a cancellation
+  // was made: the op completes with -ECANCELED, or, if a pool thread is inside its read, write
+  // or close, with its result. A running open or fsync is abandoned to its pool thread and
+  // completes with -ECANCELED at once (an fd the open still returns is closed by that thread);
+  // an open that finished but was not reaped yet has its fd closed and reports -ECANCELED.
   bool Cancel(uint64_t id);
+
   size_t Process(int timeout_ms);
+
+  // Cancels everything and stops the pool: a running open, close or fsync is abandoned to its
+  // thread at once, a running read or write is waited for up to kShutdownGrace and then abandoned
+  // too (see thread_pool.h). Closes fds produced by operations nobody will reap, releases every
+  // other op and closes the kqueue. Idempotent.
   void Shutdown();
+  static constexpr std::chrono::milliseconds kShutdownGrace{1000};
   bool closed() const { return closed_; }
   const ReactorStats& stats() const { return stats_; }
 
@@ -84,7 +112,9 @@ class KqueueReactor : public OpBook<FdState> {
   int Init();
 
   bool IsInternal(int fd) const { return fd == kq_; }
-  void Adopt(int fd, bool is_socket);
+  void Adopt(int fd, bool is_socket);  // a new fd from socket/accept
+  FdState* Renew(int fd);              // the kernel just handed this number out
+  void Forget(FdState* st);            // the number is no longer the file it was
 
   void SubmitInner(Op* op);
   void ToPool(Op* op);
@@ -92,6 +122,9 @@ class KqueueReactor : public OpBook<FdState> {
   void StartWrite(Op* op);
   void StartSocketOp(Op* op, bool read_side);
   void StartClose(Op* op);
+  void CloseNow(Op* op);
+  void FinishPoolOp(Op* op, int64_t result);
+  void PoolOpDone(int fd, uint32_t gen);
   void StartTimer(Op* op);
   void StartSyncSocketCall(Op* op);
 

@@ -4,3 +4,4 @@ export { fileSuite, type FileCase } from './files.js';
 export { perTestBackend } from './per-test.js';
 export { lifecycleSuite, type LifecycleCase } from './lifecycle.js';
 export { socketSuite, type ReadinessBackend, type ReadinessBackendCase } from './sockets.js';
+export { poolSuite, type PoolCase } from './pool.js';

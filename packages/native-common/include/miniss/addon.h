@@ -196,9 +196,9 @@ class ReadinessAddon {
   static void OnClosed(uv_handle_t* handle) {
     Instance* inst = static_cast<Instance*>(handle->data);
     Nan::HandleScope scope;
-    // Cancels what is left, stops the pool threads (epoll abandons a job stuck in a blocking
-    // system call to its thread, see thread_pool.h; kqueue still waits for it) and closes the
-    // reactor's fds. A no-op after close().
+    // Cancels what is left, stops the pool threads (a job stuck in a blocking system call is
+    // abandoned to its thread, see thread_pool.h) and closes the reactor's fds. A no-op after
+    // close().
     if (inst->reactor) inst->reactor->Shutdown();
     inst->reactor.reset();
     inst->async.reset();
