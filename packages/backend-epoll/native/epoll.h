@@ -39,6 +39,7 @@
 
 #include "miniss/op.h"  // @miniss/native-common
 #include "miniss/op_book.h"
+#include "miniss/pool_book.h"
 #include "miniss/thread_pool.h"
 
 namespace miniss {
@@ -46,7 +47,8 @@ namespace miniss {
 constexpr uint8_t kEmptyAfterShortRead = 1;
 constexpr uint8_t kEmptyAfterEagain = 2;
 
-struct FdState {
+// PoolFdState: the pool-op count, held close and generation of the fd (pool_book.h).
+struct FdState : PoolFdState {
   Op* rhead = nullptr;  // read-side wait queue (accept, recv, read)
   Op* rtail = nullptr;
   Op* whead = nullptr;  // write-side wait queue (connect, send, write)
@@ -79,18 +81,6 @@ struct FdState {
   // after or before the read that stopped at its mark, never lost: in both orders the flag is
   // set before the next recv is decided on.
   bool urgent = false;
-  // Pool ops of this fd (reads, writes, fsyncs handed to the thread pool and not yet drained). A
-  // close of the fd waits for them in held_close: a pool thread takes its job off the queue and
-  // only then enters pwritev, and in between another pool thread could run the close, and an
-  // open could be given the same number, so the write would land in the new file.
-  uint32_t pool_ops = 0;
-  Op* held_close = nullptr;
-  // A close of this fd was submitted (held, or running on the pool): ops submitted after it fail
-  // with EBADF, until the close is done or the kernel hands the number out again.
-  bool closing = false;
-  // Bumped whenever the number stops being this file's (closed, or handed out again after being
-  // closed behind our back): a pool op counted under an older generation is no longer counted.
-  uint32_t gen = 1;
 };
 
 // Counters for tests and benchmarks (plain numbers, this thread only).
@@ -105,7 +95,7 @@ struct ReactorStats {
   uint64_t skipped = 0;        // recv/accept queued without a system call (see FdState::read_wait)
 };
 
-class EpollReactor : public OpBook<FdState> {
+class EpollReactor : public PoolOpBook<EpollReactor, FdState> {
  public:
   struct Options {
     int max_events = 256;   // events per epoll_wait
@@ -154,9 +144,10 @@ class EpollReactor : public OpBook<FdState> {
   int Init();
 
   bool IsInternal(int fd) const { return fd == epfd_ || fd == evfd_ || fd == tfd_; }
+  friend class PoolOpBook<EpollReactor, FdState>;  // calls CloseNow and ToPool
+  using Pool = PoolOpBook<EpollReactor, FdState>;
+
   void Adopt(int fd, bool is_socket);  // a new fd from socket/accept/eventfd
-  FdState* Renew(int fd);              // the kernel just handed this number out
-  void Forget(FdState* st);            // the number is no longer the file it was
 
   void SubmitInner(Op* op);
   void ToPool(Op* op);
@@ -164,9 +155,7 @@ class EpollReactor : public OpBook<FdState> {
   void StartWrite(Op* op);
   void StartSocketOp(Op* op, bool read_side);
   void StartClose(Op* op);
-  void CloseNow(Op* op);
-  void FinishPoolOp(Op* op, int64_t result);
-  void PoolOpDone(int fd, uint32_t gen);
+  void CloseNow(Op* op);  // issues a close no pool op of its fd holds back any more
   void StartTimer(Op* op);
   void StartSyncSocketCall(Op* op);
 
@@ -190,8 +179,6 @@ class EpollReactor : public OpBook<FdState> {
   std::vector<int> owned_eventfds_;
   std::set<std::pair<uint64_t, Op*>> timers_;
   uint64_t armed_ns_ = 0;
-  std::unique_ptr<ThreadPool> pool_;
-  std::vector<Op*> pool_done_;  // scratch for DrainPool
   uint32_t recv_probe_ = 0;  // see FdState::recv_score
 };
 

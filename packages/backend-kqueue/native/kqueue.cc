@@ -172,34 +172,9 @@ void KqueueReactor::Shutdown() {
       Complete(op, -ECANCELED);
     }
   }
-  for (auto& st : fds_) {
-    if (!st) continue;
-    // A close held behind pool ops of its fd never started: like a queued pool job, it is
-    // cancelled and the fd stays open.
-    if (st->held_close != nullptr) Complete(st->held_close, -ECANCELED);
-    *st = FdState();
-  }
+  ShutdownFds();
   timers_.clear();
-  if (pool_) {
-    // Every op the pool has (queued, running, or finished and not taken yet) leaves the live list
-    // first: the pool may abandon a running one, and from then on its thread may free it at any
-    // moment, so nothing here may walk over it afterwards.
-    for (Op* op = live_; op != nullptr;) {
-      Op* next = op->next;
-      if (op->where == Where::kPool) Unlink(op);
-      op = next;
-    }
-    std::vector<Op*> withdrawn, finished, abandoned;
-    pool_->Shutdown(&withdrawn, &finished, &abandoned, kShutdownGrace);
-    for (Op* op : withdrawn) delete op;
-    for (Op* op : finished) {
-      // Nobody will reap it: an fd it produced would leak.
-      if (ProducesFd(op->code) && op->result >= 0) close(static_cast<int>(op->result));
-      delete op;
-    }
-    // `abandoned` now belong to their pool threads.
-    pool_.reset();
-  }
+  ShutdownPool(kShutdownGrace);
   // Nobody will reap from here on: close the descriptors that finished opens/accepts/sockets
   // produced (they would leak otherwise), then release every op and its pins.
   for (size_t i = done_head_; i < done_.size(); i++) {
@@ -228,25 +203,6 @@ void KqueueReactor::Adopt(int fd, bool is_socket) {
   st->is_socket = is_socket;
 }
 
-FdState* KqueueReactor::Renew(int fd) {
-  FdState* st = Ensure(fd);
-  // The number was free a moment ago, so whatever waited on an older file with this number was
-  // closed behind our back (close() already dropped its knotes). Those ops can never complete:
-  // fail them. So does a close held for that file: run now, it would close the new one.
-  FailQueues(st, -EBADF);
-  if (st->held_close != nullptr) Complete(st->held_close, -EBADF);
-  Forget(st);
-  return st;
-}
-
-void KqueueReactor::Forget(FdState* st) {
-  // A new generation: pool ops still counted under the old one no longer count for this number.
-  uint32_t gen = st->gen + 1;
-  if (gen == 0) gen = 1;
-  *st = FdState();
-  st->gen = gen;
-}
-
 // -------------------------------------------------------------------------------------------------
 // -------------------------------------------------------------------------------------------------
 // Submission
@@ -264,14 +220,9 @@ void KqueueReactor::SubmitInner(Op* op) {
     Complete(op, -ECANCELED);
     return;
   }
-  if (op->code != kNop && op->code != kTimeout && op->code != kOpen && op->code != kSocket) {
-    FdState* st = Find(op->fd);
-    if (st != nullptr && st->closing) {
-      // A close of this fd is under way (held behind its pool ops, or running): the number is
-      // about to be released and perhaps handed out again, so nothing may start on it now.
-      Complete(op, -EBADF);
-      return;
-    }
+  if (op->code != kNop && op->code != kTimeout && op->code != kOpen && op->code != kSocket &&
+      FailIfClosing(op)) {
+    return;
   }
   switch (op->code) {
     case kNop:
@@ -346,62 +297,7 @@ void KqueueReactor::SubmitInner(Op* op) {
 
 void KqueueReactor::ToPool(Op* op) {
   stats_.pool++;
-  if (op->code != kOpen && op->code != kClose) {
-    // Counted until drained, so a close of this fd waits for it (FdState::pool_ops). Every caller
-    // had the kernel check the fd first (fstat, fcntl, kevent), so Ensure is safe here.
-    FdState* st = Ensure(op->fd);
-    st->pool_ops++;
-    op->fd_gen = st->gen;
-  }
-  int r = pool_->Post(op);
-  if (r < 0) FinishPoolOp(op, r);
-}
-
-// A pool op is done (or could not be posted): its result, and the per-fd bookkeeping.
-void KqueueReactor::FinishPoolOp(Op* op, int64_t r) {
-  switch (op->code) {
-    case kOpen:
-      if (r >= 0) {
-        if (op->cancel_requested) {
-          // Cancelled while open(2) ran and not abandoned (the pool had too many abandoned jobs,
-          // or the open finished first): the caller has given up on this fd, so nobody else
-          // would close it.
-          close(static_cast<int>(r));
-          r = -ECANCELED;
-        } else {
-          Renew(static_cast<int>(r));
-        }
-      }
-      Complete(op, r);
-      return;
-    case kClose: {
-      // The number is released even when close() fails (EINTR included, on every BSD and macOS).
-      FdState* st = Find(op->fd);
-      if (st != nullptr && op->fd_gen != 0 && st->gen == op->fd_gen) Forget(st);
-      op->fd_gen = 0;
-      Complete(op, r);
-      return;
-    }
-    default: {
-      const int fd = op->fd;
-      const uint32_t gen = op->fd_gen;
-      op->fd_gen = 0;
-      Complete(op, r);  // before a close it releases, so the two complete in submission order
-      PoolOpDone(fd, gen);
-      return;
-    }
-  }
-}
-
-void KqueueReactor::PoolOpDone(int fd, uint32_t gen) {
-  if (gen == 0) return;
-  FdState* st = Find(fd);
-  if (st == nullptr || st->gen != gen || st->pool_ops == 0) return;  // the number is another file's now
-  if (--st->pool_ops == 0 && st->held_close != nullptr) {
-    Op* close_op = st->held_close;
-    st->held_close = nullptr;
-    CloseNow(close_op);
-  }
+  PostToPool(op);  // counted for its fd's close (pool_book.h)
 }
 
 void KqueueReactor::StartTimer(Op* op) {
@@ -611,15 +507,9 @@ void KqueueReactor::StartClose(Op* op) {
     // `rreg`/`wreg` (cleared here) in Process, so no EV_DELETE round trip is needed.
     FailQueues(st, -ECANCELED);
     st->rreg = st->wreg = false;
-    if (st->pool_ops > 0) {
-      // Reads, writes or fsyncs of this fd submitted before the close are still on the pool:
-      // the close waits for them (see FdState::pool_ops), and PoolOpDone starts it. Until then
-      // it can be cancelled like a queued pool job (it is marked kPool for Cancel).
-      st->closing = true;
-      st->held_close = op;
-      op->where = Where::kPool;
-      return;
-    }
+    // Reads, writes or fsyncs of this fd submitted before the close may still be on the pool: the
+    // close waits for them (pool_book.h).
+    if (HoldClose(st, op)) return;
   }
   CloseNow(op);
 }
@@ -637,11 +527,7 @@ void KqueueReactor::CloseNow(Op* op) {
   }
   // A file's close can block (NFS flushes, the last reference to a deleted file): use the pool.
   // Ops submitted meanwhile fail with EBADF (they could run after the close, on a reused number).
-  if (st != nullptr) {
-    st->closing = true;
-    op->fd_gen = st->gen;
-  }
-  ToPool(op);
+  ClosePooled(st, op);
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -797,13 +683,6 @@ void KqueueReactor::RunQueue(FdState* st, bool read_side) {
   }
 }
 
-void KqueueReactor::DrainPool() {
-  pool_done_.clear();
-  if (pool_) pool_->TakeDone(&pool_done_);
-  for (Op* op : pool_done_) FinishPoolOp(op, op->result);
-  pool_done_.clear();
-}
-
 size_t KqueueReactor::Process(int timeout_ms) {
   if (closed_) return ready();
   const uint64_t deadline = timeout_ms > 0 ? NowNs() + static_cast<uint64_t>(timeout_ms) * 1000000ull : 0;
@@ -890,67 +769,8 @@ bool KqueueReactor::Cancel(uint64_t id) {
       Complete(op, -ECANCELED);
       if (timers_.empty()) DisarmTimer();  // else an early expiry just re-arms for the next one
       return true;
-    case Where::kPool: {
-      if (op->code == kClose) {
-        FdState* st = Find(op->fd);
-        if (st != nullptr && st->held_close == op) {
-          // Held behind pool ops of its fd (see StartClose): it never started, the fd stays open.
-          st->held_close = nullptr;
-          st->closing = false;
-          Complete(op, -ECANCELED);
-          return true;
-        }
-      }
-      if (!pool_) return false;
-      // An open or fsync inside its system call has nothing of the caller's to touch, so it can
-      // be abandoned to its thread (thread_pool.h): it completes now, and an open that still
-      // succeeds later has its fd closed by that thread. A read or write may still be filling or
-      // reading the caller's buffer, which is the caller's again once it completes, and a close
-      // that started has released the number (a caller told ECANCELED could close it again after
-      // it was reused): those keep running and complete with their own result.
-      const bool abandon = op->code == kOpen || op->code == kFsync;
-      // From a kAbandoned answer on, the pool thread may free op at any moment: copy what is
-      // needed and take it off the live list first.
-      const int fd = op->fd;
-      const uint32_t gen = op->fd_gen;
-      const int32_t code = op->code;
-      Unlink(op);
-      switch (pool_->Cancel(op, abandon)) {
-        case ThreadPool::CancelResult::kWithdrawn:
-          Link(op);
-          if (code == kClose) {
-            FdState* st = Find(fd);
-            if (st != nullptr && st->gen == gen) st->closing = false;  // never ran: the fd is still open
-            op->fd_gen = 0;
-            Complete(op, -ECANCELED);
-          } else {
-            op->fd_gen = 0;
-            Complete(op, -ECANCELED);
-            PoolOpDone(fd, gen);
-          }
-          return true;
-        case ThreadPool::CancelResult::kAbandoned: {
-          // The caller gets its ECANCELED from a stand-in with the same id. An abandoned fsync
-          // no longer holds back a close of its fd: should it run on a reused number, it only
-          // flushes another file.
-          Op* stand_in = NewOp();
-          stand_in->id = id;
-          stand_in->code = code;
-          stand_in->fd = fd;
-          Link(stand_in);
-          Complete(stand_in, -ECANCELED);
-          PoolOpDone(fd, gen);
-          return true;
-        }
-        case ThreadPool::CancelResult::kRunning:
-        case ThreadPool::CancelResult::kFinished:
-          // Completes with its own result when drained, except an open's new fd (FinishPoolOp).
-          Link(op);
-          op->cancel_requested = true;
-          return true;
-      }
-      return true;
-    }
+    case Where::kPool:
+      return CancelPoolOp(op);  // pool_book.h
     case Where::kNew:
     case Where::kDone:
       return false;

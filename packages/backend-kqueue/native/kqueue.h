@@ -12,7 +12,7 @@
 //   whenever a wait starts on it while idle.
 // - Files: the BSDs have no preadv2(RWF_NOWAIT), so every regular-file read, write, fsync, open
 //   and non-socket close runs on the thread pool. As on epoll, a close waits for the pool ops of
-//   its fd submitted before it (FdState::pool_ops), and a pool job stuck in its system call is
+//   its fd submitted before it (PoolOpBook, pool_book.h), and a pool job stuck in its system call is
 //   abandoned to its thread by a cancel (open, fsync) or by Shutdown (thread_pool.h).
 // - Pool completions wake the loop with EVFILT_USER/NOTE_TRIGGER (no eventfd); timeouts use one
 //   one-shot EVFILT_TIMER armed for the earliest deadline.
@@ -35,11 +35,13 @@
 
 #include "miniss/op.h"  // @miniss/native-common
 #include "miniss/op_book.h"
+#include "miniss/pool_book.h"
 #include "miniss/thread_pool.h"
 
 namespace miniss {
 
-struct FdState {
+// PoolFdState: the pool-op count, held close and generation of the fd (pool_book.h).
+struct FdState : PoolFdState {
   Op* rhead = nullptr;  // read-side wait queue (accept, recv, read)
   Op* rtail = nullptr;
   Op* whead = nullptr;  // write-side wait queue (connect, send, write)
@@ -49,18 +51,6 @@ struct FdState {
   bool trusted = false;     // created by this reactor: its knotes cannot vanish silently
   bool is_socket = false;   // created by socket()/accept(): close() is cheap and done inline
   bool nosigpipe = false;   // SO_NOSIGPIPE set by this reactor (macOS, where send() has no MSG_NOSIGNAL)
-  // Pool ops of this fd (reads, writes, fsyncs handed to the thread pool and not yet drained). A
-  // close of the fd waits for them in held_close: a pool thread takes its job off the queue and
-  // only then enters pwritev, and in between another pool thread could run the close, and an
-  // open could be given the same number, so the write would land in the new file.
-  uint32_t pool_ops = 0;
-  Op* held_close = nullptr;
-  // A close of this fd was submitted (held, or running on the pool): ops submitted after it fail
-  // with EBADF, until the close is done or the kernel hands the number out again.
-  bool closing = false;
-  // Bumped whenever the number stops being this file's (closed, or handed out again after being
-  // closed behind our back): a pool op counted under an older generation is no longer counted.
-  uint32_t gen = 1;
 };
 
 struct ReactorStats {
@@ -72,7 +62,7 @@ struct ReactorStats {
   uint64_t kevent_wait = 0;     // kevent() calls that waited
 };
 
-class KqueueReactor : public OpBook<FdState> {
+class KqueueReactor : public PoolOpBook<KqueueReactor, FdState> {
  public:
   struct Options {
     int max_events = 256;
@@ -112,9 +102,9 @@ class KqueueReactor : public OpBook<FdState> {
   int Init();
 
   bool IsInternal(int fd) const { return fd == kq_; }
+  friend class PoolOpBook<KqueueReactor, FdState>;  // calls CloseNow and ToPool
+
   void Adopt(int fd, bool is_socket);  // a new fd from socket/accept
-  FdState* Renew(int fd);              // the kernel just handed this number out
-  void Forget(FdState* st);            // the number is no longer the file it was
 
   void SubmitInner(Op* op);
   void ToPool(Op* op);
@@ -122,9 +112,7 @@ class KqueueReactor : public OpBook<FdState> {
   void StartWrite(Op* op);
   void StartSocketOp(Op* op, bool read_side);
   void StartClose(Op* op);
-  void CloseNow(Op* op);
-  void FinishPoolOp(Op* op, int64_t result);
-  void PoolOpDone(int fd, uint32_t gen);
+  void CloseNow(Op* op);  // issues a close no pool op of its fd holds back any more
   void StartTimer(Op* op);
   void StartSyncSocketCall(Op* op);
 
@@ -137,7 +125,6 @@ class KqueueReactor : public OpBook<FdState> {
   void ArmTimer();
   void DisarmTimer();
   void FireTimers();
-  void DrainPool();
 
   Options options_;
   ReactorStats stats_;
@@ -146,8 +133,6 @@ class KqueueReactor : public OpBook<FdState> {
   std::vector<struct kevent> events_;
   std::set<std::pair<uint64_t, Op*>> timers_;
   uint64_t armed_ns_ = 0;
-  std::unique_ptr<ThreadPool> pool_;
-  std::vector<Op*> pool_done_;
 };
 
 }  // namespace miniss

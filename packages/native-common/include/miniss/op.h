@@ -82,7 +82,7 @@ struct Op {
   // never read it): a new fd it still returns is closed and the op reports ECANCELED instead.
   bool cancel_requested = false;
   // A pool op on an fd, counted in that fd's state until it finishes: the generation of the fd
-  // number it was counted under (0: not counted). See epoll.h's FdState::pool_ops.
+  // number it was counted under (0: not counted). See pool_book.h's PoolFdState::pool_ops.
   uint32_t fd_gen = 0;
   uint64_t deadline_ns = 0;
   Op* prev = nullptr;  // intrusive list of live ops (for cancel and shutdown)
