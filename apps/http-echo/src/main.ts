@@ -12,7 +12,7 @@
  * SIGINT/SIGTERM drain (connections with a request in progress finish it) and exit 0.
  */
 import { availableParallelism } from 'node:os';
-import { BACKENDS, Runtime, type BackendChoice } from '@miniss/core';
+import { BACKENDS, MAX_TIMER_MS, Runtime, type BackendChoice } from '@miniss/core';
 import { gracefulShutdown } from '@miniss/signal';
 import { startServer, type ServerOptions, type ServerStats } from './server.js';
 
@@ -46,7 +46,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--idle-ms' || a === '--grace-ms') {
     const ms = num();
     // Both become setTimeout delays, which Node turns into 1 ms past 2^31 - 1.
-    if (ms > 2 ** 31 - 1) usage(`${a} must be at most ${2 ** 31 - 1}, got ${ms}`);
+    if (ms > MAX_TIMER_MS) usage(`${a} must be at most ${MAX_TIMER_MS}, got ${ms}`);
     if (a === '--idle-ms') opts.idleMs = ms;
     else opts.graceMs = ms;
   }

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import {
+  MAX_TIMER_MS,
   NO_COMPLETIONS,
   type BufferHandle,
   type IoBackend,
@@ -30,11 +31,6 @@ const RECV_HIGH_WATER = 256 * 1024;
 /** Default for `listen` when backlog is 0: the same as Node's. */
 const DEFAULT_BACKLOG = 511;
 
-/**
- * The longest delay `setTimeout` takes (2^31-1 ms, about 24.8 days). Node runs a longer one after
- * 1 ms (with a TimeoutOverflowWarning), so a `timeout` op arms at most this much at a time.
- */
-const MAX_TIMER_MS = 0x7fffffff;
 
 /**
  * `reusePort` reached `net.Server#listen` in Node 22.12 / 23.1. Older versions ignore the option,

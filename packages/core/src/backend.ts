@@ -222,4 +222,10 @@ export interface BackendOptions {
 }
 
 /** The empty array `poll` returns when nothing is ready: shared, so idle polls allocate nothing. */
+/**
+ * The longest delay Node's setTimeout honours (2^31 - 1 ms, about 24.8 days): it fires anything
+ * longer after 1 ms. Every delay miniss hands to a Node timer is checked or capped against it.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export const NO_COMPLETIONS: IoCompletion[] = Object.freeze([]) as unknown as IoCompletion[];

@@ -12,6 +12,7 @@ export {
   type ShutdownOptions,
   type IoOwner,
   type TrackedResource,
+  abortReason,
 } from './runtime.js';
 export { JoinHandle, Chained, type Thenable } from './task.js';
 export {
@@ -38,6 +39,7 @@ export {
 } from './config.js';
 export {
   NO_COMPLETIONS,
+  MAX_TIMER_MS,
   type BackendModule,
   type BackendName,
   type BackendOptions,

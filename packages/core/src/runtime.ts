@@ -1,4 +1,4 @@
-import type { IoBackend, IoCompletion, IoHandleId, IoOperation } from './backend.js';
+import { MAX_TIMER_MS, type IoBackend, type IoCompletion, type IoHandleId, type IoOperation } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import { resolveConfig, BACKEND_FEATURE, type FeatureName, type ResolvedConfig, type RuntimeConfig } from './config.js';
 import { CancelledError, RuntimeError } from './errors.js';
@@ -123,8 +123,6 @@ function captureResolvers(resolve: (n: number) => void, reject: (e: unknown) => 
 const RESOLVED: Promise<void> = Promise.resolve();
 
 const DRAIN_BUDGET = 4096;
-/** The longest delay setTimeout honours (2^31 - 1 ms, about 24.8 days). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The smallest size at which the live-task array is compacted (see `_compactLive`). */
 const LIVE_MIN = 64;
 const CURRENT = Symbol.for('miniss.currentRuntime');
@@ -771,8 +769,11 @@ function isBackendFeature(f: FeatureName): boolean {
   return (Object.values(BACKEND_FEATURE) as FeatureName[]).includes(f);
 }
 
-/** @internal What an aborted operation rejects with: the signal's reason, or a CancelledError around it. */
-export function abortReason(signal: AbortSignal): unknown {
+/**
+ * What an aborted miniss operation rejects with: the signal's reason when it is an Error, else a
+ * CancelledError carrying it as `cause`. Core's I/O and the plugins (timer, signal) all use it.
+ */
+export function abortReason(signal: AbortSignal): Error {
   const r: unknown = signal.reason;
   return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
 }

@@ -1,7 +1,7 @@
 import { writeSync } from 'node:fs';
 import type { MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
-import { RuntimeError, type JoinHandle, type Runtime } from '@miniss/core';
+import { MAX_TIMER_MS, RuntimeError, type JoinHandle, type Runtime } from '@miniss/core';
 import { RECORD_HEADER, RingReader, RingWriter } from './byte-ring.js';
 import { Kind, SCRATCH, decodeArgs, decodeError, decodeValue, encodeArgs, encodeError, encodeValue, describeValue, messageOf, stackOf, type Encoded } from './codec.js';
 import { CoreTaskHandle } from './handle.js';
@@ -77,12 +77,6 @@ const POLL_BUDGET = 1024;
 
 /** Longest synchronous wait for the next message inside one event-loop turn, ms. */
 export const SYNC_SPIN_MS = 0.01;
-/**
- * The longest delay `setTimeout` honours (2^31-1 ms, ~24.8 days): Node sets a larger one (or
- * Infinity) to 1 ms with a TimeoutOverflowWarning, so every duration that reaches a timer here is
- * checked against it.
- */
-export const MAX_TIMEOUT_MS = 0x7fffffff;
 /** Unobserved failures remembered for the shutdown warning (core's Runtime keeps as many). */
 const MAX_UNOBSERVED = 16;
 /** Longest time one tick keeps serving messages before it yields to the event loop, ms. */
@@ -716,10 +710,10 @@ export class CoreNode {
   // -------------------------------------------------------------------------------------------
   // Control messages (core 0 only)
 
-  /** Asks core `c` to shut down, giving its tasks `graceMs` (0..MAX_TIMEOUT_MS, checked by the caller). */
+  /** Asks core `c` to shut down, giving its tasks `graceMs` (0..MAX_TIMER_MS, checked by the caller). */
   sendShutdown(c: number, graceMs: number): void {
     if (c === this.core || this.isGone(c)) return;
-    this.emit(c, MsgType.Shutdown, 0, 0, 0, Math.min(MAX_TIMEOUT_MS, Math.max(0, Math.round(graceMs))), EMPTY);
+    this.emit(c, MsgType.Shutdown, 0, 0, 0, Math.min(MAX_TIMER_MS, Math.max(0, Math.round(graceMs))), EMPTY);
   }
 
   /** Tells core `c` that core `lost` is gone. */

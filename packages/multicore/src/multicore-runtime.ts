@@ -1,10 +1,10 @@
 /* eslint-disable @typescript-eslint/no-explicit-any -- shipped functions take (...args, signal): typed loosely on purpose */
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import { Runtime, RuntimeError, type RuntimeConfig, type ShutdownOptions } from '@miniss/core';
+import { MAX_TIMER_MS, Runtime, RuntimeError, type RuntimeConfig, type ShutdownOptions } from '@miniss/core';
 import { BYTES_PER_MESSAGE, RING_HEADER_BYTES, createRing, ringDataBytes } from './byte-ring.js';
 import { describeValue, messageOf, stackOf } from './codec.js';
-import { CoreNode, MAX_TIMEOUT_MS } from './core-node.js';
+import { CoreNode } from './core-node.js';
 import type { CoreTaskHandle } from './handle.js';
 import {
   ACTIVE,
@@ -153,8 +153,8 @@ export class MultiCoreRuntime {
       }
     }
     const exitMs = cfg.workerExitTimeoutMs ?? 5000;
-    if (typeof exitMs !== 'number' || !(exitMs >= 0) || exitMs > MAX_TIMEOUT_MS) {
-      throw new RuntimeError('INVALID_CONFIG', `workerExitTimeoutMs must be a number of milliseconds in 0..${MAX_TIMEOUT_MS}, got ${shown(exitMs)}`);
+    if (typeof exitMs !== 'number' || !(exitMs >= 0) || exitMs > MAX_TIMER_MS) {
+      throw new RuntimeError('INVALID_CONFIG', `workerExitTimeoutMs must be a number of milliseconds in 0..${MAX_TIMER_MS}, got ${shown(exitMs)}`);
     }
     this.workerExitTimeoutMs = exitMs;
     const { cores: _c, pin: _p, spinMs: _s, awaitSpinMs: _a, workerExitTimeoutMs: _w, ...rest } = cfg;
@@ -306,8 +306,8 @@ export class MultiCoreRuntime {
     const graceMs = opts.graceMs ?? 0;
     // Checked as core's Runtime.shutdown checks it: a longer grace (or Infinity) would reach
     // setTimeout, which turns it into 1 ms, here and on every worker.
-    if (typeof graceMs !== 'number' || !(graceMs >= 0) || graceMs > MAX_TIMEOUT_MS) {
-      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a number of milliseconds in 0..${MAX_TIMEOUT_MS}, got ${shown(graceMs)}`));
+    if (typeof graceMs !== 'number' || !(graceMs >= 0) || graceMs > MAX_TIMER_MS) {
+      return Promise.reject(new RuntimeError('INVALID_ARGUMENT', `graceMs must be a number of milliseconds in 0..${MAX_TIMER_MS}, got ${shown(graceMs)}`));
     }
     this.shutdownPromise = this.doShutdown(graceMs);
     return this.shutdownPromise;
@@ -332,7 +332,7 @@ export class MultiCoreRuntime {
     // Workers get their grace plus time to report; a worker that does not exit is terminated.
     let timer: ReturnType<typeof setTimeout> | undefined;
     const all = Promise.all(this.exited);
-    const waitMs = Math.min(graceMs + this.workerExitTimeoutMs, MAX_TIMEOUT_MS);
+    const waitMs = Math.min(graceMs + this.workerExitTimeoutMs, MAX_TIMER_MS);
     const done = await Promise.race([all.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), waitMs)))]);
     clearTimeout(timer);
     if (!done) {

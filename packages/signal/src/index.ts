@@ -1,8 +1,9 @@
 import { constants as osConstants } from 'node:os';
 import { isMainThread } from 'node:worker_threads';
 import {
-  CancelledError,
   InvalidArgumentError,
+  MAX_TIMER_MS,
+  abortReason,
   RuntimeError,
   currentRuntime,
   type PluginFactory,
@@ -28,9 +29,6 @@ const DEFAULT_SIGNALS: SignalName[] = ['SIGINT', 'SIGTERM'];
 
 /** Signals Node cannot listen for (the kernel does not let a process catch them). */
 const UNCATCHABLE = new Set(['SIGKILL', 'SIGSTOP']);
-
-/** The longest grace Node's setTimeout honours (2^31 - 1 ms, about 24.8 days); core refuses more. */
-const MAX_GRACE_MS = 2 ** 31 - 1;
 
 const NOT_MAIN_THREAD =
   'signals only reach the main thread in Node: call this on core 0 (the thread that created the runtime), ' +
@@ -71,16 +69,6 @@ function checkWaitOptions(opts: unknown): AbortSignal | undefined {
     throw new InvalidArgumentError(`waitForSignal: opts.signal must be an AbortSignal, got ${describe(signal)}`);
   }
   return signal;
-}
-
-/**
- * What an aborted wait rejects with: the signal's reason when it is an Error (a default
- * `abort()` gives a DOMException named AbortError, which is one), otherwise a `CancelledError`
- * carrying it as `cause` — the rule core's I/O and `@miniss/timer` follow.
- */
-function abortReason(signal: AbortSignal): unknown {
-  const r: unknown = signal.reason;
-  return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
 }
 
 /**
@@ -301,13 +289,13 @@ export function gracefulShutdown(runtime: Runtime | Shutdownable, opts: Graceful
   }
   const list = checkSignals(opts.signals);
   const graceMs = opts.graceMs ?? 10_000;
-  if (typeof graceMs !== 'number' || !(graceMs >= 0 && graceMs <= MAX_GRACE_MS)) {
-    throw new InvalidArgumentError(`graceMs must be a number of milliseconds in 0..${MAX_GRACE_MS}, got ${String(opts.graceMs)}`);
+  if (typeof graceMs !== 'number' || !(graceMs >= 0 && graceMs <= MAX_TIMER_MS)) {
+    throw new InvalidArgumentError(`graceMs must be a number of milliseconds in 0..${MAX_TIMER_MS}, got ${String(opts.graceMs)}`);
   }
   const intervalMs = opts.progressIntervalMs ?? 250;
   // Node's setInterval runs every 1 ms for anything above 2^31 - 1.
-  if (typeof intervalMs !== 'number' || !(intervalMs > 0 && intervalMs <= MAX_GRACE_MS)) {
-    throw new InvalidArgumentError(`progressIntervalMs must be a number of milliseconds in (0, ${MAX_GRACE_MS}], got ${String(opts.progressIntervalMs)}`);
+  if (typeof intervalMs !== 'number' || !(intervalMs > 0 && intervalMs <= MAX_TIMER_MS)) {
+    throw new InvalidArgumentError(`progressIntervalMs must be a number of milliseconds in (0, ${MAX_TIMER_MS}], got ${String(opts.progressIntervalMs)}`);
   }
   // Checked now: a bad onForcedExit would otherwise throw inside a signal listener, uncaught.
   for (const k of ['onProgress', 'onForcedExit'] as const) {

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { CancelledError, RuntimeError, currentRuntime, tryCurrentRuntime, type PluginFactory, type Runtime, type RuntimePlugin } from '@miniss/core';
+import { MAX_TIMER_MS, RuntimeError, currentRuntime, tryCurrentRuntime, type PluginFactory, type Runtime, type RuntimePlugin } from '@miniss/core';
 import { TimerWheel, monotonicClock } from './wheel.js';
 import type { SleepTimer } from './sleep.js';
 
@@ -111,8 +111,6 @@ export class TaskTimers {
 const MAX_POLL_ROUNDS = 16;
 /** Most timers fired before yielding to the microtask queue (see `_fire`). */
 const FIRE_CHUNK = 128;
-/** The longest wake-up armed at once: setTimeout's limit, 2^31 - 1 ms. */
-const MAX_ARM_MS = 2 ** 31 - 1;
 const RESOLVED: Promise<void> = Promise.resolve();
 
 /** The reason the driver aborts a wake-up it no longer needs; never seen by users. */
@@ -274,7 +272,7 @@ export class TimerDriver implements RuntimePlugin {
     // A deadline further away than setTimeout's limit (about 24.8 days) is armed at the limit: the
     // early wake-up finds nothing due and arms again (the node backend's timeout is a setTimeout,
     // which would fire after 1 ms for anything longer, and so would the fallback below).
-    const ms = Math.min(MAX_ARM_MS, left <= 0 ? 0 : this._wholeMs ? Math.ceil(left) : Math.ceil(left * 1000) / 1000);
+    const ms = Math.min(MAX_TIMER_MS, left <= 0 ? 0 : this._wholeMs ? Math.ceil(left) : Math.ceil(left * 1000) / 1000);
     const ctl = new AbortController();
     this._armCtl = ctl;
     this.runtime.io({ op: 'timeout', ms }, ctl.signal).then(
@@ -387,12 +385,6 @@ export function currentDriver(): TimerDriver {
   cachedRuntime = runtime;
   cachedDriver = d;
   return d;
-}
-
-/** The reason to reject with when `signal` aborts: its reason if an Error (as core's I/O does). */
-export function abortReason(signal: AbortSignal): Error {
-  const r: unknown = signal.reason;
-  return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
 }
 
 /** `features: ['timer']` loads this: one {@link TimerDriver} per runtime. */

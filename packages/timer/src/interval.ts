@@ -1,5 +1,5 @@
-import { CancelledError, InvalidArgumentError } from '@miniss/core';
-import { abortReason, currentDriver, type TimerDriver } from './driver.js';
+import { CancelledError, InvalidArgumentError, abortReason } from '@miniss/core';
+import { currentDriver, type TimerDriver } from './driver.js';
 import { checkPeriod } from './validate.js';
 
 /**

@@ -1,5 +1,5 @@
-import { CancelledError, InvalidArgumentError, RuntimeError } from '@miniss/core';
-import { abortReason, currentDriver, type TaskTimers, type TaskWaiter, type TimerDriver } from './driver.js';
+import { CancelledError, InvalidArgumentError, RuntimeError, abortReason } from '@miniss/core';
+import { currentDriver, type TaskTimers, type TaskWaiter, type TimerDriver } from './driver.js';
 import { checkDelay } from './validate.js';
 import { MAX_TIMERS, type TimerId } from './wheel.js';
 
