@@ -13,9 +13,15 @@
  *   header block > 16 KiB -> 431, body > 1 MiB -> 413, malformed -> 400; each of these closes.
  *
  * Idle connections are closed after `idleMs` by a sweep on the runtime's timer wheel
- * (@miniss/timer `setTimer`): a connection marks itself active on every received chunk, and a
- * connection the sweep finds inactive for `idleMs` is closed. This costs one boolean store per
- * received chunk instead of arming and cancelling a timer per request.
+ * (@miniss/timer `setTimer`): a connection marks itself active on every received chunk and on
+ * every send that makes progress, and a connection the sweep finds inactive for `idleMs` is closed.
+ * So a client that stops reading is closed too: its response's send, blocked on a full socket
+ * buffer, makes no progress (closing the stream cancels the send). A send makes progress when it
+ * completes: on the native backends a send blocked on a full buffer completes (short) as soon as
+ * the kernel takes more bytes; the node backend completes a send only once all of it is written,
+ * so there a batch is sent NODE_SEND_CHUNK at a time. This costs one boolean store per received
+ * chunk instead of arming and cancelling a timer per request, and nothing more for a response
+ * the kernel takes at once.
  *
  * Shutdown: when the runtime's shutdown begins, the listener closes (the runtime does that),
  * idle connections (nothing buffered) are closed at once, and a connection in the middle of a
@@ -43,7 +49,10 @@ export { RequestParser, DEFAULT_LIMITS, type ParserLimits } from './parser.js';
 export interface ServerOptions {
   host?: string;
   port?: number;
-  /** Close a connection that received nothing for this long. 0 disables. Default 30000. */
+  /**
+   * Close a connection that received nothing, and whose response sends made no progress (a client
+   * that stopped reading), for this long. 0 disables. Default 30000.
+   */
   idleMs?: number;
   /**
    * During a drain, connections still in the middle of a request this long after it began are
@@ -104,6 +113,13 @@ const PATH_ECHO = latin1('/echo');
 // pipelined requests is simply parsed and reused; it only grows for one request bigger than it.
 const INITIAL_BUFFER = 4096;
 const SHRINK_ABOVE = 64 * 1024;
+/**
+ * On the node backend (whose send completes only once all of it reached the kernel) a batch of
+ * responses bigger than this goes out in sends of at most this size, so that a client reading
+ * slowly shows progress to the idle sweep. The native backends send a batch whole: a send there
+ * completes short whenever the kernel took only part of it.
+ */
+const NODE_SEND_CHUNK = 64 * 1024;
 
 /** A growable output buffer reused across batches of one connection. */
 class Output {
@@ -172,16 +188,19 @@ class Output {
 
 interface ConnState {
   conn: TcpStream;
-  /** Set on every received chunk; cleared by the idle sweep. */
+  /** Set on every received chunk and every send that made progress; cleared by the idle sweep. */
   active: boolean;
-  /** Consecutive sweeps that found the connection inactive. */
+  /** Consecutive sweeps that found the connection inactive (and, once closing, sweeps since). */
   idleSweeps: number;
   /**
    * Between a recv completing and its responses being sent, and while part of a request (head or
    * body) is buffered: a drain lets such a connection finish its request.
    */
   busy: boolean;
-  /** Between a recv completing and its responses being sent (the idle sweep leaves it alone). */
+  /**
+   * Between a recv completing and its responses being sent: the idle sweep closes such a connection
+   * only when its send made no progress for `idleMs`, and then without a 408 (a response is half out).
+   */
   sending: boolean;
   /** Closed by the idle sweep or the drain: a recv completing afterwards is not served. */
   closing: boolean;
@@ -200,6 +219,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
   const live = new Set<ConnState>();
   let stopping = false;
   const drainMs = opts.drainMs ?? 4500;
+  const sendChunk = rt.backend.name === 'node' ? NODE_SEND_CHUNK : Infinity;
   let drainTimer: ReturnType<typeof setTimeout> | null = null;
   let drained: () => void = () => undefined;
   const allClosed = new Promise<void>((r) => (drained = r)).then(() => {
@@ -215,13 +235,20 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
     sweepTimer = null;
     if (stopping) return;
     for (const st of live) {
-      if (st.active || st.sending) {
+      if (st.closing) {
+        // Closed by an earlier sweep and still here: its 408 is stuck behind a client that does
+        // not read. Give it another idleMs, then close without it.
+        if (++st.idleSweeps >= 2 * sweepsToClose) void st.conn.close();
+      } else if (st.active) {
         st.active = false;
         st.idleSweeps = 0;
       } else if (++st.idleSweeps >= sweepsToClose) {
         stats.idleClosed++;
         st.closing = true;
-        if (st.busy) {
+        // A send that made no progress for idleMs (the client stopped reading): close, which
+        // cancels the send (the serve loop ends with its rejection). Nothing more can be said.
+        if (st.sending) void st.conn.close();
+        else if (st.busy) {
           // Part of a request is buffered (its head or body stopped arriving): say so before closing.
           const conn = st.conn;
           void conn.sendAll(REQUEST_TIMEOUT).then(
@@ -260,7 +287,11 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
     drainTimer = setTimeout(() => {
       drainTimer = null;
       for (const st of live) {
-        if (st.closing) continue;
+        if (st.closing) {
+          // Closed by the idle sweep but its 408 is stuck behind a client that does not read.
+          void st.conn.close();
+          continue;
+        }
         st.closing = true;
         stats.drainCut++;
         void st.conn.close();
@@ -348,9 +379,10 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
         }
         const batch = out.take();
         if (batch !== null) {
-          // One send per batch; sendAll only for the rest of a short send (a full socket buffer).
-          const sent = await conn.send(batch);
-          if (sent < batch.length) await conn.sendAll(batch.subarray(sent));
+          // One send per batch; the rest after a short send (a full socket buffer), or of a batch
+          // over sendChunk, goes out in sendRest, which reports each send's progress to the sweep.
+          const sent = await conn.send(batch.length <= sendChunk ? batch : batch.subarray(0, sendChunk));
+          if (sent < batch.length) await sendRest(st, batch, sent, sendChunk);
         }
         st.sending = false;
         if (refused) {
@@ -379,6 +411,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
               // framing (say a 1 MiB body in 1-byte chunks) does not fit: refuse it as too large.
               const status = parser.inBody ? 413 : 431;
               stats.errors[status]++;
+              st.sending = true; // a client that does not read is closed by the sweep, without a 408
               await conn.sendAll(ERROR_RESPONSES[status]!);
               await lingerClose(conn, buf);
               return;
@@ -430,6 +463,23 @@ export async function startServer(opts: ServerOptions = {}): Promise<EchoServer>
       await acceptLoop;
     },
   };
+}
+
+/**
+ * Sends `batch` from `done` on, at most `chunk` bytes per send. Every send that completes marks the
+ * connection active, so a client that reads slowly but steadily is not closed as idle, while one
+ * that stopped reading leaves a send pending without progress, and the idle sweep closes the
+ * connection (which cancels the send).
+ */
+async function sendRest(st: ConnState, batch: Uint8Array, done: number, chunk: number): Promise<void> {
+  const conn = st.conn;
+  for (;;) {
+    if (done > 0) st.active = true;
+    if (done >= batch.length) return;
+    const n = await conn.send(batch.subarray(done, Math.min(batch.length, done + chunk)));
+    if (n <= 0) throw new Error(`send returned ${n}`);
+    done += n;
+  }
 }
 
 /** How long, and how many bytes, a refused client's remaining upload is read and discarded before closing. */

@@ -112,6 +112,29 @@ async function serverHasRead(port: number, clients: Client[], ms = 5_000): Promi
   }, 'the server to read what the clients sent', ms);
 }
 
+/** Whether the server's side of a connection (local port `port`, remote port `clientPort`) is still ESTABLISHED (Linux /proc). */
+function serverSideEstablished(port: number, clientPort: number): boolean {
+  const hexPort = (a: string): number => parseInt(a.split(':')[1]!, 16);
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 4 || hexPort(f[1]!) !== port || hexPort(f[2]!) !== clientPort) continue;
+    if (f[3] === '01') return true;
+  }
+  return false;
+}
+
+/** The most a socket's send buffer grows to (Linux tcp_wmem's maximum; 4 MiB, Linux's default, elsewhere). */
+function tcpWmemMax(): number {
+  const f = '/proc/sys/net/ipv4/tcp_wmem';
+  const max = existsSync(f) ? Number(readFileSync(f, 'utf8').trim().split(/\s+/)[2]) : NaN;
+  return Number.isFinite(max) && max > 0 ? max : 4 << 20;
+}
+
+/** A `POST /echo` whose body is `size` bytes of `fill`. */
+function echoRequest(size: number, fill: number): Buffer {
+  return Buffer.concat([Buffer.from(`POST /echo HTTP/1.1\r\nContent-Length: ${size}\r\n\r\n`), Buffer.alloc(size, fill)]);
+}
+
 /** Splits a byte stream into complete responses (status + body), Content-Length framed. */
 function responses(s: string): Array<{ status: number; headers: string; body: string }> {
   const out: Array<{ status: number; headers: string; body: string }> = [];
@@ -318,6 +341,78 @@ describe.each(backends)('apps/http-echo on $name', ({ name, ok }) => {
     await Promise.all([head.closed, body.closed]);
     expect(responses(head.data()).map((r) => r.status)).toEqual([408]);
     expect(responses(body.data()).map((r) => r.status)).toEqual([408]);
+  });
+
+  it.runIf(ok)('a client that pipelines big POSTs and never reads is closed after --idle-ms (a blocked send is idle too)', async () => {
+    // More 1 MiB echoes than the socket buffers hold (the server's send buffer grows up to tcp_wmem's
+    // maximum), so the server's send blocks for good. The idle sweep used to skip a connection with
+    // a send in progress: it stayed open (with its buffers) until shutdown, on every backend.
+    const n = Math.ceil((tcpWmemMax() + (4 << 20)) / (1 << 20));
+    const c = await open();
+    c.sock.pause(); // never read
+    const t0 = Date.now();
+    for (let i = 0; i < n; i++) c.sock.write(echoRequest(1 << 20, 97 + (i % 26)));
+    const proc = existsSync('/proc/net/tcp');
+    const port = c.sock.localPort!;
+    if (proc) await until(() => serverSideEstablished(s.port, port), 'the connection to show in /proc/net/tcp', 2_000);
+    await until(() => c.isClosed() || (proc && !serverSideEstablished(s.port, port)), 'the server to close the connection of a client that does not read', 10_000);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(300); // --idle-ms 400, sweeps every 100 ms
+    c.sock.destroy();
+    // The server is still fine.
+    const d = await open();
+    d.sock.write('GET / HTTP/1.1\r\n\r\n');
+    await until(() => responses(d.data()).length === 1, 'an answer on a new connection');
+    expect(s.child.exitCode).toBe(null);
+  });
+
+  it.runIf(ok)('a slow reader that keeps reading gets every pipelined answer, in order, and is not cut off', async () => {
+    // A send blocked on a full socket buffer resumes once the client has read about a third of the
+    // server's send buffer (Linux wakes a writer then), and Linux grows that buffer up to tcp_wmem's
+    // maximum. This reader keeps a pace of two such buffers a second (a send resumes at least every
+    // ~170 ms) against --idle-ms 1000, and pipelines enough 1 MiB echoes, and a GET / behind them,
+    // for the server to spend well over --idle-ms with sends blocked but progressing and requests
+    // waiting behind them: none may be lost, and the connection must not be closed as idle.
+    const wmem = tcpWmemMax();
+    const rate = 2 * Math.max(wmem, 1 << 20); // bytes per second
+    const size = 1 << 20;
+    const n = Math.ceil((wmem + (4 << 20) + 2 * rate) / size);
+    const own = await start(['--port', '0', '--backend', name, '--idle-ms', '1000']);
+    try {
+      const c = await client(own.port);
+      opened.push(c);
+      let got = 0;
+      let paused = false;
+      const t0 = Date.now();
+      c.sock.on('data', (d: Buffer) => {
+        got += d.length;
+        const ahead = got / rate - (Date.now() - t0) / 1000; // seconds ahead of the pace
+        if (ahead > 0.01 && !paused) {
+          paused = true;
+          c.sock.pause();
+          setTimeout(() => {
+            paused = false;
+            c.sock.resume();
+          }, ahead * 1000);
+        }
+      });
+      for (let i = 0; i < n; i++) c.sock.write(echoRequest(size, 97 + (i % 26)));
+      c.sock.write('GET / HTTP/1.1\r\n\r\n');
+      await until(() => got >= n * size || c.isClosed(), 'every answer', 60_000);
+      await until(() => responses(c.data()).length === n + 1 || c.isClosed(), 'every answer', 5_000).catch(() => undefined);
+      const rs = responses(c.data());
+      expect(rs.length).toBe(n + 1);
+      for (let i = 0; i < n; i++) {
+        expect(rs[i]!.status).toBe(200);
+        expect(rs[i]!.body.length).toBe(size);
+        expect(rs[i]!.body === String.fromCharCode(97 + (i % 26)).repeat(size)).toBe(true);
+      }
+      expect([rs[n]!.status, rs[n]!.body]).toEqual([200, 'Hello, World!']);
+      // The pace held: the server's sends were waiting on this reader for most of that time.
+      expect(Date.now() - t0).toBeGreaterThan(((n * size) / rate) * 1000 * 0.9);
+    } finally {
+      own.child.kill('SIGKILL');
+      await own.exited;
+    }
   });
 
   it.runIf(ok)('one bad client does not disturb another', async () => {

@@ -63,9 +63,10 @@ await runtime.blockOn(async () => {
   let took = performance.now() - t0;
   check(took >= 30, `sleep(30) resolved after ${took.toFixed(1)} ms (never early)`);
 
-  // sleep aborted by a signal: rejects with the signal's reason and frees its slot.
+  // sleep aborted by a signal: rejects with the signal's reason (a typed one: an Error with a
+  // string code; any other reason comes wrapped in a CancelledError) and frees its slot.
   const ac = new AbortController();
-  const reason = new Error('stop sleeping');
+  const reason = Object.assign(new Error('stop sleeping'), { code: 'E_STOP' });
   t0 = performance.now();
   const aborted = sleep(10_000, { signal: ac.signal });
   setTimeout(() => ac.abort(reason), 20);

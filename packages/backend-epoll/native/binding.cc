@@ -26,14 +26,14 @@ struct EpollTraits {
 
 using Addon = ReadinessAddon<EpollTraits>;
 
-// stats(): [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait, skipped]
+// stats(): [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait, skipped, stale]
 NAN_METHOD(Stats) {
   Addon::Instance* inst = Addon::Live(info);
-  v8::Local<v8::Array> out = Nan::New<v8::Array>(8);
+  v8::Local<v8::Array> out = Nan::New<v8::Array>(9);
   if (inst != nullptr) {
     const ReactorStats& s = inst->reactor->stats();
-    const uint64_t v[8] = {s.submitted, s.immediate, s.waited, s.pool, s.nowait_reads, s.epoll_ctl, s.epoll_wait, s.skipped};
-    for (uint32_t i = 0; i < 8; i++) Nan::Set(out, i, Nan::New(static_cast<double>(v[i])));
+    const uint64_t v[9] = {s.submitted, s.immediate, s.waited, s.pool, s.nowait_reads, s.epoll_ctl, s.epoll_wait, s.skipped, s.stale};
+    for (uint32_t i = 0; i < 9; i++) Nan::Set(out, i, Nan::New(static_cast<double>(v[i])));
   }
   info.GetReturnValue().Set(out);
 }
@@ -64,6 +64,7 @@ NAN_METHOD(Probe) {
 }
 
 NAN_MODULE_INIT(InitModule) {
+  PinThisLibrary();  // never unloaded: V8 frees allocateBuffer() memory after a worker unloads it (op.h)
   Addon::Init(target);
   Nan::SetMethod(target, "address", AddressMethod);
   Nan::SetMethod(target, "allocateBuffer", AllocateBufferMethod);

@@ -68,6 +68,13 @@ bool IsBlockingFd(int fd) {
   return fl >= 0 && (fl & O_NONBLOCK) == 0;
 }
 
+// The data of an fd's registration: the fd in the low 32 bits, the generation of its FdState
+// (PoolFdState::gen, bumped whenever the number stops being that file's) in the high 32. An
+// event whose generation is not the state's current one comes from a registration this reactor
+// has given up on (see EpollReactor::Waiters) and runs nothing. The eventfd and the timerfd are
+// registered with generation 0, which no FdState has.
+uint64_t Token(int fd, uint32_t gen) { return (static_cast<uint64_t>(gen) << 32) | static_cast<uint32_t>(fd); }
+
 }  // namespace
 
 // -------------------------------------------------------------------------------------------------
@@ -101,9 +108,9 @@ int EpollReactor::Init() {
   // The eventfd and the timerfd are level-triggered: they stay readable until drained.
   struct epoll_event ev {};
   ev.events = EPOLLIN;
-  ev.data.fd = evfd_;
+  ev.data.u64 = Token(evfd_, 0);
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev) < 0) return -errno;
-  ev.data.fd = tfd_;
+  ev.data.u64 = Token(tfd_, 0);
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, tfd_, &ev) < 0) return -errno;
   const int evfd = evfd_;
   pool_.reset(new ThreadPool(static_cast<size_t>(options_.pool_threads), [evfd] {
@@ -297,8 +304,7 @@ void EpollReactor::StartRead(Op* op) {
     Complete(op, -EBADF);
     return;
   }
-  FdState* st = Find(op->fd);
-  if (st != nullptr && st->rhead != nullptr) {
+  if (FdState* st = Waiters(op->fd, true, nullptr)) {
     // Earlier reads wait for readiness: this is a stream fd and order must be kept.
     op->kind = kKindStream;
     Enqueue(st, op, true);
@@ -325,7 +331,7 @@ void EpollReactor::StartRead(Op* op) {
     // No RWF_NOWAIT on this fd. A plain read of a blocking fd could stall the loop, so such an
     // fd waits for readiness first; a non-blocking one is simply tried.
     if (IsBlockingFd(op->fd)) {
-      Wait(op, true);
+      Wait(op, true, &sb);
       return;
     }
     r = ReadPlain(op);
@@ -334,7 +340,7 @@ void EpollReactor::StartRead(Op* op) {
       return;
     }
   }
-  Wait(op, true);
+  Wait(op, true, &sb);
 }
 
 void EpollReactor::StartWrite(Op* op) {
@@ -342,19 +348,14 @@ void EpollReactor::StartWrite(Op* op) {
     Complete(op, -EBADF);
     return;
   }
-  FdState* st = Find(op->fd);
-  if (st != nullptr && st->whead != nullptr) {
-    op->kind = st->is_socket ? kKindSocket : kKindStream;
-    if (!st->is_socket) {
-      struct stat sb;
-      if (fstat(op->fd, &sb) == 0 && S_ISSOCK(sb.st_mode)) op->kind = kKindSocket;
-    }
-    Enqueue(st, op, false);
-    return;
-  }
   struct stat sb;
   if (fstat(op->fd, &sb) < 0) {
     Complete(op, -errno);
+    return;
+  }
+  if (FdState* st = Waiters(op->fd, false, &sb)) {
+    op->kind = S_ISSOCK(sb.st_mode) ? kKindSocket : kKindStream;
+    Enqueue(st, op, false);
     return;
   }
   if (S_ISREG(sb.st_mode) || S_ISBLK(sb.st_mode)) {
@@ -366,12 +367,12 @@ void EpollReactor::StartWrite(Op* op) {
   if (op->kind == kKindStream && IsBlockingFd(op->fd)) {
     // A blocking pipe or tty: should it lack RWF_NOWAIT support, Attempt would fall back to a
     // plain write, so make sure there is room first.
-    Wait(op, false);
+    Wait(op, false, &sb);
     return;
   }
   int64_t r = Attempt(op);
   if (r == -EAGAIN) {
-    Wait(op, false);
+    Wait(op, false, &sb);
     return;
   }
   Complete(op, r);
@@ -382,11 +383,11 @@ void EpollReactor::StartSocketOp(Op* op, bool read_side) {
     Complete(op, -EBADF);
     return;
   }
-  FdState* st = Find(op->fd);
-  if (st != nullptr && (read_side ? st->rhead : st->whead) != nullptr) {
+  if (FdState* st = Waiters(op->fd, read_side, nullptr)) {
     Enqueue(st, op, read_side);
     return;
   }
+  FdState* st = Find(op->fd);
   if (read_side && st != nullptr && st->read_wait != 0 && st->trusted && st->registered &&
       (st->read_wait == kEmptyAfterEagain || (st->recv_score < 0 && (++recv_probe_ & 7) != 0))) {
     // Nothing arrived since the queue was found empty: trying would most likely be an EAGAIN.
@@ -404,7 +405,7 @@ void EpollReactor::StartSocketOp(Op* op, bool read_side) {
     }
   }
   if (r == -EAGAIN) {
-    Wait(op, read_side);
+    Wait(op, read_side, nullptr);
     if (read_side && op->where == Where::kReadQueue) {
       // Attempt may have adopted a new fd (accept), so look the state up again.
       FdState* s = Find(op->fd);
@@ -472,8 +473,10 @@ void EpollReactor::StartClose(Op* op) {
   }
   if (FdState* st = Find(fd)) {
     // Leave the epoll set before the fd goes away: once closed, the number can be reused at
-    // once and a late event would be attributed to the new file. Errors (ENOENT when it was
-    // never registered or already dropped, EBADF when it is already closed) mean "not there".
+    // once. (A late event would carry the old generation and be ignored anyway, but the item
+    // would stay in the set for as long as another process holds the file.) Errors (ENOENT when
+    // it was never registered or already dropped, EBADF when it is already closed) mean "not
+    // there".
     if (st->registered) {
       stats_.epoll_ctl++;
       epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
@@ -603,19 +606,117 @@ int64_t EpollReactor::Attempt(Op* op) {
   }
 }
 
-void EpollReactor::Wait(Op* op, bool read_side) {
+// Closed behind our back: fd numbers and waiting ops.
+//
+// epoll registers a file, not a number (an epoll item is keyed by the file and the fd it was added
+// under), while the ops here name numbers. When an fd with waiting ops is closed behind our back
+// (fs.closeSync, its owner in Node, another thread) and its number handed out again by someone
+// else, two things went wrong before: a new op on the number was queued behind the old file's
+// waiters and waited on the old file's registration (gone with the file, so forever), and, when
+// the old file lived on elsewhere (a child process inherited it), its events ran the old
+// waiters' recvs on the number, i.e. on the new socket: one connection's data in another's recv.
+// io_uring has neither problem: an op holds the file it was submitted for.
+//
+// So a waiting op belongs to the file that was registered when it started waiting. Each
+// registration records that file's st_dev/st_ino (one fstat per registration, that is per
+// connection, not per operation) and carries the FdState's generation in its data (Token). When
+// the number turns out to be another file's (Stale), the old file's waiters fail with EBADF (the
+// fd they named was closed under them, as a read(2) on it would say) and the state starts a new
+// generation, so the old registration's events, should the old file live on, are ignored
+// (Process); the new file is registered afresh if an op waits on it.
+//
+// Which transitions check (an fstat, ~0.25 us, about what one EAGAIN recv costs, which the skip
+// path of FdState::read_wait exists to save):
+// - An op that would be queued behind waiting ops of its fd, on either side (Waiters, and Wait
+//   when the other side has waiters): the case that stranded new ops and mixed data. Off the hot
+//   path: a stream has one recv in flight and sends queue only under backpressure.
+// - For an fd this reactor did not create (untrusted): also every wait that starts on it while
+//   idle (the EPOLL_CTL_MOD re-arm below; ENOENT means the registered file is gone), and every
+//   event that would run waiting ops (Process). Its owner closing it is normal life; such fds
+//   already pay an epoll_ctl per wait.
+// - For an fd this reactor created (socket, accept, eventfd), which the backend owns and only a
+//   close op should close, the per-request paths (a wait starting on an idle registered fd, the
+//   skipped recv, the event that wakes a waiting recv) take the registration on trust: checking
+//   them would cost an fstat per request on an HTTP server's hot path, for a caller that broke
+//   the fd's ownership. What such a caller still gets: ops queued behind the old waiters are
+//   checked, and the kernel handing the number to this reactor again (accept, socket, open,
+//   eventfd) fails the old file's waiters (Renew).
+// Files whose st_ino is not their own (eventfd, timerfd, epoll: one anonymous inode for all) are
+// told apart only by the EPOLL_CTL_MOD re-arm.
+
+// Whether `fd` is still the file st's registration was made for. `known`: its fstat, if at hand.
+bool EpollReactor::SameFile(const FdState* st, int fd, const struct stat* known) {
+  struct stat sb;
+  if (known == nullptr) {
+    if (fstat(fd, &sb) < 0) return false;  // closed: certainly not the registered file any more
+    known = &sb;
+  }
+  return static_cast<uint64_t>(known->st_dev) == st->dev && static_cast<uint64_t>(known->st_ino) == st->ino;
+}
+
+// The number is no longer the registered file's: fail that file's waiting ops with EBADF (and a
+// close held for it) and start a new generation. Returns the fresh state.
+FdState* EpollReactor::Stale(int fd) {
+  stats_.stale++;
+  return Renew(fd);
+}
+
+// The fd's state if ops wait on `read_side` of the file the number still refers to, so a new op
+// must queue behind them (order is kept per side); nullptr if none wait (waiters of a file that
+// is gone are failed first, see above).
+FdState* EpollReactor::Waiters(int fd, bool read_side, const struct stat* known) {
+  FdState* st = Find(fd);
+  if (st == nullptr || (read_side ? st->rhead : st->whead) == nullptr) return nullptr;
+  if (SameFile(st, fd, known)) return st;
+  Stale(fd);
+  return nullptr;
+}
+
+void EpollReactor::Wait(Op* op, bool read_side, const struct stat* known) {
   FdState* st = Ensure(op->fd);
-  const bool idle = st->rhead == nullptr && st->whead == nullptr;
+  bool idle = st->rhead == nullptr && st->whead == nullptr;
+  if (!idle && !SameFile(st, op->fd, known)) {
+    // The other side's waiters belong to a file closed behind our back (see above).
+    st = Stale(op->fd);
+    idle = true;
+  }
   if (!st->registered || (!st->trusted && idle)) {
     struct epoll_event ev {};
     ev.events = kEvents;
-    ev.data.fd = op->fd;
     stats_.epoll_ctl++;
-    int r = epoll_ctl(epfd_, st->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, op->fd, &ev);
-    if (r < 0 && errno == ENOENT) r = epoll_ctl(epfd_, EPOLL_CTL_ADD, op->fd, &ev);
-    else if (r < 0 && errno == EEXIST) r = epoll_ctl(epfd_, EPOLL_CTL_MOD, op->fd, &ev);
+    int r = 0;
+    int e = 0;
+    bool add = !st->registered;
+    if (!add) {
+      // Untrusted and idle: re-arm. ENOENT: the registered file left this number (closed, the
+      // number perhaps reused): a new generation, and the file there now is added below.
+      ev.data.u64 = Token(op->fd, st->gen);
+      r = epoll_ctl(epfd_, EPOLL_CTL_MOD, op->fd, &ev);
+      e = r < 0 ? errno : 0;
+      if (e == ENOENT) {
+        st = Stale(op->fd);
+        add = true;
+      }
+    }
+    if (add) {
+      ev.data.u64 = Token(op->fd, st->gen);
+      r = epoll_ctl(epfd_, EPOLL_CTL_ADD, op->fd, &ev);
+      e = r < 0 ? errno : 0;
+      if (e == EEXIST) {
+        // Already in the set under this number although we had let it go: take it over with the
+        // current generation.
+        r = epoll_ctl(epfd_, EPOLL_CTL_MOD, op->fd, &ev);
+        e = r < 0 ? errno : 0;
+      }
+      if (r == 0) {
+        // The file this registration is for (see "Closed behind our back").
+        struct stat sb;
+        if (known == nullptr && fstat(op->fd, &sb) == 0) known = &sb;
+        st->dev = known != nullptr ? static_cast<uint64_t>(known->st_dev) : 0;
+        st->ino = known != nullptr ? static_cast<uint64_t>(known->st_ino) : 0;
+      }
+    }
     if (r < 0) {
-      const int e = errno;
       st->registered = false;
       if (e == EPERM && (op->code == kRead || op->code == kReadv || op->code == kWrite || op->code == kWritev)) {
         // A character device without poll support: the pool does the (blocking) call.
@@ -665,23 +766,32 @@ size_t EpollReactor::Process(int timeout_ms) {
     if (n < 0) n = 0;  // EINTR: treat as a timeout slice and recompute below
     for (int i = 0; i < n; i++) {
       const struct epoll_event& ev = events_[static_cast<size_t>(i)];
-      const int fd = ev.data.fd;
-      if (fd == evfd_) {
-        DrainPool();
-        continue;
-      }
-      if (fd == tfd_) {
-        FireTimers();
+      const int fd = static_cast<int32_t>(static_cast<uint32_t>(ev.data.u64));
+      const uint32_t gen = static_cast<uint32_t>(ev.data.u64 >> 32);
+      if (gen == 0) {
+        if (fd == evfd_) DrainPool();
+        else if (fd == tfd_) FireTimers();
         continue;
       }
       FdState* st = Find(fd);
-      if (st == nullptr || !st->registered) continue;  // stale: closed since the wait began
-      if (ev.events & kReadWake) {
+      // Stale: closed since the wait began, or a registration of a file that left this number
+      // (see "Closed behind our back" above Wait).
+      if (st == nullptr || !st->registered || st->gen != gen) continue;
+      const bool run_read = (ev.events & kReadWake) != 0;
+      const bool run_write = (ev.events & kWriteWake) != 0;
+      if (!st->trusted && ((run_read && st->rhead != nullptr) || (run_write && st->whead != nullptr)) &&
+          !SameFile(st, fd, nullptr)) {
+        // The registered file lives on elsewhere, but this number is another file now: its
+        // waiters must not run their system calls on it.
+        Stale(fd);
+        continue;
+      }
+      if (run_read) {
         if (ev.events & EPOLLPRI) st->urgent = true;
         st->read_wait = 0;
         RunQueue(st, true);
       }
-      if (ev.events & kWriteWake) RunQueue(st, false);
+      if (run_write) RunQueue(st, false);
     }
     if (ready() > 0 || timeout_ms == 0) return ready();
     if (timeout_ms > 0) {

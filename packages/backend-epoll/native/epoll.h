@@ -13,9 +13,13 @@
 //   connection, not per request. Edge-triggering is safe here because no readiness is ever
 //   remembered: every op tries its system call first, and an op only waits after an EAGAIN that
 //   happened after the fd was registered, so the next state change produces the edge it needs.
-// - An fd this reactor did not create itself (accept/socket/eventfd) may have been closed and its
-//   number reused behind our back, which silently drops it from the epoll set. For those we
-//   re-arm with EPOLL_CTL_MOD whenever a wait starts on an idle fd, falling back to ADD on ENOENT.
+// - Any fd may be closed behind our back (fs.closeSync, its owner in Node) and its number reused
+//   by a file made elsewhere. Waiting ops are bound to the file that was registered, not to the
+//   number: see "Closed behind our back" in epoll.cc for how that is checked (a generation in
+//   each registration, the registered file's st_dev/st_ino, and which transitions pay an fstat).
+//   An fd this reactor did not create itself (accept/socket/eventfd) is re-armed with
+//   EPOLL_CTL_MOD whenever a wait starts on it while idle, falling back to ADD on ENOENT (its
+//   registration had vanished).
 // - Regular files and block devices are always "ready" to epoll, so reads try
 //   preadv2(RWF_NOWAIT) first (served from the page cache without blocking) and everything that
 //   would block (cache misses, writes, fsync, open, close of non-sockets) goes to a small native
@@ -28,6 +32,7 @@
 #define MINISS_EPOLL_H_
 
 #include <sys/epoll.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstddef>
@@ -53,8 +58,14 @@ struct FdState : PoolFdState {
   Op* rtail = nullptr;
   Op* whead = nullptr;  // write-side wait queue (connect, send, write)
   Op* wtail = nullptr;
-  bool registered = false;  // in the epoll set (as far as we know)
-  bool trusted = false;     // created by this reactor: the registration cannot vanish silently
+  bool registered = false;  // in the epoll set (as far as we know), with `gen` in its data
+  // Created by this reactor (socket/accept/eventfd): only the backend is meant to close it, so the
+  // per-request paths take its registration on trust (see "Closed behind our back" in epoll.cc).
+  bool trusted = false;
+  // The file the registration was made for (fstat when it was made), valid while `registered`:
+  // a waiting op belongs to this file, whatever the number refers to by the time it runs.
+  uint64_t dev = 0;
+  uint64_t ino = 0;
   bool is_socket = false;   // created by socket()/accept4(): close() is cheap and done inline
   // Trusted, registered fds only: the receive queue was empty at the last read-side attempt and
   // no read-side event has arrived since, so the next recv/accept may wait without trying first.
@@ -93,6 +104,7 @@ struct ReactorStats {
   uint64_t epoll_ctl = 0;      // epoll_ctl calls (ADD/MOD/DEL)
   uint64_t epoll_wait = 0;     // epoll_wait calls
   uint64_t skipped = 0;        // recv/accept queued without a system call (see FdState::read_wait)
+  uint64_t stale = 0;          // registrations found to be for a file closed behind our back
 };
 
 class EpollReactor : public PoolOpBook<EpollReactor, FdState> {
@@ -161,7 +173,11 @@ class EpollReactor : public PoolOpBook<EpollReactor, FdState> {
 
   int64_t Attempt(Op* op);
   void NoteRecv(FdState* st, const Op* op, int64_t r);
-  void Wait(Op* op, bool read_side);
+  bool SameFile(const FdState* st, int fd, const struct stat* known);
+  FdState* Waiters(int fd, bool read_side, const struct stat* known);
+  FdState* Stale(int fd);
+  // `known`: the fd's fstat when the caller has one (saves making it again), else nullptr.
+  void Wait(Op* op, bool read_side, const struct stat* known);
   void RunQueue(FdState* st, bool read_side);
 
   void ArmTimer();

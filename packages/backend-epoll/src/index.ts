@@ -52,6 +52,7 @@ const MAX_IO = 0x7ffff000;
 const MAX_SPREAD = 1024;
 const ECANCELED = osConstants.errno.ECANCELED;
 const EFAULT = osConstants.errno.EFAULT;
+const EINVAL = osConstants.errno.EINVAL;
 
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface EpollStats {
@@ -74,6 +75,11 @@ export interface EpollStats {
    * and no readiness event has arrived since (included in `waited`).
    */
   skipped: number;
+  /**
+   * Registrations found to be for a file that was closed behind the backend's back (its number
+   * now another file's): that file's waiting operations completed with EBADF.
+   */
+  stale: number;
 }
 
 /** Options of {@link createBackend}: the shared {@link BackendOptions} plus the thread pool size. */
@@ -186,16 +192,15 @@ export class EpollBackend implements IoBackend {
     this.#sqI = new Int32Array(sq, 0, sqCap * SQ_INTS);
     this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
     this.#cq = new Float64Array(cq);
-    // The addon holds onEvent strongly (a persistent handle in native memory, which the garbage
-    // collector cannot trace through), so onEvent must not hold `this`: a backend that is dropped
-    // without close() would keep its native object, 3 fds and its pool threads forever. Through a
-    // WeakRef the backend can be collected, and its native object with it, whose destructor closes
-    // everything (addon.h). One deref per event dispatch.
-    const self = new WeakRef(this);
-    const onEvent = (): void => {
-      const backend = self.deref();
-      if (backend !== undefined) backend.#onEvent();
-    };
+    // What keeps a backend alive (as on io_uring): the addon keeps onEvent in an internal field of
+    // the native object (#native), not in a GC root, and holds that object strongly only while
+    // operations are in flight (addon.h, Instance::UpdateRef). So a backend with operations in
+    // flight stays alive however it is referenced (often only from its own onReady callback,
+    // through the runtime and the promises waiting on it) and its completions arrive; an idle one
+    // dropped without close() is collected, and the native object's destructor closes its fds
+    // and pool threads. onEvent holds `this` strongly: a WeakRef here let a busy backend be
+    // collected with its operations never completing.
+    const onEvent = (): void => this.#onEvent();
     try {
       this.#native = new this.#addon.EpollBackend(sq, cq, sqCap, this.#cqCap, entries, poolThreads, onEvent);
     } catch (err) {
@@ -233,8 +238,8 @@ export class EpollBackend implements IoBackend {
     const total = this.#qLen;
     if (total === 0) return 0;
     this.#drained = false;
-    // Take the queue first (swap in the spare array): nothing below calls back into user code,
-    // but keep it re-entrant anyway (a BufferHandle is user data).
+    // Take the queue first (swap in the spare array): encoding reads the operations again, and
+    // an operation is user data (a getter could submit, or throw: see the catch below).
     const ids = this.#qIds;
     this.#qIds = this.#qSpare ?? [];
     this.#qSpare = null;
@@ -250,7 +255,18 @@ export class EpollBackend implements IoBackend {
       let k = 0;
       for (let i = 0; i < n; i++) {
         const id = ids[done + i]!;
-        if (this.#encode(k, id, slotOp[id & OP_SLOT_MASK]!)) k++;
+        const before = objs.count;
+        try {
+          if (this.#encode(k, id, slotOp[id & OP_SLOT_MASK]!)) k++;
+        } catch {
+          // The operation changed after submit so that it no longer encodes (submit validated
+          // it, flush reads it again: a getter that throws, a buffer that is no longer one). It
+          // alone fails, with EINVAL; the rest of the batch goes on. Before, the exception left
+          // flush with the whole batch taken out of the queue and never completed.
+          dropObjectsFrom(objs, before);
+          this.#vecLens[id & OP_SLOT_MASK] = undefined;
+          this.#fail(id, -EINVAL);
+        }
       }
       // The objects travel as arguments: reading an argument in C++ is much cheaper than an
       // element lookup on an array (a generic property access through the V8 API), and the usual
@@ -317,8 +333,7 @@ export class EpollBackend implements IoBackend {
           // A buffer was detached or shrunk since submit: EFAULT, like read/write whose buffer
           // is shorter than `len` (native code also refuses a detached one, but cannot tell a
           // shrunk one from a short one).
-          this.#local.push({ handle: id, result: ioErrorForOperation(op, -EFAULT), buffer: bufferHandleOf(op) });
-          this.#scheduleFire();
+          this.#fail(id, -EFAULT);
           return false;
         }
         I[b] = op.op === 'readv' ? OPCODES.readv : OPCODES.writev;
@@ -392,8 +407,7 @@ export class EpollBackend implements IoBackend {
       this.#qLen--;
       this.#vecLens[id & OP_SLOT_MASK] = undefined;
       this.#drained = false;
-      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
-      this.#scheduleFire();
+      this.#fail(id, -ECANCELED);
       return true;
     }
     if (this.#local.some((c) => c.handle === id)) return false;
@@ -432,10 +446,21 @@ export class EpollBackend implements IoBackend {
       const r = cq[2 * i + 1]!;
       const op = this.#slots.release(id);
       if (op === undefined) continue; // cannot happen
-      out[k++] = { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
+      // The slot is released and the completion buffer will be overwritten: nothing may throw
+      // between here and the return, or every completion of this reap is lost (an operation's
+      // own fields can: a getter, see completionOf).
+      out[k++] = completionOf(id, op, r);
     }
     if (k < out.length) out.length = k;
     return out;
+  }
+
+  /** Completes operation `id` (not handed to native code) with `errno` in JS, at the next poll. */
+  #fail(id: number, errno: number): void {
+    const op = this.#opOf(id);
+    if (op === undefined) return;
+    this.#local.push(completionOf(id, op, errno));
+    this.#scheduleFire();
   }
 
   onReady(cb: (() => void) | null): void {
@@ -473,6 +498,7 @@ export class EpollBackend implements IoBackend {
       epollCtl: s[5] ?? 0,
       epollWait: s[6] ?? 0,
       skipped: s[7] ?? 0,
+      stale: s[8] ?? 0,
     };
   }
 
@@ -514,6 +540,32 @@ export class EpollBackend implements IoBackend {
     this.#vecLens.length = 0;
     this.#slots.clear();
   }
+}
+
+/**
+ * The completion of `op` with result `r` (an errno when negative), built so that it cannot throw:
+ * the operation may have changed since submit so that reading its fields throws (a getter), and
+ * a throw after its slot was released would lose it and everything reaped with it. Then the error
+ * names only the errno and the operation's name, and no BufferHandle is handed back.
+ */
+function completionOf(id: number, op: IoOperation, r: number): IoCompletion {
+  try {
+    return { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
+  } catch {
+    let name = 'submit';
+    try {
+      if (typeof op.op === 'string') name = op.op;
+    } catch {
+      // a throwing `op` getter: keep 'submit'
+    }
+    return { handle: id, result: r >= 0 ? r : ioErrorFromErrno(r, name) };
+  }
+}
+
+/** Drops the objects a failed encoding pushed: the batch's objects are the first `from` again. */
+function dropObjectsFrom(objs: FlushObjects, from: number): void {
+  for (let i = from; i < objs.count; i++) objs.list[i] = undefined;
+  objs.count = from;
 }
 
 function byteLengthOf(b: Uint8Array): number {

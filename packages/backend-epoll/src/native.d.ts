@@ -8,7 +8,9 @@ export declare class NativeEpollBackend {
   /**
    * @param sq Submission buffer: `sqCap` descriptors of 8 int32 words, then `sqCap` pairs of float64.
    * @param cq Completion buffer: `cqCap` (id, result) float64 pairs.
-   * @param onEvent Called from the event loop whenever completions are ready to reap.
+   * @param onEvent Called from the event loop whenever completions are ready to reap. Kept in an
+   *   internal field of this object, not in a GC root: it may reach the backend that owns this
+   *   object. The object is held strongly while operations are in flight, weakly otherwise.
    */
   constructor(sq: ArrayBuffer, cq: ArrayBuffer, sqCap: number, cqCap: number, maxEvents: number, poolThreads: number, onEvent: () => void);
   /**
@@ -22,7 +24,7 @@ export declare class NativeEpollBackend {
   cancel(id: number): boolean;
   /** Operations handed to native code and not yet reaped. */
   inFlight(): number;
-  /** [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait, skipped] */
+  /** [submitted, immediate, waited, pool, nowaitReads, epollCtl, epollWait, skipped, stale] */
   stats(): number[];
   /** A non-blocking eventfd owned by the backend, or -errno. */
   eventfd(): number;

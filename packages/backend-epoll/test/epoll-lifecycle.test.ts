@@ -77,6 +77,41 @@ lifecycleSuite({
       expect(out).toEqual({ collected: 10, fdsHeld: 30, fdsLeft: 0, threadsLeft: 0 });
     });
 
+    // The other half of the rule above: a backend with operations in flight must stay alive
+    // however it is referenced. The runtime's usual shape is a backend reachable only from its own
+    // onReady callback (the consumers waiting on it hang off the backend); when the callback held
+    // the backend through a WeakRef and the addon held only its uv handle, a garbage collection
+    // took the backend with its operations, which never completed, and the process exited early.
+    it('a backend with operations in flight survives garbage collection, and is collected once they complete', () => {
+      const script = `
+        import { createBackend } from ${JSON.stringify(pkgEntry)};
+        const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+        const t0 = Date.now();
+        const done = [];
+        let collected = 0;
+        const registry = new FinalizationRegistry(() => collected++);
+        (function start() {
+          for (let i = 0; i < 3; i++) {
+            const b = createBackend();
+            const id = b.submit({ op: 'timeout', ms: 200 });
+            b.onReady(() => { for (const c of b.poll(0)) if (c.handle === id) done.push({ result: c.result, at: Date.now() - t0 }); });
+            b.flush();
+            registry.register(b, i);
+          }
+        })();
+        for (let k = 0; k < 5; k++) { globalThis.gc(); await sleep(10); }
+        const collectedInFlight = collected;
+        while (done.length < 3 && Date.now() - t0 < 5000) await sleep(20);
+        // Idle now (and never closed): weak again, so collectable.
+        for (let k = 0; k < 20 && collected < 3; k++) { globalThis.gc(); await sleep(10); }
+        console.log(JSON.stringify({ collectedInFlight, done: done.map((d) => d.result), late: done.every((d) => d.at >= 190), collected }));
+      `;
+      const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 10_000 });
+      expect(r.status, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as unknown;
+      expect(out).toEqual({ collectedInFlight: 0, done: [0, 0, 0], late: true, collected: 3 });
+    });
+
     it('eventfd + signalFd: a pending 8-byte read wakes when another thread signals', async () => {
       const { b, d } = ctx();
       const efd = b.eventfd();

@@ -14,6 +14,7 @@
 #include "io_uring.h"
 #include "miniss/flush_objects.h"   // @miniss/native-common: ObjectAt, BindBuffer, BindWholeView, StringOf
 #include "miniss/module_methods.h"  // @miniss/native-common: address, allocateBuffer, signalFd, setAffinity
+#include "miniss/op.h"              // @miniss/native-common: PinThisLibrary
 #include "miniss/store_cache.h"     // @miniss/native-common: the pinned-buffer cache
 
 namespace miniss {
@@ -571,6 +572,10 @@ NAN_METHOD(Probe) {
 }
 
 NAN_MODULE_INIT(InitModule) {
+  // Never unloaded: the memory allocateBuffer() hands out is freed by a deleter in this library,
+  // which V8 runs when it tears a worker's heap down, after Node has dlclose()d the worker's
+  // addons (a worker that allocated pool buffers crashed the process when it ended).
+  PinThisLibrary();
   Backend::Init(target);
   Nan::SetMethod(target, "probe", Probe);
   Nan::SetMethod(target, "address", AddressMethod);

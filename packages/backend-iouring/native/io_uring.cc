@@ -345,6 +345,15 @@ io_uring_sqe* Engine::SqeOrFlush(unsigned need) {
 
 bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
   if (closed_) return false;
+  // Never let an operation touch a descriptor the engine depends on, whatever the caller asks
+  // (the epoll backend refuses its internal fds the same way): closing the registered eventfd
+  // made libuv, which polls it, abort the process; reading it would steal the ring's wake-ups.
+  // (The kernel itself refuses IORING_OP_CLOSE of an io_uring fd.) Operations without an fd
+  // carry -1.
+  if (d.fd >= 0 && (d.fd == event_fd_ || d.fd == ring_.fd()) && d.prep_error == 0 && d.op != kOpCancel &&
+      d.op != kOpCloseQuiet) {
+    d.prep_error = EBADF;
+  }
   if (d.op == kOpAccept && d.prep_error == 0) return PrepareAccept(slot_index, d);
   if (d.op == kOpCancel) return PrepareCancel(d);
   // A close, and a connect with a timeout, take two linked SQEs; make sure both fit before
@@ -352,7 +361,7 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
   // guards direct use of the addon): fail such an operation with EINVAL through a NOP rather than
   // keep it queued forever, which left the loop spinning on it.
   bool link_timeout = d.op == kOpConnect && d.ms > 0 && d.prep_error == 0;
-  unsigned need = d.op == kOpClose || link_timeout ? 2 : 1;
+  unsigned need = (d.op == kOpClose && d.prep_error == 0) || link_timeout ? 2 : 1;
   if (need > ring_.sq_entries()) {
     d.prep_error = EINVAL;
     link_timeout = false;
@@ -446,10 +455,14 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
       sqe->len = static_cast<uint32_t>(d.b);
       sqe->open_flags = static_cast<uint32_t>(d.a) | O_CLOEXEC;
       break;
-    case kOpClose:
+    case kOpClose: {
       // A listener's queued connections die with it (never leaked), and its record lets go of
       // the fd number.
       ListenerFdGone(d.fd, true);
+      // An eventfd of NewEventFd closed by the caller is no longer the engine's: Shutdown must
+      // not close the number again (by then it may be a file the application opened since).
+      auto owned = std::find(extra_fds_.begin(), extra_fds_.end(), d.fd);
+      if (owned != extra_fds_.end()) extra_fds_.erase(owned);
       // Closing an fd does not stop requests that already hold its file (a multishot accept on a
       // listener would keep accepting forever, a recv would wait for data that never comes), so
       // first cancel every request on the fd, hard-linked so the close runs whatever the cancel
@@ -464,6 +477,7 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
       sqe2->fd = d.fd;
       sqe2->user_data = d.id;
       break;
+    }
     case kOpSocket: {
       // Synchronous (cheap, never blocks); completed through a NOP so the result arrives in
       // order with everything else.

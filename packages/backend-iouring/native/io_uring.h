@@ -291,7 +291,8 @@ class Engine {
   // Makes the eventfd readable so the loop calls us back (work queued in JS, local completions).
   void Wake();
 
-  // A non-blocking eventfd owned by the engine (closed by Shutdown), or -errno.
+  // A non-blocking eventfd owned by the engine (closed by Shutdown unless a close operation
+  // closed it first), or -errno.
   int NewEventFd();
 
   // Cancels everything in flight, waits (up to `wait_ms`) for the kernel to release every

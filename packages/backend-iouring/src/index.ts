@@ -212,6 +212,14 @@ export class IoUringBackend implements IoBackend {
   readonly #slots = new OpSlots<IoOperation>('io_uring');
   /** Per slot: whether its operation's cancellation was requested (one cancel SQE each). */
   readonly #slotCancelled: boolean[] = [];
+  /**
+   * Per slot of a readv/writev: the byte length of each buffer at submit. A buffer of a resizable
+   * ArrayBuffer shrunk before the flush is bound as it is now, shorter, and the kernel would then
+   * fill the next buffers with the data meant for the missing bytes: #encode fails the operation
+   * with EFAULT instead, as a read/write whose buffer is shorter than `len` (native code cannot tell
+   * a shrunk view from one that was always that short). The epoll backend checks the same way.
+   */
+  readonly #vecLens: (number[] | undefined)[] = [];
   /** Completions made in JS (cancelled before they were flushed). */
   #local: IoCompletion[] = [];
   /** Buffers and strings of the batch being flushed (cleared after each native flush). */
@@ -298,20 +306,18 @@ export class IoUringBackend implements IoBackend {
 
   /** Frees the slot of a live id. */
   #release(id: number): void {
-    if (this.#slots.release(id) !== undefined) this.#slotCancelled[id & OP_SLOT_MASK] = false;
+    if (this.#slots.release(id) !== undefined) {
+      this.#slotCancelled[id & OP_SLOT_MASK] = false;
+      this.#vecLens[id & OP_SLOT_MASK] = undefined;
+    }
   }
 
   submit(op: IoOperation): IoHandleId {
     if (this.#closed) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the io_uring backend is closed: no more operations can be submitted');
-    validateOperation(op);
-    if (op.op === 'connect') {
-      const t = (op as IoUringConnectOperation).timeoutMs;
-      if (t !== undefined && (typeof t !== 'number' || !Number.isFinite(t) || t <= 0 || t > 2 ** 31)) {
-        throw new InvalidArgumentError(`connect: timeoutMs must be a positive finite number of milliseconds, got ${String(t)}`);
-      }
-    }
+    validateOperation(op); // (a connect's timeoutMs included: above 0, at most 2^31 - 1)
     const id = this.#slots.add(op);
     this.#slotCancelled[id & OP_SLOT_MASK] = false;
+    if (op.op === 'readv' || op.op === 'writev') this.#vecLens[id & OP_SLOT_MASK] = op.buffers.map(byteLengthOf);
     this.#q[this.#qLen++] = id;
     return id;
   }
@@ -399,16 +405,8 @@ export class IoUringBackend implements IoBackend {
   #failQueued(id: number, errno: number): void {
     const op = this.#opOf(id);
     if (op === undefined) return;
-    let result: Error;
-    let buffer: BufferHandle | undefined;
     // The operation is malformed by now: its own fields may throw again.
-    try {
-      result = ioErrorForOperation(op, errno);
-      buffer = bufferHandleOf(op);
-    } catch {
-      result = ioErrorFromErrno(errno, typeof op.op === 'string' ? op.op : 'submit');
-    }
-    this.#local.push({ handle: id, result, buffer });
+    this.#local.push({ handle: id, result: errorOf(op, errno), buffer: bufferOf(op) });
     this.#scheduleFire();
   }
 
@@ -465,6 +463,12 @@ export class IoUringBackend implements IoBackend {
         I[b] = op.op === 'readv' ? OPCODES.readv : OPCODES.writev;
         I[b + 1] = int32OrBad(op.fd);
         const bufs = op.buffers;
+        if (!sameOrLonger(bufs, this.#vecLens[entry & OP_SLOT_MASK])) {
+          // A buffer shrunk (or detached) since submit: no objects, and the addon fails the
+          // operation with EFAULT (see #vecLens), in order with the rest of the batch.
+          I[b + 5] = -1;
+          break;
+        }
         // More than the native limit (1024 iovecs): the addon fails the operation with EFAULT.
         I[b + 5] = this.#objs.count;
         I[b + 6] = bufs.length;
@@ -543,7 +547,9 @@ export class IoUringBackend implements IoBackend {
       q.copyWithin(queued, queued + 1, this.#qLen);
       this.#qLen--;
       this.#slotCancelled[slot] = true;
-      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
+      // The operation is out of the queue now: its completion must not be lost to a field that
+      // throws (an operation changed since submit).
+      this.#local.push({ handle: id, result: errorOf(op, -ECANCELED), buffer: bufferOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -583,7 +589,9 @@ export class IoUringBackend implements IoBackend {
       const op = this.#opOf(id);
       if (op === undefined) continue;
       const res = this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!);
-      out[k++] = { handle: id, result: res, buffer: bufferHandleOf(op) };
+      // bufferOf: a throwing field of one operation (changed since submit) must not lose the
+      // completions after it, taken from the ring already.
+      out[k++] = { handle: id, result: res, buffer: bufferOf(op) };
     }
     if (k < out.length) out.length = k;
     return out;
@@ -683,7 +691,7 @@ export class IoUringBackend implements IoBackend {
       const id = cq[CQ_DOUBLES * i]! | 0;
       const op = this.#opOf(id);
       if (op === undefined) continue;
-      this.#local.push({ handle: id, result: this.#resultValue(id, op, cq[CQ_DOUBLES * i + 1]!), buffer: bufferHandleOf(op) });
+      this.#local.push({ handle: id, result: this.#resultValue(id, op, cq[CQ_DOUBLES * i + 1]!), buffer: bufferOf(op) });
     }
   }
 
@@ -697,12 +705,18 @@ export class IoUringBackend implements IoBackend {
   /** What a CQE result `r` of live operation `id` means to the caller (its slot is left as it is). */
   #resultValue(id: number, op: IoOperation, r: number): number | Error {
     let res = r;
-    // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
-    // the caller cancelled it.
-    if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id & OP_SLOT_MASK] !== true) {
-      res = -ETIMEDOUT;
+    // The operation's fields are read again here; one changed since submit so that they throw
+    // must not take the other completions of the reap down with it (see errorOf).
+    try {
+      // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
+      // the caller cancelled it.
+      if (r === -ECANCELED && op.op === 'connect' && (op as IoUringConnectOperation).timeoutMs !== undefined && this.#slotCancelled[id & OP_SLOT_MASK] !== true) {
+        res = -ETIMEDOUT;
+      }
+    } catch {
+      res = r;
     }
-    return res >= 0 ? res : ioErrorForOperation(op, res);
+    return res >= 0 ? res : errorOf(op, res);
   }
 
   /**
@@ -830,7 +844,52 @@ export class IoUringBackend implements IoBackend {
     this.#local = [];
     this.#slots.clear();
     this.#slotCancelled.length = 0;
+    this.#vecLens.length = 0;
   }
+}
+
+/**
+ * The error of operation `op` failed with `errno` (ioErrorForOperation), or a plain errno error
+ * when its fields throw: an operation changed after submit (a throwing getter) must not take the
+ * completions handled with it down, nor lose its own.
+ */
+function errorOf(op: IoOperation, errno: number): Error {
+  try {
+    return ioErrorForOperation(op, errno);
+  } catch {
+    let syscall = 'submit';
+    try {
+      if (typeof op.op === 'string') syscall = op.op;
+    } catch {
+      // Even `op` throws: keep 'submit'.
+    }
+    return ioErrorFromErrno(errno, syscall);
+  }
+}
+
+/** The operation's buffer handle (bufferHandleOf), or undefined when its `buffer` throws (see errorOf). */
+function bufferOf(op: IoOperation): BufferHandle | undefined {
+  try {
+    return bufferHandleOf(op);
+  } catch {
+    return undefined;
+  }
+}
+
+function byteLengthOf(b: Uint8Array): number {
+  return b.byteLength;
+}
+
+/**
+ * Whether every buffer is still at least as long as at submit (a detached one is 0 long). False for
+ * an array of another length, or no lengths recorded.
+ */
+function sameOrLonger(buffers: Uint8Array[], lens: number[] | undefined): boolean {
+  if (lens === undefined || buffers.length !== lens.length) return false;
+  for (let i = 0; i < lens.length; i++) {
+    if (buffers[i]!.byteLength < lens[i]!) return false;
+  }
+  return true;
 }
 
 /** This package as a {@link BackendModule} (what core's loader checks for). */

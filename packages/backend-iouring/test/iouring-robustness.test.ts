@@ -1,9 +1,10 @@
 // Regressions of the io_uring backend's robustness: memory the kernel reads stays where the SQE
 // says it is while the native slot table grows, rings too small for two linked SQEs, collection
 // of a backend dropped without close(), addresses (IPv6 zones, IPv4 on IPv6 sockets, NUL bytes),
-// fds of completions kept in JS at close(), operations changed after submit, huge timeouts.
+// fds of completions kept in JS at close(), operations changed after submit, huge timeouts, the
+// backend's own fds, buffers shrunk between submit and flush, fields that throw at poll/cancel.
 import { spawnSync } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, mkdtempSync, openSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -433,6 +434,172 @@ describe.runIf(support.ok)('io_uring backend robustness', () => {
       b.close();
       closeSync(fd);
     }
+  });
+
+  describe("the backend's own fds", () => {
+    it('a close, read or write of its registered eventfd or ring fd fails with EBADF, and the loop keeps running (child: closing the eventfd aborted the process in libuv)', () => {
+      const r = spawnSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `import { createBackend } from '${pkgEntry}';
+           import { readdirSync, readlinkSync } from 'node:fs';
+           const kinds = () => new Map(readdirSync('/proc/self/fd').map((f) => { try { return [Number(f), readlinkSync('/proc/self/fd/' + f)]; } catch { return [Number(f), '']; } }));
+           const before = kinds();
+           const b = createBackend();
+           const own = [...kinds()].filter(([fd, k]) => before.get(fd) !== k && /eventfd|io_uring/.test(k)).map(([fd]) => fd);
+           const results = new Map();
+           const ids = [];
+           for (const fd of own) {
+             for (const op of [{ op: 'close', fd }, { op: 'read', fd, buffer: new Uint8Array(8), len: 8, offset: -1 }, { op: 'write', fd, buffer: new Uint8Array(8).fill(1), len: 8, offset: -1 }]) {
+               const id = b.submit(op);
+               ids.push(id);
+               results.set(id, op.op);
+             }
+           }
+           const out = [];
+           b.onReady(() => { for (const c of b.poll(0)) if (results.has(c.handle)) out.push(results.get(c.handle) + ' ' + (c.result instanceof Error ? c.result.code : c.result)); });
+           b.flush();
+           // The loop must still run the ring (the uv_poll_t on the eventfd) afterwards.
+           const t = b.submit({ op: 'timeout', ms: 20 });
+           const fired = await new Promise((resolve) => {
+             b.onReady(() => { for (const c of b.poll(0)) { if (c.handle === t) resolve(c.result); else if (results.has(c.handle)) out.push(results.get(c.handle) + ' ' + (c.result instanceof Error ? c.result.code : c.result)); } });
+             b.flush();
+           });
+           await new Promise((r) => setTimeout(r, 20));
+           b.close();
+           console.log(JSON.stringify({ own: own.length, out: out.sort(), fired }));`,
+        ],
+        { encoding: 'utf8', timeout: 20_000 },
+      );
+      expect(r.status, r.stderr).toBe(0);
+      const got = JSON.parse(r.stdout.trim().split('\n').pop()!) as { own: number; out: string[]; fired: number };
+      expect(got.own).toBe(2); // the ring fd and its eventfd
+      expect(got).toEqual({ own: 2, out: ['close EBADF', 'close EBADF', 'read EBADF', 'read EBADF', 'write EBADF', 'write EBADF'], fired: 0 });
+    });
+
+    it('an eventfd() closed by a close operation is not closed again by close() (its number may be a file opened since)', () => {
+      const b = createBackend();
+      let app = -1;
+      try {
+        const efd = b.eventfd();
+        expect(run(b, { op: 'close', fd: efd })).toBe(0);
+        app = openSync(`${dir}/reused`, 'w');
+        expect(app).toBe(efd); // the lowest free number: the test means something
+      } finally {
+        b.close();
+      }
+      // Still the application's file (close() used to close it as the eventfd).
+      expect(fstatSync(app).isFile()).toBe(true);
+      closeSync(app);
+    });
+  });
+
+  it('a readv/writev buffer shrunk (resizable ArrayBuffer) between submit and flush fails the operation with EFAULT; no data lands in the wrong buffer', () => {
+    type Resizable = ArrayBuffer & { resize(n: number): void };
+    const resizable = (n: number, max: number): Resizable =>
+      new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => Resizable)(n, { maxByteLength: max });
+    const b = createBackend();
+    const path = `${dir}/shrunk.bin`;
+    writeFileSync(path, 'AAAABBBBCCCCDDDD');
+    const fd = openSync(path, 'r+');
+    try {
+      // A length-tracking view shrunk 8 -> 3 bytes: the readv used to read 3 bytes into it and the
+      // next 4 ('ABBB') into the second buffer.
+      const rab1 = resizable(8, 64);
+      const tracking = new Uint8Array(rab1);
+      const second1 = new Uint8Array(4);
+      const r1 = b.submit({ op: 'readv', fd, buffers: [tracking, second1], offset: 0 });
+      rab1.resize(3);
+      // A fixed view [4, 8) left out of bounds by a shrink to 2 bytes (0 bytes long now).
+      const rab2 = resizable(8, 64);
+      const fixed = new Uint8Array(rab2, 4, 4);
+      const second2 = new Uint8Array(4);
+      const r2 = b.submit({ op: 'readv', fd, buffers: [fixed, second2], offset: 0 });
+      rab2.resize(2);
+      // A writev from a shrunk buffer: the file must stay as it is.
+      const rab3 = resizable(4, 64);
+      new Uint8Array(rab3).set([0x78, 0x78, 0x78, 0x78]);
+      const w = b.submit({ op: 'writev', fd, buffers: [new Uint8Array(rab3), new TextEncoder().encode('yyyy')], offset: 0 });
+      rab3.resize(1);
+      const got = settle(b, [r1, r2, w]);
+      expect([got.get(r1), got.get(r2), got.get(w)]).toEqual(['EFAULT', 'EFAULT', 'EFAULT']);
+      expect([...second1, ...second2]).toEqual(new Array(8).fill(0));
+      const check = Buffer.alloc(16);
+      readSync(fd, check, 0, 16, 0);
+      expect(check.toString('latin1')).toBe('AAAABBBBCCCCDDDD');
+      // A buffer that grew, or kept its length, still works.
+      const rab4 = resizable(2, 64);
+      const grown = new Uint8Array(rab4);
+      const r4 = b.submit({ op: 'readv', fd, buffers: [grown, new Uint8Array(2)], offset: 0 });
+      rab4.resize(4);
+      expect(settle(b, [r4]).get(r4)).toBe(6);
+      expect(Buffer.from(grown).toString('latin1')).toBe('AAAA');
+    } finally {
+      b.close();
+      closeSync(fd);
+    }
+  });
+
+  describe('an operation whose fields throw after submit (getters) loses no completion', () => {
+    it('poll(): the completions reaped with it are all handed out, its own too (a plain errno error when its error cannot be built)', () => {
+      const b = createBackend();
+      const fd = dataFd();
+      try {
+        let armed = false;
+        const buf = new Uint8Array(8);
+        const trap = <T>(v: T) => (): T => {
+          if (armed) throw new Error('getter throws');
+          return v;
+        };
+        const ids = [b.submit({ op: 'nop' })];
+        // Succeeds: its buffer getter throws when poll builds its completion.
+        ids.push(b.submit(Object.defineProperty({ op: 'read', fd, len: 8, offset: 0 }, 'buffer', { get: trap(buf) }) as IoOperation));
+        ids.push(b.submit({ op: 'nop' }));
+        // Fails (EBADF): its fd getter throws when poll builds the error.
+        ids.push(b.submit(Object.defineProperty({ op: 'read', buffer: new Uint8Array(8), len: 8, offset: 0 }, 'fd', { get: trap(987654) }) as IoOperation));
+        ids.push(b.submit({ op: 'nop' }));
+        b.flush();
+        armed = true;
+        const seen = new Map<number, number | string>();
+        const end = Date.now() + 2000;
+        while (seen.size < ids.length && Date.now() < end) {
+          for (const c of b.poll(5)) {
+            seen.set(c.handle, c.result instanceof Error ? `${(c.result as { code?: string }).code} ${(c.result as { syscall?: string }).syscall}` : c.result);
+          }
+        }
+        expect(ids.map((id) => seen.get(id))).toEqual([0, 8, 0, 'EBADF read', 0]);
+        expect(b.inFlight).toBe(0);
+      } finally {
+        b.close();
+        closeSync(fd);
+      }
+    });
+
+    it('cancel() of a queued operation: it completes with ECANCELED, the rest of the queue goes on', () => {
+      const b = createBackend();
+      try {
+        let armed = false;
+        const op = { op: 'read', buffer: new Uint8Array(8), len: 8, offset: 0 } as Record<string, unknown>;
+        Object.defineProperty(op, 'fd', {
+          get: () => {
+            if (armed) throw new Error('getter throws');
+            return 0;
+          },
+        });
+        const a = b.submit({ op: 'nop' });
+        const victim = b.submit(op as unknown as IoOperation);
+        const c = b.submit({ op: 'nop' });
+        armed = true;
+        expect(b.cancel(victim)).toBe(true);
+        const got = settle(b, [a, victim, c]);
+        expect([got.get(a), got.get(victim), got.get(c)]).toEqual([0, 'ECANCELED', 0]);
+        expect(b.inFlight).toBe(0);
+      } finally {
+        b.close();
+      }
+    });
   });
 
   it('a timeout too large for a timespec (1e22 ms, Number.MAX_VALUE) stays pending instead of failing with EINVAL', () => {

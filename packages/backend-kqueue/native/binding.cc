@@ -53,6 +53,7 @@ NAN_METHOD(Probe) {
 }
 
 NAN_MODULE_INIT(InitModule) {
+  PinThisLibrary();  // never unloaded: V8 frees allocateBuffer() memory after a worker unloads it (op.h)
   Addon::Init(target);
   Nan::SetMethod(target, "address", AddressMethod);
   Nan::SetMethod(target, "allocateBuffer", AllocateBufferMethod);

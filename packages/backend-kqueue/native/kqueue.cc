@@ -372,8 +372,7 @@ void KqueueReactor::StartRead(Op* op) {
     Complete(op, -EBADF);
     return;
   }
-  FdState* st = Find(op->fd);
-  if (st != nullptr && st->rhead != nullptr) {
+  if (FdState* st = Waiters(op->fd, true, nullptr)) {
     op->kind = kKindStream;
     Enqueue(st, op, true);
     return;
@@ -392,12 +391,12 @@ void KqueueReactor::StartRead(Op* op) {
   op->kind = S_ISSOCK(sb.st_mode) ? kKindSocket : kKindStream;
   if (IsBlockingFd(op->fd)) {
     // A blocking pipe or tty: wait until readable so the read cannot block.
-    Wait(op, true);
+    Wait(op, true, &sb);
     return;
   }
   int64_t r = ReadPlain(op);
   if (r == -EAGAIN) {
-    Wait(op, true);
+    Wait(op, true, &sb);
     return;
   }
   Complete(op, r);
@@ -413,23 +412,22 @@ void KqueueReactor::StartWrite(Op* op) {
     Complete(op, -errno);
     return;
   }
-  FdState* st = Find(op->fd);
   if (S_ISREG(sb.st_mode) || S_ISBLK(sb.st_mode)) {
     ToPool(op);
     return;
   }
   op->kind = S_ISSOCK(sb.st_mode) ? kKindSocket : kKindStream;
-  if (st != nullptr && st->whead != nullptr) {
+  if (FdState* st = Waiters(op->fd, false, &sb)) {
     Enqueue(st, op, false);
     return;
   }
   if (op->kind == kKindStream && IsBlockingFd(op->fd)) {
-    Wait(op, false);
+    Wait(op, false, &sb);
     return;
   }
   int64_t r = Attempt(op);
   if (r == -EAGAIN) {
-    Wait(op, false);
+    Wait(op, false, &sb);
     return;
   }
   Complete(op, r);
@@ -440,14 +438,13 @@ void KqueueReactor::StartSocketOp(Op* op, bool read_side) {
     Complete(op, -EBADF);
     return;
   }
-  FdState* st = Find(op->fd);
-  if (st != nullptr && (read_side ? st->rhead : st->whead) != nullptr) {
+  if (FdState* st = Waiters(op->fd, read_side, nullptr)) {
     Enqueue(st, op, read_side);
     return;
   }
   int64_t r = Attempt(op);
   if (r == -EAGAIN) {
-    Wait(op, read_side);
+    Wait(op, read_side, nullptr);
     return;
   }
   Complete(op, r);
@@ -647,14 +644,75 @@ int KqueueReactor::Register(int fd, bool read_side) {
   return 0;
 }
 
-void KqueueReactor::Wait(Op* op, bool read_side) {
+// Closed behind our back: fd numbers and waiting ops (the same problem and the same answer as in
+// the epoll reactor, see "Closed behind our back" in packages/backend-epoll/native/epoll.cc).
+//
+// A knote belongs to an fd of this process, and close() drops it, but the ops here name numbers:
+// when an fd with waiting ops is closed behind our back (fs.closeSync, its owner) and its number
+// handed out again by someone else, a new op on the number was queued behind the old file's
+// waiters, or joined a wait on a filter believed added (rreg/wreg) that close() had dropped, and
+// waited forever. So a waiting op belongs to the file whose knotes were added when it started
+// waiting: each addition records that file's st_dev/st_ino, and an op that would queue behind
+// waiting ops of its fd, on either side (Waiters, and Wait when the other side has waiters),
+// first checks that the number still refers to it (an fstat, off the hot path: a stream has one
+// recv in flight and sends queue only under backpressure). If not, the old file's waiters fail
+// with EBADF and the state starts a new generation (Renew); the new file gets its own knotes.
+//
+// An fd this reactor did not create is re-added (and its identity taken again) whenever a wait
+// starts on it while idle. An fd it created (socket, accept), which the backend owns and only a
+// close op should close, is taken on trust on the per-request path (a wait starting while idle):
+// checking would cost an fstat per request. Unlike epoll, whose registration of a file lives on
+// as long as the file does, a kqueue never reports events of a closed fd's knotes, so an old
+// file that lives on elsewhere cannot wake waiters here (kqemu, the test emulation on epoll,
+// only sees the close() calls of this reactor, and can).
+
+// Whether `fd` is still the file st's knotes were added for. `known`: its fstat, if at hand.
+bool KqueueReactor::SameFile(const FdState* st, int fd, const struct stat* known) {
+  struct stat sb;
+  if (known == nullptr) {
+    if (fstat(fd, &sb) < 0) return false;  // closed: certainly not that file any more
+    known = &sb;
+  }
+  return static_cast<uint64_t>(known->st_dev) == st->dev && static_cast<uint64_t>(known->st_ino) == st->ino;
+}
+
+// The fd's state if ops wait on `read_side` of the file the number still refers to, so a new op
+// must queue behind them (order is kept per side); nullptr if none wait (waiters of a file that
+// is gone are failed first, see above).
+FdState* KqueueReactor::Waiters(int fd, bool read_side, const struct stat* known) {
+  FdState* st = Find(fd);
+  if (st == nullptr || (read_side ? st->rhead : st->whead) == nullptr) return nullptr;
+  if (SameFile(st, fd, known)) return st;
+  Renew(fd);
+  return nullptr;
+}
+
+void KqueueReactor::Wait(Op* op, bool read_side, const struct stat* known) {
   FdState* st = Ensure(op->fd);
-  const bool idle = st->rhead == nullptr && st->whead == nullptr;
+  bool idle = st->rhead == nullptr && st->whead == nullptr;
+  if (!idle && !SameFile(st, op->fd, known)) {
+    // The other side's waiters belong to a file closed behind our back (see above).
+    st = Renew(op->fd);
+    idle = true;
+  }
   bool& reg = read_side ? st->rreg : st->wreg;
   if (!reg || (!st->trusted && idle)) {
     // An fd we did not create may have been closed and its number reused since we last added
     // it (close() drops knotes silently): add again; EV_ADD on a live knote just updates it.
     if (!st->trusted && idle) st->rreg = st->wreg = false;
+    struct stat sb;
+    if (known == nullptr) {
+      if (fstat(op->fd, &sb) < 0) {
+        Complete(op, -errno);
+        return;
+      }
+      known = &sb;
+    }
+    // The other side's filter was added for another file (closed behind our back while idle):
+    // close() dropped it, so it must be added again when that side waits.
+    if ((st->rreg || st->wreg) && !SameFile(st, op->fd, known)) st = Renew(op->fd);
+    st->dev = static_cast<uint64_t>(known->st_dev);
+    st->ino = static_cast<uint64_t>(known->st_ino);
     int r = Register(op->fd, read_side);
     if (r < 0) {
       if (r == -EINVAL && (op->code == kRead || op->code == kReadv || op->code == kWrite || op->code == kWritev)) {

@@ -9,7 +9,8 @@
 //   as on epoll: no readiness is remembered, an op only waits after an EAGAIN.
 // - close() removes an fd's knotes by itself, so an fd this reactor did not create may vanish
 //   from the set behind our back; it is re-added (EV_ADD on an existing knote just updates it)
-//   whenever a wait starts on it while idle.
+//   whenever a wait starts on it while idle. Waiting ops belong to the file that was registered,
+//   not to the number: see "Closed behind our back" in kqueue.cc.
 // - Files: the BSDs have no preadv2(RWF_NOWAIT), so every regular-file read, write, fsync, open
 //   and non-socket close runs on the thread pool. As on epoll, a close waits for the pool ops of
 //   its fd submitted before it (PoolOpBook, pool_book.h), and a pool job stuck in its system call is
@@ -24,6 +25,7 @@
 
 #include <sys/types.h>
 #include <sys/event.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstddef>
@@ -48,7 +50,12 @@ struct FdState : PoolFdState {
   Op* wtail = nullptr;
   bool rreg = false;  // EVFILT_READ added (as far as we know)
   bool wreg = false;  // EVFILT_WRITE added
-  bool trusted = false;     // created by this reactor: its knotes cannot vanish silently
+  // Created by this reactor (socket/accept): only the backend is meant to close it, so the
+  // per-request paths take its knotes on trust (see "Closed behind our back" in kqueue.cc).
+  bool trusted = false;
+  // The file the knotes were added for (fstat when they were), valid while rreg or wreg.
+  uint64_t dev = 0;
+  uint64_t ino = 0;
   bool is_socket = false;   // created by socket()/accept(): close() is cheap and done inline
   bool nosigpipe = false;   // SO_NOSIGPIPE set by this reactor (macOS, where send() has no MSG_NOSIGNAL)
 };
@@ -119,7 +126,10 @@ class KqueueReactor : public PoolOpBook<KqueueReactor, FdState> {
   int64_t Attempt(Op* op);
   int EnsureNoSigPipe(int fd);
   int Register(int fd, bool read_side);
-  void Wait(Op* op, bool read_side);
+  static bool SameFile(const FdState* st, int fd, const struct stat* known);
+  FdState* Waiters(int fd, bool read_side, const struct stat* known);
+  // `known`: the fd's fstat when the caller has one (saves making it again), else nullptr.
+  void Wait(Op* op, bool read_side, const struct stat* known);
   void RunQueue(FdState* st, bool read_side);
 
   void ArmTimer();

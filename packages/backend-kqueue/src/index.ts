@@ -55,6 +55,7 @@ const SQ_DOUBLES = 2;
  */
 const MAX_IO = 0x7ffff000;
 const ECANCELED = osConstants.errno.ECANCELED;
+const EINVAL = osConstants.errno.EINVAL;
 
 /** Counters of one backend instance, for tests and benchmarks. */
 export interface KqueueStats {
@@ -179,6 +180,11 @@ export class KqueueBackend implements IoBackend {
     this.#sqI = new Int32Array(sq, 0, sqCap * SQ_INTS);
     this.#sqF = new Float64Array(sq, sqCap * SQ_INTS * 4, sqCap * SQ_DOUBLES);
     this.#cq = new Float64Array(cq);
+    // The addon keeps onEvent in an internal field of the native object (#native), not in a GC
+    // root, and holds that object strongly only while operations are in flight (native-common's
+    // addon.h, Instance::UpdateRef): a backend with operations in flight stays alive however it
+    // is referenced, an idle one dropped without close() is collected and its destructor closes
+    // the kqueue and the pool threads.
     const onEvent = (): void => {
       if (!this.#closed && this.#cb !== null) this.#cb();
     };
@@ -209,7 +215,8 @@ export class KqueueBackend implements IoBackend {
     const ops = this.#qOps;
     const total = ids.length;
     if (total === 0) return 0;
-    // Take the queue first: nothing below calls back into user code, but keep it re-entrant.
+    // Take the queue first: encoding reads the operations again, and an operation is user data
+    // (a getter could submit, or throw: see the catch below).
     this.#qIds = [];
     this.#qOps = [];
     let done = 0;
@@ -218,9 +225,26 @@ export class KqueueBackend implements IoBackend {
       const n = Math.min(this.maxBatchSize, total - done);
       const objs = this.#objs;
       objs.clear();
-      for (let i = 0; i < n; i++) this.#encode(i, ids[done + i]!, ops[done + i]!);
+      // k: descriptors written (an operation that fails to encode takes none).
+      let k = 0;
+      for (let i = 0; i < n; i++) {
+        const id = ids[done + i]!;
+        const before = objs.count;
+        try {
+          this.#encode(k, id, ops[done + i]!);
+          k++;
+        } catch {
+          // The operation changed after submit so that it no longer encodes (a getter that
+          // throws, a buffer that is no longer one): it alone fails, with EINVAL; the rest of the
+          // batch goes on. Before, the whole batch was dropped, never to complete.
+          for (let j = before; j < objs.count; j++) objs.list[j] = undefined;
+          objs.count = before;
+          this.#local.push(completionOf(id, ops[done + i]!, -EINVAL));
+          this.#scheduleFire();
+        }
+      }
       try {
-        ready = this.#native.flush(n, objs.exact());
+        if (k > 0) ready = this.#native.flush(k, objs.exact());
       } finally {
         objs.clear(); // the addon pinned what it needs
       }
@@ -315,7 +339,7 @@ export class KqueueBackend implements IoBackend {
       // Not flushed yet: it never reaches the kernel.
       this.#qIds.splice(queued, 1);
       this.#qOps.splice(queued, 1);
-      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
+      this.#local.push(completionOf(id, op, -ECANCELED));
       this.#scheduleFire();
       return true;
     }
@@ -344,7 +368,9 @@ export class KqueueBackend implements IoBackend {
       const r = cq[2 * i + 1]!;
       const op = this.#slots.release(id);
       if (op === undefined) continue; // cannot happen: a completion's id is live
-      out.push({ handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) });
+      // The slot is released: nothing may throw before the return, or every completion of this
+      // reap is lost (an operation's own fields can: a getter, see completionOf).
+      out.push(completionOf(id, op, r));
     }
     return out;
   }
@@ -400,6 +426,26 @@ export class KqueueBackend implements IoBackend {
     this.#qOps = [];
     this.#local = [];
     this.#slots.clear();
+  }
+}
+
+/**
+ * The completion of `op` with result `r` (an errno when negative), built so that it cannot throw:
+ * the operation may have changed since submit so that reading its fields throws (a getter), and
+ * a throw after its slot was released would lose it and everything reaped with it. Then the error
+ * names only the errno and the operation's name, and no BufferHandle is handed back.
+ */
+function completionOf(id: number, op: IoOperation, r: number): IoCompletion {
+  try {
+    return { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
+  } catch {
+    let name = 'submit';
+    try {
+      if (typeof op.op === 'string') name = op.op;
+    } catch {
+      // a throwing `op` getter: keep 'submit'
+    }
+    return { handle: id, result: r >= 0 ? r : ioErrorFromErrno(r, name) };
   }
 }
 

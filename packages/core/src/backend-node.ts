@@ -165,8 +165,8 @@ function opError(err: unknown, syscall: string, details: IoErrorDetails, fallbac
  *   call Node made (`'write'`).
  * - Memory: this backend cannot pin a caller's buffer as the native ones do. A recv whose buffer
  *   was detached (transferred) or shrunk while it waited completes with `EFAULT` and leaves the
- *   bytes queued for the next recv. A send that Node would have to hold in its stream buffer
- *   (another write is in progress) is copied first, so a detach cannot empty it.
+ *   bytes queued for the next recv. A send's bytes are copied before Node gets them (it may keep
+ *   them in its stream buffer, and a cancelled send must leave the caller's buffer alone).
  * - `reusePort` is passed to `net.Server#listen`, which honours it from Node 22.12/23.1 on. On
  *   older Node (20.x) it is ignored by Node: the first listener works, a second one on the same
  *   port fails with `EADDRINUSE` whose message says so. Use the io_uring or epoll backend for
@@ -176,8 +176,9 @@ function opError(err: unknown, syscall: string, details: IoErrorDetails, fallbac
  *
  * Cancellation: waits (`accept`, `recv`, `connect`, `timeout`, `nop`) are withdrawn and complete
  * with `ECANCELED`. A `send` whose bytes were handed to the socket cannot be taken back: it
- * completes with `ECANCELED` at once, but the bytes already queued still go out in order (nothing
- * is reordered or lost, only the count is unknown). File operations cannot be stopped once
+ * completes with `ECANCELED` at once, but the bytes already queued (a copy: the caller's buffer
+ * is free from then on) still go out in order (nothing is reordered or lost, only the count is
+ * unknown). File operations cannot be stopped once
  * started (libuv runs them on its threadpool and Node exposes no `uv_cancel`): `cancel` returns
  * true and the operation completes with its real result when the system call returns, keeping
  * its buffer until then.
@@ -941,13 +942,12 @@ export class NodeBackend implements IoBackend {
       if (s.sends?.delete(rec)) this._release(s);
       this._cancelled(rec, 'send');
     };
-    let chunk = len === bytes.byteLength ? bytes : bytes.subarray(0, len);
-    // With a write already in progress Node keeps this one in its stream buffer as a view of the
-    // caller's memory; a detach (transfer) before Node gets to it would empty the view and the
-    // write would send nothing yet report success. Native backends pin the memory; here the
-    // bytes are copied. (TcpStream has one send in the backend at a time, so it never pays this.)
-    if (sock.writableLength > 0) chunk = Buffer.from(chunk);
-    sock.write(chunk, (err) => {
+    // The bytes are copied. Whatever Node cannot hand to the kernel at once it keeps in its
+    // stream buffer, and a write cannot be taken back: a view of the caller's memory would go on
+    // being read after a cancel had completed this send with ECANCELED (the caller, told it
+    // failed, reuses the buffer and its new bytes go out), or after a detach (transfer) emptied
+    // it. Native backends pin the memory until the kernel is done; node:net offers no way to.
+    sock.write(Buffer.from(len === bytes.byteLength ? bytes : bytes.subarray(0, len)), (err) => {
       if (err) s.reported = err;
       if (!s.sends?.delete(rec)) return;
       this._release(s);

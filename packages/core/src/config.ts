@@ -16,11 +16,20 @@ export interface RuntimeConfig {
   cores?: number;
   /** Capacity of each cross-core ring, in messages. Default 1000. */
   crossCpuChannelCapacity?: number;
-  /** How long an idle core spins before it sleeps, in ms. Default 10. */
+  /**
+   * The seeds' idle-core spin before sleeping, in ms. Default 10. Accepted and checked (the API
+   * names it) but not used: multicore's `spinMs`/`awaitSpinMs` set the spin (see docs/design.md).
+   */
   cpuThreadTimeoutMs?: number;
-  /** Initial capacity of a core's run queue. Default 128. */
+  /**
+   * The seeds' initial run-queue capacity. Default 128. Accepted and checked but not used: the run
+   * queue is an array that grows as needed (V8 makes one created at a capacity holey).
+   */
   initialTaskQueueCapacity?: number;
-  /** How many wake-ups a core expects per turn (sizes its wake-up batch). Default 16. */
+  /**
+   * The seeds' expected wake-ups per turn. Default 16. Accepted and checked but not used: wake-ups
+   * are batched per turn whatever their number.
+   */
   expectedWakeupCount?: number;
   bufferPool?: Partial<BufferPoolConfig>;
 }

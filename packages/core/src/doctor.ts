@@ -17,6 +17,11 @@ export interface DoctorReport {
   /** What `backend: 'auto'` picks with no backend features named (after MINISS_BACKEND, if set). */
   autoPick: BackendName | null;
   envOverride: string | null;
+  /**
+   * Why every runtime would refuse to start here whatever its config says (an invalid
+   * MINISS_BACKEND), or null. autoPick is null while it is set.
+   */
+  configError: string | null;
   plugins: Array<{ feature: FeatureName; package: string; installed: boolean; reason?: string }>;
 }
 
@@ -27,6 +32,7 @@ export function doctor(): DoctorReport {
     return probe;
   });
   let envOverride: string | null = null;
+  let configError: string | null = null;
   let autoPick: BackendName | null = backends.find((b) => b.ok)?.name ?? null;
   try {
     const cfg = resolveConfig({});
@@ -35,7 +41,10 @@ export function doctor(): DoctorReport {
       if (cfg.backend !== 'auto') autoPick = backends.find((b) => b.name === cfg.backend && b.ok)?.name ?? null;
     }
   } catch (err) {
-    envOverride = `invalid: ${(err as Error).message}`;
+    // new Runtime() throws the same INVALID_CONFIG whatever the config: nothing would be picked.
+    envOverride = process.env.MINISS_BACKEND ?? null;
+    configError = (err as Error).message;
+    autoPick = null;
   }
   const pluginFeatures: FeatureName[] = ['timer', 'signal', 'multicore'];
   const plugins = pluginFeatures.map((feature) => {
@@ -51,6 +60,7 @@ export function doctor(): DoctorReport {
     backends,
     autoPick,
     envOverride,
+    configError,
     plugins,
   };
 }
@@ -65,8 +75,13 @@ export function formatDoctor(r: DoctorReport): string {
     out.push(`  ${b.ok ? 'ok  ' : 'no  '} ${b.name.padEnd(8)} ${pkg}${b.reason ? `\n         ${b.ok ? '' : 'why: '}${b.reason}` : ''}`);
   }
   out.push('');
-  if (r.envOverride) out.push(`MINISS_BACKEND=${r.envOverride} overrides the config`);
-  out.push(`auto would pick: ${r.autoPick ?? 'nothing (no backend works here)'}`);
+  if (r.configError !== null) {
+    out.push(`configuration error (every runtime refuses to start until it is fixed): ${r.configError}`);
+    out.push('auto would pick: nothing');
+  } else {
+    if (r.envOverride) out.push(`MINISS_BACKEND=${r.envOverride} overrides the config`);
+    out.push(`auto would pick: ${r.autoPick ?? 'nothing (no backend works here)'}`);
+  }
   out.push('');
   out.push('plugins:');
   for (const p of r.plugins) out.push(`  ${p.installed ? 'ok  ' : 'no  '} ${p.feature.padEnd(9)} ${p.package}${p.reason ? `\n         why: ${p.reason}` : ''}`);

@@ -6,6 +6,7 @@ export {
   spawn,
   tryCurrentRuntime,
   type MultiCoreRuntimeLike,
+  type CoreTaskHandleLike,
   type PluginFactory,
   type RuntimePlugin,
   type RuntimeStats,

@@ -1,4 +1,4 @@
-import type { IoBuffer, IoOperation } from './backend.js';
+import { MAX_TIMER_MS, type IoBuffer, type IoOperation } from './backend.js';
 import { InvalidArgumentError } from './errors.js';
 
 /**
@@ -101,8 +101,9 @@ export function validateOperation(op: IoOperation): void {
         throw new InvalidArgumentError(`${op.op}: addr must be { host: string, port: 0..65535 }`);
       }
       if (op.op === 'connect' && a.port === 0) throw new InvalidArgumentError('connect: port 0 is not a destination');
-      if (op.op === 'connect' && op.timeoutMs !== undefined && !(typeof op.timeoutMs === 'number' && op.timeoutMs > 0 && Number.isFinite(op.timeoutMs))) {
-        throw new InvalidArgumentError(`connect: timeoutMs must be a positive finite number of milliseconds, got ${String(op.timeoutMs)}`);
+      // At most setTimeout's limit, so every backend (a kernel timeout or a timer) can time it.
+      if (op.op === 'connect' && op.timeoutMs !== undefined && !(typeof op.timeoutMs === 'number' && op.timeoutMs > 0 && op.timeoutMs <= MAX_TIMER_MS)) {
+        throw new InvalidArgumentError(`connect: timeoutMs must be a number of milliseconds above 0 and at most ${MAX_TIMER_MS}, got ${String(op.timeoutMs)}`);
       }
       if (op.op === 'listen' && (!Number.isInteger(op.backlog) || op.backlog < 0)) {
         throw new InvalidArgumentError('listen: backlog must be a non-negative integer');

@@ -105,10 +105,15 @@ export function probeBackend(name: BackendName): BackendProbe & { module?: Backe
   return { name, ok: true, package: pkg, module: mod as BackendModule };
 }
 
-/** The rungs `auto` may consider under this config: backend features limit it; `node` always remains. */
+/**
+ * The rungs `auto` may consider under this config. Backend features named in `features` are the
+ * whole ladder, in auto's order: asking for `features: ['epoll']` means epoll, and if no named one
+ * works here the runtime refuses to start (`FEATURE_UNAVAILABLE`) rather than run on something
+ * that was not asked for. With none named, every rung, down to the portable `node` backend.
+ */
 export function autoCandidates(features: readonly FeatureName[]): BackendName[] {
   const named = AUTO_LADDER.filter((b) => b !== 'node' && features.includes(BACKEND_FEATURE[b as Exclude<BackendName, 'node'>]));
-  return named.length > 0 ? [...named, 'node'] : [...AUTO_LADDER];
+  return named.length > 0 ? named : [...AUTO_LADDER];
 }
 
 export interface ResolvedBackend {
@@ -141,6 +146,16 @@ export function createConfiguredBackend(config: ResolvedConfig): ResolvedBackend
   }
   const last = ladder[ladder.length - 1]!;
   const src = config.backendSource === 'default' ? '' : ` (from ${config.backendSource})`;
+  if (config.backend === 'auto') {
+    // Only named backend features can leave auto with nothing ('node' always works).
+    const named = candidates.map((b) => `'${BACKEND_FEATURE[b as Exclude<BackendName, 'node'>]}'`).join(', ');
+    throw new RuntimeError(
+      'FEATURE_UNAVAILABLE',
+      `backend 'auto'${src} may only pick from the backend features named (${named}), and none works here: ` +
+        ladder.map((r) => `${r.name}: ${r.reason ?? 'unknown reason'}`).join('; ') +
+        `. Name another backend feature, or none to let 'auto' fall back as far as the portable 'node' backend; 'npx miniss doctor' shows what works here.`,
+    );
+  }
   throw new RuntimeError(
     'BACKEND_UNAVAILABLE',
     `backend '${config.backend}'${src} is unavailable: ${last.reason ?? 'unknown reason'}. ` +

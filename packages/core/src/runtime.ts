@@ -1,7 +1,7 @@
 import { MAX_TIMER_MS, type IoBackend, type IoCompletion, type IoHandleId, type IoOperation } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import { resolveConfig, BACKEND_FEATURE, type FeatureName, type ResolvedConfig, type RuntimeConfig } from './config.js';
-import { CancelledError, RuntimeError } from './errors.js';
+import { CancelledError, IoError, RuntimeError } from './errors.js';
 import { createConfiguredBackend, loadFeature, type BackendProbe } from './loader.js';
 import { JoinHandle, TaskState, type TaskScheduler } from './task.js';
 
@@ -123,6 +123,8 @@ function captureResolvers(resolve: (n: number) => void, reject: (e: unknown) => 
 const RESOLVED: Promise<void> = Promise.resolve();
 
 const DRAIN_BUDGET = 4096;
+/** Failed tasks nobody awaited kept for the warnings at shutdown (each holds its error). */
+const UNOBSERVED_KEPT = 16;
 /** The smallest size at which the live-task array is compacted (see `_compactLive`). */
 const LIVE_MIN = 64;
 const CURRENT = Symbol.for('miniss.currentRuntime');
@@ -187,9 +189,16 @@ export class Runtime implements TaskScheduler {
   private _active = 0;
   private _ioSubmitted = 0;
   private _ioCompleted = 0;
-  private _unobservedFailures: Error[] = [];
+  /** Failed tasks nobody was awaiting when they failed (the first UNOBSERVED_KEPT; re-checked at shutdown). */
+  private _unobservedFailures: JoinHandle<unknown>[] = [];
+  /** Such failures past what `_unobservedFailures` keeps. */
+  private _unobservedDropped = 0;
 
   private _shutdownStarted = false;
+  /** blockOn is running a root task (it shuts the runtime down when the task settles). */
+  private _rootActive = false;
+  /** Tasks started inside `then` (awaited before the drain reached them) since the last drain. */
+  private _inlineRuns = 0;
   private _shutdownPromise: Promise<void> | null = null;
   private _idleWaiters: Array<() => void> = [];
 
@@ -304,13 +313,24 @@ export class Runtime implements TaskScheduler {
    * with `fn`'s result or error.
    */
   async blockOn<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    // One root task at a time: a second one (a blockOn nested in a task, or two started side by
+    // side) would shut the runtime down under the first when it settled.
+    if (this._rootActive) {
+      throw new RuntimeError(
+        'RUNTIME_EXISTS',
+        'blockOn: this runtime is already running a root task; spawn the work and await its handle instead',
+      );
+    }
+    const root = this.spawn(fn as () => Awaited<T>);
+    this._rootActive = true;
     // A pending promise does not keep Node alive; a root task waiting on something that isn't an
     // I/O operation or timer (say, another thread) must still hold the process open.
     const keepAlive = setInterval(noop, 1 << 30);
     try {
-      return await this.spawn(fn as () => Awaited<T>);
+      return await root;
     } finally {
       clearInterval(keepAlive);
+      this._rootActive = false; // shutdown() below refuses later spawns (RUNTIME_SHUTDOWN) from here on
       await this.shutdown();
     }
   }
@@ -328,6 +348,10 @@ export class Runtime implements TaskScheduler {
 
   /** @internal TaskScheduler: a handle awaited before the drain reached it starts right away. */
   _runNow(handle: JoinHandle<unknown>): void {
+    // A loop of spawn-and-await starts each task here and never returns to the event loop (every
+    // step is a microtask): past a drain's budget, leave the task queued for the drain that its
+    // spawn scheduled with setImmediate, so timers and I/O get their turn first.
+    if (++this._inlineRuns > DRAIN_BUDGET) return;
     // `await spawn(fn)` awaits the newest task: take it out of `_newest` (or the queue's tail) so
     // a loop of spawn-and-await does not grow the queue until the next drain.
     // Awaiting a batch of spawned handles in spawn order takes them from the queue's head the
@@ -369,7 +393,7 @@ export class Runtime implements TaskScheduler {
     else if (handle._state === TaskState.Ok) this._completed++;
     else {
       this._failed++;
-      if (failedUnobserved && this._unobservedFailures.length < 16) this._unobservedFailures.push(handle._value as Error);
+      if (failedUnobserved && !isCancelledError(handle._value)) this._keepUnobserved(handle);
     }
     if (this._active === 0 && this._idleWaiters.length > 0) {
       const ws = this._idleWaiters;
@@ -378,8 +402,21 @@ export class Runtime implements TaskScheduler {
     }
   }
 
+  /**
+   * Remembers a task that failed while nobody awaited it, for the warning at shutdown. Only a few
+   * are kept (each holds its error and stack): when the list is full, the ones awaited since are
+   * dropped first, and past that only a count is kept.
+   */
+  private _keepUnobserved(handle: JoinHandle<unknown>): void {
+    let kept = this._unobservedFailures;
+    if (kept.length >= UNOBSERVED_KEPT) kept = this._unobservedFailures = kept.filter((h) => !h._observed);
+    if (kept.length < UNOBSERVED_KEPT) kept.push(handle);
+    else this._unobservedDropped++;
+  }
+
   private _drain(): void {
     this._drainScheduled = false;
+    this._inlineRuns = 0;
     const q = this._queue;
     let budget = DRAIN_BUDGET;
     for (;;) {
@@ -484,20 +521,30 @@ export class Runtime implements TaskScheduler {
     }
     if (signal !== undefined) {
       const reject = p.reject;
-      p.onAbort = () => {
-        // Reject now; the backend still completes the operation once (ECANCELED or its
-        // result) and keeps its buffer pinned until then.
-        if (this._ioFind(id) !== p) return;
-        // An fd that still arrives (the operation finished before the cancel reached it) has
-        // no owner any more: close it rather than leak it. The record stays in its owner's list
-        // until that completion, which calls resolve or reject once (TcpStream's call order
-        // relies on this: it swaps them to start the calls queued behind, see tcp.ts _settled).
-        p.resolve = op.op === 'open' || op.op === 'socket' || op.op === 'accept' ? this._closeOrphanFd : noop;
-        p.reject = noop;
-        this._backend.cancel(id);
-        this._scheduleFlush();
-        reject(abortReason(signal));
-      };
+      p.onAbort = isStreamData(op)
+        ? () => {
+            // Bytes a stream operation took from or put on a socket or pipe cannot be had again:
+            // if the kernel did it before the cancel reached it (io_uring posts the completion at
+            // once and it waits to be reaped), settle with that result; only the cancellation
+            // itself (ECANCELED) rejects, with the signal's reason, when the backend reports it.
+            if (this._ioFind(id) !== p) return;
+            p.reject = (e: unknown) => reject(isCanceledError(e) ? abortReason(signal) : e);
+            this._backend.cancel(id);
+            this._scheduleFlush();
+          }
+        : () => {
+            // Reject now; the backend still completes the operation once (ECANCELED or its
+            // result) and keeps its buffer pinned until then. Such operations can be done again
+            // (a read or write at an explicit offset, a timeout) or their result is taken care
+            // of: an fd that still arrives (the operation finished before the cancel reached it)
+            // has no owner any more, so it is closed rather than leaked.
+            if (this._ioFind(id) !== p) return;
+            p.resolve = op.op === 'open' || op.op === 'socket' || op.op === 'accept' ? this._closeOrphanFd : noop;
+            p.reject = noop;
+            this._backend.cancel(id);
+            this._scheduleFlush();
+            reject(abortReason(signal));
+          };
       signal.addEventListener('abort', p.onAbort, { once: true });
     }
     const slot = id & IO_TABLE_MASK;
@@ -706,12 +753,21 @@ export class Runtime implements TaskScheduler {
     }
     if ((globalThis as Slot)[CURRENT] === this) (globalThis as Slot)[CURRENT] = undefined;
     this._arityFn = null; // holds no closure (and what it captured) past shutdown
-    for (const e of this._unobservedFailures) {
-      process.emitWarning(`a miniss task failed and nobody awaited it: ${describeFailure(e)}`, {
+    // A task awaited (and its error caught) after it failed was observed after all.
+    for (const h of this._unobservedFailures) {
+      if (h._observed) continue;
+      process.emitWarning(`a miniss task failed and nobody awaited it: ${describeFailure(h._value)}`, {
         type: 'MinissUnobservedTaskError',
       });
     }
+    if (this._unobservedDropped > 0) {
+      process.emitWarning(
+        `${this._unobservedDropped} more miniss tasks failed while nobody awaited them (only the first ${UNOBSERVED_KEPT} are shown)`,
+        { type: 'MinissUnobservedTaskError' },
+      );
+    }
     this._unobservedFailures = [];
+    this._unobservedDropped = 0;
     if (errors.length > 0) throw errors[0];
   }
 
@@ -770,16 +826,68 @@ function isBackendFeature(f: FeatureName): boolean {
 }
 
 /**
- * What an aborted miniss operation rejects with: the signal's reason when it is an Error, else a
- * CancelledError carrying it as `cause`. Core's I/O and the plugins (timer, signal) all use it.
+ * What an aborted miniss operation rejects with: the signal's reason when it is an Error with a
+ * string `code` (a CancelledError of a cancelled task, a RuntimeError, the caller's own typed
+ * error), else a CancelledError (`CANCELLED`) carrying the reason as `cause`. A plain
+ * `controller.abort()` makes the reason a DOMException whose `code` is the number 20 (and
+ * `AbortSignal.timeout()` one named TimeoutError): every error miniss rejects with has a string
+ * `code`, so those are wrapped, as Node's own APIs wrap them in an AbortError. Core's I/O and the
+ * plugins (timer, signal) all use it.
  */
 export function abortReason(signal: AbortSignal): Error {
   const r: unknown = signal.reason;
-  return r instanceof Error ? r : new CancelledError('the operation was aborted', { cause: r });
+  let detail = '';
+  try {
+    if (r instanceof Error) {
+      if (typeof (r as { code?: unknown }).code === 'string') return r;
+      if (typeof r.message === 'string' && r.message !== '') detail = `: ${r.message}`;
+    }
+  } catch {
+    // A reason whose traps throw (a Proxy): carried as the cause, untouched.
+  }
+  return new CancelledError(`the operation was aborted${detail}`, { cause: r });
 }
 
 /** @internal */
 export function noop(): void {}
+
+/**
+ * Operations whose bytes cannot be taken or put again once the kernel did it: `recv`/`send`, and
+ * file reads and writes at the kernel's position (offset -1: a pipe, a FIFO, a file opened to
+ * append). An abort waits for their completion instead of rejecting at once (see `io`).
+ */
+function isStreamData(op: IoOperation): boolean {
+  switch (op.op) {
+    case 'recv':
+    case 'send':
+      return true;
+    case 'read':
+    case 'write':
+    case 'readv':
+    case 'writev':
+      return !(op.offset >= 0);
+    default:
+      return false;
+  }
+}
+
+/** The completion of an operation the backend cancelled. */
+function isCanceledError(e: unknown): boolean {
+  return e instanceof IoError && e.code === 'ECANCELED';
+}
+
+/**
+ * Whether a failed task's value is a CancelledError: it stopped because something it awaited was
+ * cancelled or aborted on purpose, which is no failure to warn about. A task may throw anything,
+ * including a Proxy whose `getPrototypeOf` trap throws, which makes `instanceof` throw.
+ */
+function isCancelledError(value: unknown): boolean {
+  try {
+    return value instanceof CancelledError;
+  } catch {
+    return false;
+  }
+}
 
 /** A failed task's value as text for a warning; whatever was thrown (its getters may throw too). */
 function describeFailure(e: unknown): string {
@@ -810,12 +918,26 @@ function unlinkFromOwner(p: PendingIo): void {
 // -----------------------------------------------------------------------------------------------
 // Thread-level entry points
 
-/** The surface of `@miniss/multicore`'s MultiCoreRuntime that core's `createRuntime` returns. */
+/** A task handle of `@miniss/multicore` (its `CoreTaskHandle`), as core's types see it. */
+export type CoreTaskHandleLike<T> = PromiseLike<T> & { cancel(): boolean; readonly id: number; readonly done: boolean };
+
+/**
+ * The public surface of `@miniss/multicore`'s MultiCoreRuntime, which core's `createRuntime`
+ * returns for `features: ['multicore']`. Core cannot import multicore's types (multicore depends
+ * on core), so they are written here; a type test in multicore checks that its class satisfies
+ * this interface, so the two cannot drift apart. See the multicore README for each method.
+ */
 export interface MultiCoreRuntimeLike {
   readonly cores: number;
+  /** The runtime of core 0 (the calling thread). */
+  readonly runtime: Runtime;
   blockOn<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>>;
-  spawn<T, A extends unknown[]>(fn: (...args: [...A, AbortSignal]) => T | PromiseLike<T>, ...args: A): PromiseLike<Awaited<T>> & { cancel(): boolean; readonly id: number; readonly done: boolean };
+  spawn<T, A extends unknown[]>(fn: (...args: [...A, AbortSignal]) => T | PromiseLike<T>, ...args: A): CoreTaskHandleLike<Awaited<T>>;
+  spawnOn<T, A extends unknown[]>(core: number, fn: (...args: [...A, AbortSignal]) => T | PromiseLike<T>, ...args: A): CoreTaskHandleLike<Awaited<T>>;
+  broadcast<T, A extends unknown[]>(fn: (...args: [...A, AbortSignal]) => T | PromiseLike<T>, ...args: A): Promise<Array<Awaited<T>>>;
   shutdown(opts?: ShutdownOptions): Promise<void>;
+  coreStats(): Array<{ core: number; tasksActive: number; openResources: number }>;
+  stats(): { cores: number; pinned: boolean; shuttingDown: boolean; core0: RuntimeStats };
 }
 
 /**

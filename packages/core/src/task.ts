@@ -142,6 +142,7 @@ export class JoinHandle<T> implements PromiseLike<T> {
   /** @internal Cancel hooks: an intrusive doubly-linked list (O(1) add and remove), newest first. */ _cancelHooks: CancelHook | null = null;
   /** @internal */ _requeued = false;
   /** @internal */ _observed = false;
+  /** @internal Settled by cancel(), not by the task's own outcome. */ _cancelled = false;
   // The first waiter is stored inline; `await handle` almost always has exactly one.
   private _w0ok: OnOk = undefined;
   private _w0err: OnErr = undefined;
@@ -168,7 +169,7 @@ export class JoinHandle<T> implements PromiseLike<T> {
   get signal(): AbortSignal {
     if (this._controller === null) {
       this._controller = new AbortController();
-      if (this._state >= TaskState.Ok && isCancelledError(this._value)) this._controller.abort(this._value);
+      if (this._cancelled) this._controller.abort(this._value);
     }
     return this._controller.signal;
   }
@@ -183,7 +184,7 @@ export class JoinHandle<T> implements PromiseLike<T> {
   cancel(reason?: string): boolean {
     if (this._state >= TaskState.Ok) return false;
     const err = new CancelledError(reason ?? `task ${this.id} was cancelled`);
-    this._settle(false, err, true);
+    this._settle(false, err, true, true);
     return true;
   }
 
@@ -244,13 +245,17 @@ export class JoinHandle<T> implements PromiseLike<T> {
     }
   }
 
-  /** @internal Settles the task once; later calls are ignored. */
-  _settle(ok: boolean, value: unknown, deferCallbacks: boolean): void {
+  /**
+   * @internal Settles the task once; later calls are ignored. `cancelled` only from cancel(): a
+   * task that fails with a CancelledError of its own (an aborted sleep, say) failed, it was not
+   * cancelled, so its signal stays as it is and its cancel hooks do not run.
+   */
+  _settle(ok: boolean, value: unknown, deferCallbacks: boolean, cancelled = false): void {
     if (this._state >= TaskState.Ok) return;
     this._state = ok ? TaskState.Ok : TaskState.Failed;
     this._value = value;
     this._fn = null;
-    const cancelled = !ok && isCancelledError(value);
+    this._cancelled = cancelled;
     let hook = this._cancelHooks;
     if (hook !== null) {
       this._cancelHooks = null;
@@ -323,15 +328,3 @@ export class CancelHook {
 }
 
 function noop(): void {}
-
-/**
- * Whether a task's outcome is a cancellation. A task may throw anything, including a Proxy whose
- * `getPrototypeOf` trap throws, which makes `instanceof` throw: that is not a cancellation.
- */
-function isCancelledError(value: unknown): boolean {
-  try {
-    return value instanceof CancelledError;
-  } catch {
-    return false;
-  }
-}

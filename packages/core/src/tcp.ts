@@ -1,6 +1,6 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { IoOperation, SocketAddress } from './backend.js';
+import { MAX_TIMER_MS, type IoOperation, type SocketAddress } from './backend.js';
 import { constants as osConstants } from 'node:os';
 import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromCode, ioErrorFromErrno } from './errors.js';
 import type { IoCallOptions } from './file.js';
@@ -213,6 +213,12 @@ export class TcpListener implements TrackedResource, IoOwner, AsyncIterable<TcpS
  * request-response loop pays for two field stores, no promise or allocation. While a call
  * waits in the FIFO, its signal withdraws it without it ever reaching the backend, and
  * `close()` rejects it with `ECANCELED` as it does the one in flight.
+ *
+ * Aborts never lose bytes. A recv or send in the backend whose signal aborts is cancelled and
+ * settles when the backend reports how it ended: rejected with the signal's reason if the cancel
+ * got there first, resolved with its byte count if the kernel had already taken or delivered the
+ * bytes (io_uring may have; the completion was only waiting to be reaped), so those bytes are
+ * never dropped or sent without the caller knowing.
  */
 export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8Array> {
   /** @internal Operations in flight (a list kept by the runtime, for close() to cancel them). */
@@ -253,8 +259,10 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
     const opts: ConnectOptions = checkOptions(options, 'connect');
     const port = checkPort(addr.port, false);
     const timeoutMs = opts.timeoutMs;
-    if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs > 0 && Number.isFinite(timeoutMs))) {
-      throw new InvalidArgumentError(`timeoutMs must be a positive finite number of milliseconds, got ${String(timeoutMs)}`);
+    // At most setTimeout's limit: past 2^31 - 1 ms Node fires a timer after 1 ms, and every
+    // backend must time the connect the same way.
+    if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs > 0 && timeoutMs <= MAX_TIMER_MS)) {
+      throw new InvalidArgumentError(`timeoutMs must be a number of milliseconds above 0 and at most ${MAX_TIMER_MS}, got ${String(timeoutMs)}`);
     }
     const { host, family } = await resolveHost(addr.host ?? '127.0.0.1', 'connect', port);
     const fd = await rt.io({ op: 'socket', family }, opts.signal);
@@ -487,17 +495,11 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
    * with it, start the calls queued behind it.
    */
   private _settled(send: boolean, io: PendingIo | null): void {
-    // A later operation already took its place: that one's completion starts the queue.
+    // A later operation already took its place: that one's completion starts the queue. (A recv
+    // or send settles only once the backend is done with it, even when its signal aborted it:
+    // the runtime waits for the cancellation's completion, see Runtime.io. So nothing queued
+    // here can overtake it.)
     if ((send ? this._sendIo : this._recvIo) !== io) return;
-    if (io !== null && this._inBackend(io)) {
-      // Its signal rejected it early; the backend still holds it until its cancellation (or its
-      // result) completes, and the next one must not overtake it. The runtime has made the
-      // record's resolvers no-ops by now and calls one of them once, at that completion.
-      const again = (): void => this._settled(send, io);
-      io.resolve = again;
-      io.reject = again;
-      return;
-    }
     if (send) {
       this._sendIo = null;
       this._sendWait = null;

@@ -35,7 +35,7 @@ async function abortRound(backend: BackendName): Promise<number> {
         await p.then(
           (r) => r.close(),
           (e: Error) => {
-            if (e.message === 'user abort') aborted++;
+            if (e.message === 'the operation was aborted: user abort') aborted++;
           },
         );
       }

@@ -18,6 +18,17 @@ describe.runIf(process.platform !== 'win32')('bins', () => {
     expect(r.stdout).toContain('miniss doctor:');
   });
 
+  it('`miniss doctor` with an invalid MINISS_BACKEND says every runtime would refuse to start, picks nothing and exits 1', () => {
+    const r = spawnSync(bin('miniss'), ['doctor'], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, MINISS_BACKEND: 'iouring' } });
+    expect(r.error).toBeUndefined();
+    expect(r.stdout).toMatch(/configuration error .*MINISS_BACKEND='iouring' is not a backend/);
+    expect(r.stdout).toContain('auto would pick: nothing');
+    expect(r.status).toBe(1);
+    const j = spawnSync(bin('miniss'), ['doctor', '--json'], { encoding: 'utf8', timeout: 20_000, env: { ...process.env, MINISS_BACKEND: 'iouring' } });
+    const report = JSON.parse(j.stdout) as { autoPick: unknown; envOverride: unknown; configError: unknown };
+    expect(report).toMatchObject({ autoPick: null, envOverride: 'iouring', configError: expect.stringContaining('is not a backend') });
+  });
+
   it('`miniss-http-echo` runs through node_modules/.bin (a bad option: usage, exit 2)', () => {
     const r = spawnSync(bin('miniss-http-echo'), ['--port', 'x'], { encoding: 'utf8', timeout: 20_000 });
     expect(r.error).toBeUndefined();

@@ -55,7 +55,7 @@ describe.each(backends)('position-less file I/O on the $name backend', ({ name, 
       const first = f.write(Buffer.from('first-'));
       const aborted = f.write(Buffer.from('never'), undefined, { signal: ac.signal }).then(
         () => 'written',
-        (e: Error) => e.message,
+        (e: Error & { code?: string }) => `${e.code}: ${e.message}`,
       );
       const third = f.write(Buffer.from('third'));
       ac.abort(new Error('stop'));
@@ -63,7 +63,7 @@ describe.each(backends)('position-less file I/O on the $name backend', ({ name, 
       await f.close();
       return r;
     });
-    expect(got).toEqual([6, 'stop', 5]);
+    expect(got).toEqual([6, 'CANCELLED: the operation was aborted: stop', 5]);
     expect(fs.readFileSync(path, 'utf8')).toBe('first-third');
   });
 

@@ -7,6 +7,7 @@ import {
   blockOn,
   createRuntime,
   currentRuntime,
+  probeBackend,
   resolveConfig,
   spawn,
   tryCurrentRuntime,
@@ -235,6 +236,27 @@ describe('cancellation', () => {
     });
   });
 
+  it('a task that fails with a CancelledError of its own was not cancelled: it counts as failed, its signal stays, its hooks do not run', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    const calls: string[] = [];
+    let handle!: JoinHandle<unknown>;
+    await rt.blockOn(async () => {
+      const ac = new AbortController();
+      handle = spawn(async () => {
+        // Something it awaited was aborted on purpose (a sleep with a signal, say).
+        await new Promise((_, reject) => ac.signal.addEventListener('abort', () => reject(new CancelledError('user stopped it'))));
+      });
+      handle.onCancel(() => calls.push('hook'));
+      await tick();
+      ac.abort();
+      await expect(handle).rejects.toMatchObject({ code: 'CANCELLED', message: 'user stopped it' });
+      expect(handle.signal.aborted).toBe(false);
+      expect(handle.cancel()).toBe(false);
+    });
+    expect(calls).toEqual([]);
+    expect(rt.stats()).toMatchObject({ tasksFailed: 1, tasksCancelled: 0 });
+  });
+
   it('onCancel hooks run on cancel, not on completion', async () => {
     await blockOn(async () => {
       const calls: string[] = [];
@@ -350,6 +372,74 @@ describe('lifecycle', () => {
     }
   });
 
+  it('warns at shutdown only about failed tasks still unawaited then, and counts those past the first 16', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => {
+      if (w.name === 'MinissUnobservedTaskError') warnings.push(w.message);
+    };
+    process.on('warning', onWarning);
+    try {
+      const rt = new Runtime({ backend: 'node' });
+      await rt.blockOn(async () => {
+        const later = spawn(() => {
+          throw new Error('awaited-later');
+        });
+        await tick(); // it fails with nobody awaiting it
+        await later.then(undefined, () => undefined); // then someone does, and catches it
+        for (let i = 0; i < 40; i++) {
+          spawn(() => {
+            throw new Error(`lost-${i}`);
+          });
+        }
+        await tick();
+        // Failing with a CancelledError (something awaited was cancelled on purpose) is no failure to warn about.
+        spawn(() => {
+          throw new CancelledError('stopped on purpose');
+        });
+        await tick();
+      });
+      await tick();
+      expect(warnings.some((w) => w.includes('awaited-later'))).toBe(false);
+      expect(warnings.some((w) => w.includes('stopped on purpose'))).toBe(false);
+      expect(warnings.filter((w) => w.includes('lost-')).length).toBe(16);
+      expect(warnings).toContain('24 more miniss tasks failed while nobody awaited them (only the first 16 are shown)');
+      expect(rt.stats().tasksFailed).toBe(42);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('a blockOn inside its own root task (or beside it) is refused with RUNTIME_EXISTS and leaves the runtime running', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    const got = await rt.blockOn(async () => {
+      const sibling = spawn(() => new Promise((r) => setTimeout(() => r('sibling'), 20)));
+      await expect(rt.blockOn(() => 'inner')).rejects.toMatchObject({ code: 'RUNTIME_EXISTS' });
+      expect(rt.stats().shuttingDown).toBe(false);
+      return `outer+${await sibling}`;
+    });
+    expect(got).toBe('outer+sibling');
+    // Once the root settled and the runtime shut down, another blockOn is RUNTIME_SHUTDOWN.
+    await expect(rt.blockOn(() => 1)).rejects.toMatchObject({ code: 'RUNTIME_SHUTDOWN' });
+  });
+
+  it('a loop of spawn-and-await does not starve timers: past a drain budget, awaited tasks wait for the drain', async () => {
+    const rt = new Runtime({ backend: 'node' });
+    const spawns = await rt.blockOn(async () => {
+      let fired = false;
+      setTimeout(() => (fired = true), 5);
+      const t0 = Date.now();
+      let n = 0;
+      // Without the budget every step is a microtask and the timer never fires (the loop would
+      // run until the 5 s guard below).
+      while (!fired && Date.now() - t0 < 5000) {
+        await spawn(() => n++);
+      }
+      expect(fired).toBe(true);
+      return n;
+    });
+    expect(spawns).toBeGreaterThan(0);
+  });
+
   it('shutdown refuses a graceMs that setTimeout cannot wait (negative, NaN, Infinity, over 2^31 - 1)', async () => {
     const rt = new Runtime({ backend: 'node' });
     for (const graceMs of [-1, Number.NaN, Infinity, 2 ** 31]) {
@@ -424,6 +514,26 @@ describe('config', () => {
       expect(rung.reason).toEqual(expect.any(String));
     }
     await rt.shutdown();
+  });
+
+  it.runIf(process.platform === 'linux')('named backend features are the whole ladder: none working here is FEATURE_UNAVAILABLE with each reason, never a silent fall to node', async () => {
+    let err: RuntimeError | undefined;
+    try {
+      new Runtime({ backend: 'auto', features: ['kqueue'] });
+    } catch (e) {
+      err = e as RuntimeError;
+    }
+    expect(err).toBeInstanceOf(RuntimeError);
+    expect(err?.code).toBe('FEATURE_UNAVAILABLE');
+    expect(err?.message).toMatch(/named \('kqueue'\).*kqueue: /);
+    // One named backend that works is picked, whatever else is named.
+    const epollOk = probeBackend('epoll').ok;
+    if (epollOk) {
+      const rt = new Runtime({ backend: 'auto', features: ['kqueue', 'epoll'] });
+      expect(rt.backend.name).toBe('epoll');
+      expect(rt.stats().backendLadder.map((r) => r.name)).toEqual(['epoll']);
+      await rt.shutdown();
+    }
   });
 
   it('a backend this OS lacks fails with BACKEND_UNAVAILABLE saying why', () => {

@@ -30,6 +30,8 @@
  * ring is split into fragments by the caller (flag FRAG_MORE), so any message fits eventually.
  */
 
+import { InvalidArgumentError } from '@miniss/core';
+
 export const RING_HEADER_BYTES = 192;
 const TAIL = 0;
 const HEAD = 16;
@@ -85,9 +87,14 @@ export class RingWriter {
 
   /**
    * Reserves a record of `bodyLen` body bytes and writes its header. Returns the byte offset of
-   * the body in `u8`/`dv`, or -1 when the ring has no room (nothing is written then).
+   * the body in `u8`/`dv`, or -1 when the ring has no room now (nothing is written then; it has
+   * once the consumer frees space). A record larger than {@link maxRecord} (header included) could
+   * never be placed at every position of the ring: it throws `INVALID_ARGUMENT` (split such a
+   * message into records of at most `maxRecord` bytes), as does a `bodyLen` that is not an integer
+   * in 0..maxRecord-16.
    */
   begin(type: number, flags: number, kind: number, id: number, aux: number, bodyLen: number): number {
+    if ((bodyLen >>> 0) !== bodyLen || bodyLen > this.maxRecord - RECORD_HEADER) this.tooBig(bodyLen);
     const len = RECORD_HEADER + bodyLen;
     const n = align8(len);
     let pos = this.tail & this.mask;
@@ -110,6 +117,13 @@ export class RingWriter {
     u32[q + 3] = aux;
     this.tail = (this.tail + n) >>> 0;
     return pos + RECORD_HEADER;
+  }
+
+  private tooBig(bodyLen: number): never {
+    throw new InvalidArgumentError(
+      `RingWriter.begin: a record body must be an integer number of bytes in 0..${this.maxRecord - RECORD_HEADER} ` +
+        `(maxRecord ${this.maxRecord} minus the ${RECORD_HEADER}-byte header; split bigger messages), got ${String(bodyLen)}`,
+    );
   }
 
   /** True when records were written since the last publish. */

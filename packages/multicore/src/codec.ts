@@ -66,23 +66,58 @@ const VIEW_TYPES = [
   DataView,
 ] as const;
 
-const TAG_SAB = 1;
+// Host-object tags of the codec's own records.
+/** A bare SharedArrayBuffer: `[TAG_BARE_SAB]`, then V8's own `'u' varint(index)` (see SabSerializer). */
+const TAG_BARE_SAB = 1;
 const TAG_SAB_VIEW = 2;
 const TAG_COPIED_VIEW = 3;
-
-/** Marks a bare SharedArrayBuffer inside a value while it is being serialized. */
-class SabRef extends Uint8Array {}
-
-const BARE_SAB = Symbol('bare SharedArrayBuffer');
+/** A length-tracking view over a growable SharedArrayBuffer (`new Ctor(sab, offset)`: no length). */
+const TAG_SAB_VIEW_TRACKING = 4;
+/** V8's serialization tags (the wire format's kHostObject and kSharedArrayBuffer). */
+const V8_TAG_HOST_OBJECT = new Uint8Array([0x5c]); // '\\'
+const V8_TAG_SHARED_ARRAY_BUFFER = 0x75; // 'u', < 128: reads back as a one-byte varint
 
 function viewType(view: ArrayBufferView): number {
   for (let i = 0; i < VIEW_TYPES.length; i++) if (view instanceof VIEW_TYPES[i]!) return i;
   return -1;
 }
 
+/** Serializes a view the way V8 does natively, to read the flags V8 keeps about it (not via host objects). */
+class ViewProbe extends v8.Serializer {
+  _getSharedArrayBufferId(): number {
+    return 0;
+  }
+}
+
+/**
+ * True when `view` tracks the length of its (resizable or growable) buffer: it was made without a
+ * length. JavaScript does not expose that; V8's serializer writes it as bit 0 of the view's flags,
+ * the last varint of a view record. Only asked for views over growable SharedArrayBuffers.
+ */
+function isLengthTracking(view: ArrayBufferView): boolean {
+  const p = new ViewProbe();
+  p.writeHeader();
+  p.writeValue(view);
+  const b = p.releaseBuffer();
+  return (b[b.length - 1]! & 1) === 1;
+}
+
+/**
+ * The structured-clone serializer of the codec. SharedArrayBuffers are written as indices into a
+ * side list (`sabs`) instead of being copied:
+ *
+ * - a view over one (typed array, DataView) is a host object (V8 is told to treat views so) and
+ *   is written as `[TAG_SAB_VIEW, type, index, offset, length]`;
+ * - a bare one reaches `_getSharedArrayBufferId`, after which V8 writes its tag `'u'` and the id we
+ *   return. Node's Deserializer cannot read that tag back, so the hook first writes V8's
+ *   host-object tag and TAG_BARE_SAB: the reader's `_readHostObject` then consumes V8's `'u'` and the
+ *   index itself. Object identity (a SAB referenced twice) is V8's usual back-reference.
+ *
+ * Every other value is serialized by V8 exactly as `postMessage` would (holes, extra array
+ * properties, boxed primitives, refusal of what cannot be cloned): the value is never rebuilt.
+ */
 class SabSerializer extends v8.Serializer {
-  sabs: SharedArrayBuffer[] | null = null;
-  constructor() {
+  constructor(public sabs: SharedArrayBuffer[] | null = null) {
     super();
     (this as unknown as { _setTreatArrayBufferViewsAsHostObjects(on: boolean): void })._setTreatArrayBufferViewsAsHostObjects(true);
   }
@@ -92,27 +127,34 @@ class SabSerializer extends v8.Serializer {
     if (i < 0) i = list.push(sab) - 1;
     return i;
   }
-  _getSharedArrayBufferId(): number {
-    // A bare SharedArrayBuffer: V8 would write it by id, which cannot be read back in Node.
-    throw BARE_SAB;
+  _getSharedArrayBufferId(sab: SharedArrayBuffer): number {
+    if (!BARE_SAB_OK) {
+      throw new RuntimeError('INVALID_ARGUMENT', 'a bare SharedArrayBuffer cannot be sent to another core on this Node.js version: pass a typed array over it');
+    }
+    this.writeRawBytes(V8_TAG_HOST_OBJECT);
+    this.writeUint32(TAG_BARE_SAB);
+    return this.sabIndex(sab);
   }
   _writeHostObject(obj: object): void {
-    if (obj instanceof SabRef) {
-      this.writeUint32(TAG_SAB);
-      this.writeUint32(this.sabIndex(obj.buffer as unknown as SharedArrayBuffer));
-      return;
-    }
     if (!ArrayBuffer.isView(obj)) {
       throw new RuntimeError('INVALID_ARGUMENT', `a ${obj.constructor?.name ?? 'host object'} cannot be sent to another core (not structured-cloneable)`);
     }
     const view = obj as ArrayBufferView;
     const type = viewType(view);
     if (type < 0) throw new RuntimeError('INVALID_ARGUMENT', `a ${obj.constructor?.name} cannot be sent to another core`);
-    const elems = view instanceof DataView ? view.byteLength : view.byteLength / (view as Uint8Array).BYTES_PER_ELEMENT;
     if (view.buffer instanceof SharedArrayBuffer) {
+      const sab = view.buffer;
+      if (sab.growable && isLengthTracking(view)) {
+        this.writeUint32(TAG_SAB_VIEW_TRACKING);
+        this.writeUint32(type);
+        this.writeUint32(this.sabIndex(sab));
+        this.writeUint32(view.byteOffset);
+        return;
+      }
+      const elems = view instanceof DataView ? view.byteLength : view.byteLength / (view as Uint8Array).BYTES_PER_ELEMENT;
       this.writeUint32(TAG_SAB_VIEW);
       this.writeUint32(type);
-      this.writeUint32(this.sabIndex(view.buffer));
+      this.writeUint32(this.sabIndex(sab));
       this.writeUint32(view.byteOffset);
       this.writeUint32(elems);
     } else {
@@ -133,10 +175,17 @@ class SabDeserializer extends v8.Deserializer {
   }
   _readHostObject(): unknown {
     const tag = this.readUint32();
-    if (tag === TAG_SAB) return this.sab(this.readUint32());
+    if (tag === TAG_BARE_SAB) {
+      if (this.readUint32() !== V8_TAG_SHARED_ARRAY_BUFFER) throw new RuntimeError('PROTOCOL_ERROR', 'a bare SharedArrayBuffer in a cross-core message is not followed by its V8 record');
+      return this.sab(this.readUint32());
+    }
     const type = this.readUint32();
     const Ctor = VIEW_TYPES[type] as unknown as new (b: ArrayBufferLike, off?: number, len?: number) => ArrayBufferView;
     if (Ctor === undefined) throw new RuntimeError('PROTOCOL_ERROR', `unknown typed array type ${type} in a cross-core message`);
+    if (tag === TAG_SAB_VIEW_TRACKING) {
+      const sab = this.sab(this.readUint32());
+      return new Ctor(sab, this.readUint32());
+    }
     if (tag === TAG_SAB_VIEW) {
       const sab = this.sab(this.readUint32());
       const off = this.readUint32();
@@ -159,55 +208,39 @@ class SabDeserializer extends v8.Deserializer {
 }
 
 /**
- * Copies containers on the way to the serializer, replacing each bare SharedArrayBuffer with a
- * SabRef view (a host object the serializer can tag). Only used when a bare SAB was seen.
+ * Checked once per thread: V8 writes a bare SharedArrayBuffer as `'u' varint(id)` right after
+ * `_getSharedArrayBufferId` returns, as the trick in SabSerializer assumes. Should a future V8 write
+ * it otherwise, bare SharedArrayBuffers are refused with a clear error instead of being misread.
  */
-function markSabs(value: unknown, seen: Map<object, unknown>): unknown {
-  if (value === null || typeof value !== 'object') return value;
-  if (value instanceof SharedArrayBuffer) return new SabRef(value as unknown as ArrayBuffer);
-  const done = seen.get(value);
-  if (done !== undefined) return done;
-  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof Date || value instanceof RegExp || value instanceof Error) {
-    return value;
+const BARE_SAB_OK = ((): boolean => {
+  try {
+    const probe = new SharedArrayBuffer(1);
+    const s = new (class extends v8.Serializer {
+      _getSharedArrayBufferId(): number {
+        this.writeRawBytes(V8_TAG_HOST_OBJECT);
+        this.writeUint32(TAG_BARE_SAB);
+        return 0;
+      }
+    })();
+    s.writeHeader();
+    s.writeValue([probe, probe]);
+    const d = new SabDeserializer(s.releaseBuffer(), [probe]);
+    d.readHeader();
+    const back = d.readValue() as unknown[];
+    return back[0] === probe && back[1] === probe;
+  } catch {
+    return false;
   }
-  if (Array.isArray(value)) {
-    const out: unknown[] = [];
-    seen.set(value, out);
-    for (let i = 0; i < value.length; i++) out[i] = markSabs(value[i], seen);
-    return out;
-  }
-  if (value instanceof Map) {
-    const out = new Map();
-    seen.set(value, out);
-    for (const [k, v] of value) out.set(markSabs(k, seen), markSabs(v, seen));
-    return out;
-  }
-  if (value instanceof Set) {
-    const out = new Set();
-    seen.set(value, out);
-    for (const v of value) out.add(markSabs(v, seen));
-    return out;
-  }
-  const out: Record<string, unknown> = {};
-  seen.set(value, out);
-  for (const k of Object.keys(value)) out[k] = markSabs((value as Record<string, unknown>)[k], seen);
-  return out;
-}
+})();
 
-function serialize(value: unknown): Encoded {
-  let s = new SabSerializer();
+/** Serializes `value` (any structured-cloneable value); SharedArrayBuffers are added to `sabs`. */
+function serialize(value: unknown, sabs: SharedArrayBuffer[] | null = null): Encoded {
+  const s = new SabSerializer(sabs);
   s.writeHeader();
   try {
     s.writeValue(value);
   } catch (err) {
-    if (err !== BARE_SAB) throw cloneError(err);
-    s = new SabSerializer();
-    s.writeHeader();
-    try {
-      s.writeValue(markSabs(value, new Map()));
-    } catch (err2) {
-      throw cloneError(err2);
-    }
+    throw cloneError(err);
   }
   return { kind: Kind.V8, bytes: s.releaseBuffer(), sabs: s.sabs };
 }
@@ -299,6 +332,9 @@ export function encodeValue(value: unknown): Encoded {
     case 'boolean':
       return { kind: value ? Kind.True : Kind.False, bytes: EMPTY, sabs: null };
     case 'string':
+      // UTF-8 cannot carry a lone surrogate (TextEncoder would turn it into U+FFFD): such a
+      // string goes through V8's serializer, which keeps it as it is.
+      if (!value.isWellFormed()) return serialize(value);
       return { kind: Kind.Str, bytes: encoder.encode(value), sabs: null };
     default:
       if (value === null) return { kind: Kind.Null, bytes: EMPTY, sabs: null };
@@ -372,12 +408,29 @@ interface WireError {
   path?: unknown;
   fd?: unknown;
   props?: Record<string, unknown>;
-  cause?: WireError | undefined;
+  cause?: WireItem;
+  /** An AggregateError's `errors`. */
+  errors?: WireItem[];
 }
 
-const KNOWN_FIELDS = new Set(['name', 'message', 'stack', 'code', 'errno', 'syscall', 'path', 'fd', 'cause']);
+/**
+ * A value an error refers to (its `cause`, an entry of an AggregateError's `errors`): an Error (as
+ * a WireError), any other value as its structured clone (encoded by the codec, so shared memory is
+ * shared), or, when that value cannot be cloned, its description.
+ */
+type WireItem = { e: WireError } | { k: number; b: Uint8Array } | { t: string };
 
-function toWire(err: unknown, depth: number): WireError {
+/** What encodeError collects while it walks an error: the SharedArrayBuffers its values refer to. */
+interface WireCtx {
+  sabs: SharedArrayBuffer[] | null;
+}
+
+/** Causes and aggregated errors are carried this many levels deep. */
+const MAX_WIRE_DEPTH = 4;
+
+const KNOWN_FIELDS = new Set(['name', 'message', 'stack', 'code', 'errno', 'syscall', 'path', 'fd', 'cause', 'errors']);
+
+function toWire(err: unknown, depth: number, ctx: WireCtx): WireError {
   if (!(err instanceof Error)) {
     // A thrown non-Error has no class, stack or code to carry: it arrives as a RuntimeError with a
     // code of its own (every error the library rejects with has one) and a description of the value.
@@ -399,8 +452,36 @@ function toWire(err: unknown, depth: number): WireError {
     const v = e[k];
     if (v === null || ['string', 'number', 'boolean'].includes(typeof v)) (w.props ??= {})[k] = v;
   }
-  if (e.cause !== undefined && depth < 4) w.cause = toWire(e.cause, depth + 1);
+  if (depth < MAX_WIRE_DEPTH) {
+    const cause = e.cause;
+    if (cause !== undefined) w.cause = toItem(cause, depth + 1, ctx);
+    const errors = err instanceof AggregateError ? (e.errors as unknown) : undefined;
+    if (Array.isArray(errors)) {
+      const items: WireItem[] = [];
+      for (let i = 0; i < errors.length; i++) items.push(toItem(errors[i], depth + 1, ctx));
+      w.errors = items;
+    }
+  }
   return w;
+}
+
+function toItem(value: unknown, depth: number, ctx: WireCtx): WireItem {
+  if (value instanceof Error) return { e: toWire(value, depth, ctx) };
+  const mark = ctx.sabs?.length ?? 0;
+  try {
+    let enc: Encoded;
+    if (typeof value === 'object' && value !== null) {
+      enc = serialize(value, ctx.sabs);
+      ctx.sabs = enc.sabs;
+    } else {
+      enc = encodeValue(value);
+    }
+    // Own, exactly sized bytes (a number's are a scratch view; releaseBuffer's may be a Buffer).
+    return { k: enc.kind, b: new Uint8Array(enc.bytes) };
+  } catch {
+    if (ctx.sabs !== null) ctx.sabs.length = mark;
+    return { t: describeValue(value) };
+  }
 }
 
 /**
@@ -416,39 +497,59 @@ function unencodableWire(why: unknown): WireError {
 }
 
 /**
- * Encodes an error (or any thrown value) with its name, message, code, stack and cause. Never
- * throws: a value that cannot be described is replaced by a `RESULT_NOT_CLONEABLE` error.
+ * Encodes an error (or any thrown value) with its name, message, code, stack, cause and (an
+ * AggregateError's) errors. A cause or aggregated entry that is not an Error travels as its
+ * structured clone (SharedArrayBuffers in it shared, listed in `sabs`), or as its description when
+ * it cannot be cloned. Never throws: a value that cannot be described is replaced by a
+ * `RESULT_NOT_CLONEABLE` error.
  */
 export function encodeError(err: unknown): Encoded {
+  const ctx: WireCtx = { sabs: null };
   let s = new v8.Serializer();
   s.writeHeader();
   try {
-    s.writeValue(toWire(err, 0));
+    s.writeValue(toWire(err, 0, ctx));
   } catch (why) {
+    ctx.sabs = null;
     s = new v8.Serializer();
     s.writeHeader();
     s.writeValue(unencodableWire(why));
   }
-  return { kind: Kind.V8, bytes: s.releaseBuffer(), sabs: null };
+  return { kind: Kind.V8, bytes: s.releaseBuffer(), sabs: ctx.sabs };
 }
 
-function fromWire(w: WireError, core: number): Error {
+function fromItem(item: WireItem, core: number, sabs: SharedArrayBuffer[] | null): unknown {
+  if ('e' in item) return fromWire(item.e, core, sabs);
+  if ('k' in item) return decodeValue(item.k, item.b, sabs);
+  return item.t;
+}
+
+function fromWire(w: WireError, core: number, sabs: SharedArrayBuffer[] | null): Error {
   let err: Error;
-  const cause = w.cause !== undefined ? fromWire(w.cause, core) : undefined;
-  const opts = cause !== undefined ? { cause } : undefined;
+  const hasCause = w.cause !== undefined;
+  const cause = hasCause ? fromItem(w.cause!, core, sabs) : undefined;
+  const opts = hasCause ? { cause } : undefined;
   if (w.name === 'CancelledError') err = new CancelledError(w.message, opts);
   else if (w.name === 'IoError' && typeof w.code === 'string') {
     const io = new IoError(w.code, typeof w.errno === 'number' ? w.errno : 0, typeof w.syscall === 'string' ? w.syscall : 'unknown', w.message);
     if (typeof w.path === 'string') io.path = w.path;
     if (typeof w.fd === 'number') io.fd = w.fd;
-    if (cause !== undefined) (io as { cause?: unknown }).cause = cause;
+    if (hasCause) (io as { cause?: unknown }).cause = cause;
     err = io;
   } else if ((w.name === 'RuntimeError' || w.name === 'InvalidArgumentError') && typeof w.code === 'string') {
     err = new RuntimeError(w.code, w.message, opts);
     err.name = w.name;
   } else {
-    const Ctor = ERROR_CTORS[w.name] ?? Error;
-    err = new Ctor(w.message, opts);
+    if (w.errors !== undefined) {
+      err = new AggregateError(
+        w.errors.map((i) => fromItem(i, core, sabs)),
+        w.message,
+        opts,
+      );
+    } else {
+      const Ctor = ERROR_CTORS[w.name] ?? Error;
+      err = new Ctor(w.message, opts);
+    }
     if (err.name !== w.name) Object.defineProperty(err, 'name', { value: w.name, configurable: true, writable: true, enumerable: false });
     const e = err as Error & Record<string, unknown>;
     for (const k of ['code', 'errno', 'syscall', 'path', 'fd'] as const) if (w[k] !== undefined) e[k] = w[k];
@@ -473,8 +574,8 @@ function ownBytes(bytes: Uint8Array): Uint8Array {
   return bytes.buffer instanceof SharedArrayBuffer ? bytes.slice() : bytes;
 }
 
-export function decodeError(bytes: Uint8Array, core: number): Error {
+export function decodeError(bytes: Uint8Array, core: number, sabs: SharedArrayBuffer[] | null = null): Error {
   const d = new v8.Deserializer(ownBytes(bytes));
   d.readHeader();
-  return fromWire(d.readValue() as WireError, core);
+  return fromWire(d.readValue() as WireError, core, sabs);
 }

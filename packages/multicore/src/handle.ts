@@ -8,7 +8,10 @@ import { CancelledError, type JoinHandle } from '@miniss/core';
  * cancelled and never awaited does not produce an unhandled rejection.
  */
 export class CoreTaskHandle<T> implements PromiseLike<T> {
-  /** Unique per core that spawned it. */
+  /**
+   * Unique among the unsettled tasks of the core that spawned it: a 32-bit id (1..2^32-1) that
+   * wraps around after 2^32 - 1 tasks, skipping ids still in use.
+   */
   readonly id: number;
   /** The core the task was placed on. */
   readonly core: number;

@@ -1,5 +1,6 @@
 /* eslint-disable @typescript-eslint/no-explicit-any -- shipped functions take (...args, signal): typed loosely on purpose */
 import { availableParallelism } from 'node:os';
+import { performance } from 'node:perf_hooks';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { MAX_TIMER_MS, Runtime, RuntimeError, type RuntimeConfig, type ShutdownOptions } from '@miniss/core';
 import { BYTES_PER_MESSAGE, RING_HEADER_BYTES, createRing, ringDataBytes } from './byte-ring.js';
@@ -27,12 +28,15 @@ import {
   createControlBlock,
 } from './layout.js';
 import { setCurrentCore } from './current.js';
-import { pinThread, restoreAffinity, threadAffinity } from './pin.js';
+import { allowedCpus, pinThread, restoreAffinity, threadAffinity } from './pin.js';
 import type { WorkerInit } from './worker.js';
 
 export interface MultiCoreConfig extends RuntimeConfig {
   cores?: number;
-  /** Pin core i to CPU i through the native backend's setAffinity (default true). */
+  /**
+   * Pin core i to the i-th CPU this thread may run on (its affinity mask: CPU i when that is every
+   * CPU) through the native backend's setAffinity (default true). Cores beyond those CPUs are not pinned.
+   */
   pin?: boolean;
   /**
    * How long an idle core keeps polling its rings after its last message before it sleeps on its
@@ -79,6 +83,9 @@ export interface CoreStat {
 }
 
 const STATE_NAMES = ['starting', 'running', 'stopping', 'exited', 'crashed'] as const;
+
+/** At shutdown, the shortest wait for SharedArrayBuffers of results already read (see doShutdown). */
+const SAB_DRAIN_MIN_MS = 100;
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
@@ -144,7 +151,6 @@ export class MultiCoreRuntime {
     }
     this.cores = n;
     const pin = cfg.pin ?? true;
-    const cpus = availableParallelism();
     const spinMs = cfg.spinMs ?? 0.05;
     const awaitSpinMs = cfg.awaitSpinMs ?? 1;
     for (const [k, v] of [['spinMs', spinMs], ['awaitSpinMs', awaitSpinMs]] as const) {
@@ -164,6 +170,11 @@ export class MultiCoreRuntime {
     void _a;
     void _w;
     const coreConfig: RuntimeConfig = { ...rest, features: (cfg.features ?? []).filter((f) => f !== 'multicore') };
+
+    // Core i is pinned to the i-th CPU the process may run on (its affinity mask, read before any
+    // thread is pinned), not to CPU i: under `taskset` or a container's cpuset the CPUs allowed
+    // need not start at 0. Cores beyond the allowed CPUs are not pinned.
+    const cpus = pin ? allowedCpus() : [];
 
     this.control = createControlBlock(n);
     this.ctl = new Int32Array(this.control);
@@ -204,7 +215,7 @@ export class MultiCoreRuntime {
         config: coreConfig,
         spinMs,
         awaitSpinMs,
-        pinCpu: pin && c < cpus ? c : -1,
+        pinCpu: c < cpus.length ? cpus[c]! : -1,
       };
       const w = new Worker(WORKER_URL, { workerData: init, transferList: ports[c]!.filter((p): p is MessagePort => p !== null) });
       this.workers.push(w);
@@ -226,7 +237,7 @@ export class MultiCoreRuntime {
     // Pin core 0 after the workers exist: threads inherit their creator's affinity mask.
     // Core 0 is the caller's thread: remember its affinity to give it back at shutdown.
     this.affinityBefore = pin ? threadAffinity() : null;
-    pinThread(this.runtime0, pin ? 0 : -1, this.ctl, coreBase(0));
+    pinThread(this.runtime0, cpus.length > 0 ? cpus[0]! : -1, this.ctl, coreBase(0));
     Atomics.store(this.ctl, coreBase(0) + STATE, CoreState.Running);
     this.node0.start();
   }
@@ -265,6 +276,9 @@ export class MultiCoreRuntime {
     for (let c = 1; c < this.cores; c++) if (c !== core) this.node0.sendCoreLost(c, core);
   }
 
+  /** blockOn is running a root task (it shuts every core down when the task settles). */
+  private rootActive = false;
+
   /** The runtime of core 0 (the calling thread). */
   get runtime(): Runtime {
     return this.runtime0;
@@ -272,11 +286,22 @@ export class MultiCoreRuntime {
 
   /** Runs `fn` as the root task on core 0, then shuts every core down. */
   async blockOn<T>(fn: () => T | PromiseLike<T>): Promise<Awaited<T>> {
+    // One root task at a time, as core's Runtime.blockOn: a second one (nested in a task, or
+    // beside the first) would shut every core down under the first when it settled.
+    if (this.rootActive) {
+      throw new RuntimeError(
+        'RUNTIME_EXISTS',
+        'blockOn: this multicore runtime is already running a root task; spawn the work and await its handle instead',
+      );
+    }
+    const root = this.runtime0.spawn(fn as () => Awaited<T>);
+    this.rootActive = true;
     const keepAlive = setInterval(() => {}, 1 << 30);
     try {
-      return await this.runtime0.spawn(fn as () => Awaited<T>);
+      return await root;
     } finally {
       clearInterval(keepAlive);
+      this.rootActive = false; // shutdown() below refuses later spawns from here on
       await this.shutdown();
     }
   }
@@ -324,6 +349,7 @@ export class MultiCoreRuntime {
       this.affinityRestore = restoreAffinity(this.runtime0, this.affinityBefore);
     }
     let shutdownErr: unknown = null;
+    const t0 = performance.now();
     try {
       await this.runtime0.shutdown({ graceMs });
     } catch (err) {
@@ -346,6 +372,18 @@ export class MultiCoreRuntime {
     while (this.node0.poll() > 0) {
       /* keep draining */
     }
+    // A result that carries SharedArrayBuffers is parked until they arrive on its port, a turn
+    // or more later (they were posted before the result was published, so they are on the way):
+    // let the ports deliver them before stop() closes the ports, within the shutdown's deadline
+    // (grace plus workerExitTimeoutMs), and at least SAB_DRAIN_MIN_MS (the deadline may have been
+    // spent waiting for a worker).
+    const deadline = Math.max(t0 + graceMs + this.workerExitTimeoutMs, performance.now() + SAB_DRAIN_MIN_MS);
+    while (this.node0.parkedCount > 0 && performance.now() < deadline) {
+      await new Promise<void>((r) => setImmediate(r));
+      while (this.node0.poll() > 0) {
+        /* keep draining */
+      }
+    }
     Atomics.store(this.ctl, coreBase(0) + STATE, CoreState.Exited);
     this.node0.stop(new RuntimeError('RUNTIME_SHUTDOWN', 'the multicore runtime shut down'));
     setCurrentCore(undefined);
@@ -362,7 +400,7 @@ export class MultiCoreRuntime {
     cores: number;
     pinned: boolean;
     /**
-     * What shutdown did about the calling thread's CPU affinity (core 0 was pinned to CPU 0):
+     * What shutdown did about the calling thread's CPU affinity (core 0 was pinned to the first allowed CPU):
      * 'restored' to `affinityBefore`, 'unchanged' (nothing to do), 'failed' (it stays pinned;
      * restoring a multi-CPU mask needs `taskset`), null before shutdown or when core 0 was not pinned.
      */

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readlinkSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { Runtime } from '@miniss/core';
 import { PIN_CPU, PIN_ERRNO, PIN_FAILED, PIN_NONE } from './layout.js';
 
@@ -35,6 +36,17 @@ export function threadAffinity(): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * The CPUs the calling thread may run on, in ascending order: its `Cpus_allowed_list` (the
+ * affinity mask `taskset` or a container's cpuset leaves it). Where that cannot be read (off
+ * Linux), CPUs 0..availableParallelism()-1.
+ */
+export function allowedCpus(): number[] {
+  const list = threadAffinity();
+  const cpus = list === null ? null : parseCpuList(list);
+  return cpus ?? Array.from({ length: availableParallelism() }, (_, i) => i);
 }
 
 /** CPUs of a `Cpus_allowed_list` ("0-2,5" -> [0, 1, 2, 5]); null if it does not parse. */

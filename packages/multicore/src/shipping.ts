@@ -19,8 +19,13 @@ import { RuntimeError } from '@miniss/core';
 export interface ShippedFn {
   fn: (...args: unknown[]) => unknown;
   src: string;
-  /** The function takes its AbortSignal: it declares more parameters than the call gives, or uses rest/arguments. */
-  usesRestOrArguments: boolean;
+  /**
+   * Pass the AbortSignal whatever the number of arguments: a parameter has a default value or is
+   * a rest parameter (`fn.length` does not count it, nor those after it), the body reads
+   * `arguments`, or the parameter list could not be read.
+   */
+  alwaysSignal: boolean;
+  /** `fn.length`: with `alwaysSignal` false, exactly the parameters the function declares. */
   declared: number;
 }
 
@@ -71,10 +76,93 @@ export function compile(src: string): ShippedFn {
     fn: fn as (...args: unknown[]) => unknown,
     src,
     declared: (fn as (...a: unknown[]) => unknown).length,
-    usesRestOrArguments: /\.\.\.|\barguments\b/.test(src),
+    alwaysSignal: paramsHaveDefaultOrRest(src) || /\barguments\b/.test(src),
   };
   compiled.set(src, c);
   return c;
+}
+
+/**
+ * True when the parameter list of the function whose source is `src` contains a `=` (a default
+ * value, at any depth) or `...` (a rest parameter or element), or when it cannot be found: then
+ * `fn.length` may undercount the parameters and the task gets its signal in any case. Costs nothing
+ * per task: it runs once per source, when the source is compiled.
+ *
+ * The list starts at the first `(` outside brackets (a computed method name) unless the function
+ * is an arrow with one bare parameter. Strings, template literals and comments are skipped, so a
+ * `)` or `=` inside them is not taken for the end of the list or a default. An expression can only
+ * appear in the list after a `=` (where the scan has stopped already) or in a computed key of a
+ * destructuring pattern.
+ */
+export function paramsHaveDefaultOrRest(src: string): boolean {
+  const n = src.length;
+  let i = skipTrivia(src, 0);
+  if (SINGLE_PARAM_ARROW.test(src.slice(i, i + 300))) return false;
+  // Find the opening parenthesis of the parameter list.
+  let brackets = 0;
+  for (;;) {
+    i = skipTrivia(src, i);
+    if (i >= n) return true;
+    const c = src.charCodeAt(i);
+    if (c === 0x28 /* ( */ && brackets === 0) break;
+    if (c === 0x5b /* [ */) brackets++;
+    else if (c === 0x5d /* ] */) brackets--;
+    else if (c === 0x3d /* = */) return true; // `=>` of an arrow without parentheses: not expected here
+    i = skipToken(src, i);
+    if (i < 0) return true;
+  }
+  // Scan the list up to its closing parenthesis.
+  let depth = 0;
+  i++;
+  for (;;) {
+    i = skipTrivia(src, i);
+    if (i >= n) return true;
+    const c = src.charCodeAt(i);
+    if (c === 0x3d /* = */) return true;
+    if (c === 0x2e /* . */ && src.startsWith('...', i)) return true;
+    if (c === 0x28 || c === 0x5b || c === 0x7b) depth++;
+    else if (c === 0x29 || c === 0x5d || c === 0x7d) {
+      if (depth === 0) return c !== 0x29;
+      depth--;
+    }
+    i = skipToken(src, i);
+    if (i < 0) return true;
+  }
+}
+
+/** `x => ...` or `async x => ...`: one bare parameter, which can have no default. */
+const SINGLE_PARAM_ARROW = /^(?:async\s+)?[\p{ID_Start}$_][\p{ID_Continue}$\u200c\u200d]*\s*=>/u;
+
+/** Index after whitespace and comments from `i`. */
+function skipTrivia(src: string, i: number): number {
+  const n = src.length;
+  while (i < n) {
+    const c = src.charCodeAt(i);
+    if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d || c === 0x0b || c === 0x0c || c === 0xa0 || c === 0xfeff || c === 0x2028 || c === 0x2029) {
+      i++;
+    } else if (c === 0x2f /* / */ && src.charCodeAt(i + 1) === 0x2f) {
+      while (i < n && src.charCodeAt(i) !== 0x0a && src.charCodeAt(i) !== 0x0d) i++;
+    } else if (c === 0x2f && src.charCodeAt(i + 1) === 0x2a /* * */) {
+      const end = src.indexOf('*/', i + 2);
+      if (end < 0) return n;
+      i = end + 2;
+    } else if (c > 0x7f && /\s/.test(src[i]!)) {
+      i++;
+    } else break;
+  }
+  return i;
+}
+
+/** Index after the token at `i`: a whole string or template literal (-1 if unterminated), else one character. */
+function skipToken(src: string, i: number): number {
+  const q = src.charCodeAt(i);
+  if (q !== 0x22 && q !== 0x27 && q !== 0x60) return i + 1;
+  for (let j = i + 1; j < src.length; j++) {
+    const c = src.charCodeAt(j);
+    if (c === 0x5c /* \\ */) j++;
+    else if (c === q) return j + 1;
+  }
+  return -1;
 }
 
 /**

@@ -102,9 +102,15 @@ export class SpscRing {
 
   /**
    * Producer: appends `values[from..to)` as far as they fit and publishes once. Returns how many
-   * were written (from the start of the range; the rest did not fit).
+   * were written (from the start of the range; the rest did not fit). `from` and `to` must be
+   * integers with 0 <= from <= to <= values.length (else `INVALID_ARGUMENT`, nothing written).
    */
   pushBatch(values: ArrayLike<number>, from = 0, to = values.length): number {
+    if (!isIndex(from) || !isIndex(to) || from > to || to > values.length) {
+      throw new InvalidArgumentError(
+        `SpscRing.pushBatch: from and to must be integers with 0 <= from <= to <= values.length (${describe(values)}), got from ${shown(from)}, to ${shown(to)}`,
+      );
+    }
     const t = this.tail;
     let free = this.capacity - ((t - this.cachedHead) >>> 0);
     if (free < to - from) {
@@ -140,10 +146,24 @@ export class SpscRing {
   }
 
   /**
-   * Consumer: moves up to `out.length` values into `out` (from index 0) and frees their slots
-   * with one store. Returns how many.
+   * Consumer: moves up to `max` (default `out.length`) values into `out` (from index 0) and frees
+   * their slots with one store. Returns how many. `max` must be a non-negative integer (else
+   * `INVALID_ARGUMENT`, nothing taken); a typed array takes at most its length (the rest stays in
+   * the ring), an array grows as needed.
    */
   popBatch(out: Float64Array | number[], max = out.length): number {
+    if (!isIndex(max)) {
+      throw new InvalidArgumentError(`SpscRing.popBatch: max must be a non-negative integer, got ${shown(max)}`);
+    }
+    if (out instanceof Float64Array) {
+      if (max > out.length) max = out.length;
+    } else if (!Array.isArray(out)) {
+      const o = out as unknown;
+      if (!ArrayBuffer.isView(o) || o instanceof DataView || o instanceof BigInt64Array || o instanceof BigUint64Array) {
+        throw new InvalidArgumentError(`SpscRing.popBatch: out must be an array or a typed array of numbers (a Float64Array keeps every value exactly), got ${describe(o)}`);
+      }
+      if (max > (o as Float64Array).length) max = (o as Float64Array).length;
+    }
     const h = this.head;
     this.cachedTail = Atomics.load(this.idx, TAIL) >>> 0;
     const n = Math.min(max, (this.cachedTail - h) >>> 0);
@@ -160,6 +180,24 @@ export class SpscRing {
   get size(): number {
     return ((Atomics.load(this.idx, TAIL) >>> 0) - (Atomics.load(this.idx, HEAD) >>> 0)) >>> 0;
   }
+}
+
+/** A valid index or count: an integer in 0..2^32-1 (false for NaN, fractions, negatives and non-numbers). */
+function isIndex(v: unknown): v is number {
+  return typeof v === 'number' && (v >>> 0) === v;
+}
+
+/** A number argument for an error message: strings quoted (so '2' does not read as 2). */
+function shown(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v) : typeof v === 'object' && v !== null ? describe(v) : String(v);
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (typeof v !== 'object') return typeof v;
+  const name = (v as { constructor?: { name?: unknown } }).constructor?.name;
+  const len = (v as { length?: unknown }).length;
+  return `${typeof name === 'string' ? name : 'object'}${typeof len === 'number' ? ` of length ${len}` : ''}`;
 }
 
 const HEADER = 128;

@@ -27,3 +27,28 @@ export async function within<T>(p: PromiseLike<T>, ms: number, what: string): Pr
     clearTimeout(timer);
   }
 }
+
+/** The parts of a runtime's internals a few regression tests reach into (not public API). */
+export interface Node0Internals {
+  nextId: number;
+  nextBatch: number;
+  inn: Array<{ sabs: Map<number, SharedArrayBuffer[]>; discard: Set<number>; parked: unknown[] } | null>;
+}
+
+/** Core 0's CoreNode of `mc` (internal). */
+export function node0Of(mc: MultiCoreRuntime): Node0Internals {
+  return (mc as unknown as { node0: Node0Internals }).node0;
+}
+
+/**
+ * Delays every message core 0 receives from core `from`'s port (SharedArrayBuffer batches) by
+ * `ms`: they then arrive well after the ring records that refer to them, as they may by chance.
+ */
+export function delayPortMessages(mc: MultiCoreRuntime, from: number, ms: number): void {
+  const node0 = node0Of(mc) as unknown as { onPortMessage(c: number, m: unknown): void };
+  const deliver = node0.onPortMessage.bind(node0);
+  node0.onPortMessage = (c: number, m: unknown): void => {
+    if (c !== from) deliver(c, m);
+    else setTimeout(() => deliver(c, m), ms);
+  };
+}

@@ -1,5 +1,7 @@
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { MultiCoreRuntime } from '@miniss/multicore';
 
@@ -19,7 +21,26 @@ function cpusAllowed(): string[] {
 }
 
 describe.runIf(process.platform === 'linux' && availableParallelism() >= 2)('pinning', () => {
-  it('pins core i to CPU i (visible in /proc/self/task/*/status), unpinned beyond the CPUs', async () => {
+  // The CPUs this thread may run on (its affinity mask), ascending.
+  const allowed = (() => {
+    const list = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/thread-self/status', 'utf8'))?.[1] ?? '';
+    const cpus: number[] = [];
+    for (const part of list.split(',')) {
+      const [a, b] = part.split('-').map(Number);
+      for (let c = a!; c <= (b ?? a!); c++) cpus.push(c);
+    }
+    return cpus;
+  })();
+  const hasTaskset = (() => {
+    try {
+      execFileSync('taskset', ['-V'], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+
+  it('pins core i to the i-th allowed CPU (CPU i when all are; visible in /proc/self/task/*/status), unpinned beyond the CPUs', async () => {
     const cpus = availableParallelism();
     const before = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/thread-self/status', 'utf8'))?.[1];
     const mc = new MultiCoreRuntime({ cores: cpus + 1 });
@@ -30,16 +51,29 @@ describe.runIf(process.platform === 'linux' && availableParallelism() >= 2)('pin
       await mc.shutdown();
       return;
     }
-    for (let c = 0; c < cpus; c++) expect(s.perCore[c]!.pinnedCpu).toBe(c);
+    for (let c = 0; c < cpus; c++) expect(s.perCore[c]!.pinnedCpu).toBe(allowed[c]);
     expect(s.perCore[cpus]!.pinnedCpu).toBeNull();
     const lists = cpusAllowed();
-    for (let c = 0; c < cpus; c++) expect(lists).toContain(String(c));
-    expect(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/thread-self/status', 'utf8'))?.[1]).toBe('0');
+    for (let c = 0; c < cpus; c++) expect(lists).toContain(String(allowed[c]));
+    expect(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/thread-self/status', 'utf8'))?.[1]).toBe(String(allowed[0]));
     await mc.shutdown();
     expect(mc.stats().perCore.every((c) => c.state === 'exited')).toBe(true);
     // Core 0 is the calling thread: shutdown restored its affinity.
     expect(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/thread-self/status', 'utf8'))?.[1]).toBe(before);
     expect(mc.stats().core0Affinity.before).toBe(before);
     expect(['restored', 'unchanged']).toContain(mc.stats().core0Affinity.restore);
+  });
+
+  it.runIf(hasTaskset && allowed.length >= 2)('pins core i to the i-th CPU the process may use (under taskset -c LAST): never outside them; cores beyond them unpinned', () => {
+    const cpu = allowed.at(-1)!; // not CPU 0: core 0 must not land on CPU 0
+    const child = fileURLToPath(new URL('./fixtures/pin-allowed-child.mjs', import.meta.url));
+    const out = spawnSync('taskset', ['-c', String(cpu), process.execPath, child], { encoding: 'utf8', timeout: 15_000 });
+    expect(out.status, out.stderr).toBe(0);
+    const r = JSON.parse(out.stdout.trim().split('\n').at(-1)!) as { canPin: boolean; before: string; during: string; core1: string; pinned: Array<number | null>; after: string };
+    expect(r.before).toBe(String(cpu));
+    expect(r.during).toBe(String(cpu));
+    expect(r.core1).toBe(String(cpu));
+    expect(r.pinned).toEqual(r.canPin ? [cpu, null] : [null, null]);
+    expect(r.after).toBe(String(cpu));
   });
 });

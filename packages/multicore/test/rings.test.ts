@@ -42,6 +42,79 @@ describe('SPSC byte ring (the transport)', () => {
   });
 });
 
+describe('RingWriter.begin limits', () => {
+  it('throws INVALID_ARGUMENT for a record that could never fit (more than maxRecord) or a bad length; one of maxRecord fits at any position', () => {
+    const sab = createRing(1); // 256 data bytes, maxRecord 128
+    const w = new RingWriter(sab);
+    const r = new RingReader(sab);
+    expect(w.maxRecord).toBe(128);
+    for (const bad of [300, 113, 256, -1, 1.5, Number.NaN]) {
+      expect(() => w.begin(1, 0, 0, 1, 0, bad)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+    expect(r.hasData()).toBe(false); // nothing was written
+    // A full ring says -1 (room comes back once the consumer frees it)...
+    let n = 0;
+    while (w.begin(1, 0, 0, n, 0, 112) >= 0) n++;
+    expect(n).toBe(2);
+    expect(w.begin(1, 0, 0, n, 0, 112)).toBe(-1);
+    w.publish();
+    while (r.next());
+    r.release();
+    // ...and a maxRecord-sized record fits wherever the tail stands once the ring is empty (each
+    // round moves the tail by 128 + 24 bytes: it visits every 8-byte position of the ring).
+    for (let k = 0; k < 32; k++) {
+      expect(w.begin(1, 0, 0, k, 0, 112)).toBeGreaterThanOrEqual(0);
+      w.publish();
+      expect(r.next()).toBe(true);
+      expect(r.bodyLen).toBe(112);
+      r.release();
+      // Move the tail on by a small record.
+      expect(w.begin(2, 0, 0, 0, 0, 8)).toBeGreaterThanOrEqual(0);
+      w.publish();
+      while (r.next());
+      r.release();
+    }
+  });
+});
+
+describe('SpscRing argument checks', () => {
+  it('popBatch: a typed array takes at most its length (the rest stays queued); a bad max throws and takes nothing', () => {
+    const s = new SpscRing(8);
+    for (let i = 1; i <= 6; i++) s.push(i);
+    const out = new Float64Array(2);
+    expect(s.popBatch(out, 6)).toBe(2);
+    expect(Array.from(out)).toEqual([1, 2]);
+    expect(s.size).toBe(4);
+    for (const bad of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '2']) {
+      expect(() => s.popBatch(new Float64Array(4), bad as number)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+    expect(() => s.popBatch(new DataView(new ArrayBuffer(8)) as unknown as Float64Array)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(s.size).toBe(4);
+    const arr: number[] = [];
+    expect(s.popBatch(arr, 10)).toBe(4); // an array grows
+    expect(arr).toEqual([3, 4, 5, 6]);
+    expect(s.pop()).toBeUndefined();
+  });
+
+  it('pushBatch: from/to outside 0..values.length, reversed or not integers throw and push nothing', () => {
+    const s = new SpscRing(8);
+    for (const [from, to] of [
+      [0, 5],
+      [-1, 1],
+      [2, 1],
+      [0.5, 2],
+      [0, Number.NaN],
+    ] as const) {
+      expect(() => s.pushBatch([1, 2], from, to)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+    expect(s.size).toBe(0);
+    expect(s.pushBatch([1, 2, 3], 1)).toBe(2);
+    expect(s.pushBatch([1, 2, 3], 3, 3)).toBe(0);
+    const out = new Float64Array(8);
+    expect(Array.from(out.subarray(0, s.popBatch(out)))).toEqual([2, 3]);
+  });
+});
+
 describe('SpscRing (typed float64 channel)', () => {
   it('rounds capacity up, refuses when full, keeps order; attach validates its buffer', () => {
     const ring = new SpscRing(5);

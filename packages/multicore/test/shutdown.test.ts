@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RuntimeError } from '@miniss/core';
-import { make, shutDownAfterEach, within } from './helpers.js';
+import { delayPortMessages, make, shutDownAfterEach, within } from './helpers.js';
 
 shutDownAfterEach();
 
@@ -90,6 +90,50 @@ describe('MultiCoreRuntime.shutdown', () => {
     expect(s1.terminated).toBe(true);
     expect(s1.crash).toBeUndefined();
     expect(mc.stats().perCore[0]!.terminated).toBeUndefined();
+  });
+
+  it('a result carrying a SharedArrayBuffer, and the results queued behind it, reach their handles when their SharedArrayBuffers arrive after the last poll', async () => {
+    const mc = make({ cores: 2, pin: false });
+    // SharedArrayBuffers come over a MessagePort, a turn or more after the ring record that refers
+    // to them: stretched to 150 ms here, they are still on the way when core 1 has exited and
+    // shutdown reads the rings for the last time.
+    delayPortMessages(mc, 1, 150);
+    const shared = mc.spawnOn(1, async () => {
+      await new Promise((r) => setTimeout(r, 30));
+      const a = new Int32Array(new SharedArrayBuffer(8));
+      a[1] = 7;
+      return a;
+    });
+    const plain = mc.spawnOn(1, async () => {
+      await new Promise((r) => setTimeout(r, 30));
+      return [1, 2];
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    await within(mc.shutdown({ graceMs: 1000 }), 3000, 'shutdown');
+    const got = await within(shared.then((v) => v, (e: { code?: string; message: string }) => `${e.code}: ${e.message}`), 100, 'SAB result');
+    expect(got).toBeInstanceOf(Int32Array);
+    expect((got as Int32Array).buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(Array.from(got as Int32Array)).toEqual([0, 7]);
+    expect(await within(plain.then((v) => v, (e: { code?: string }) => e.code), 100, 'plain result')).toEqual([1, 2]);
+    expect(mc.stats().perCore.map((c) => c.state)).toEqual(['exited', 'exited']);
+  });
+
+  it('a blockOn inside its own root task is refused with RUNTIME_EXISTS and shuts nothing down', async () => {
+    const mc = make({ cores: 2, pin: false });
+    const got = await within(
+      mc.blockOn(async () => {
+        const inner = await mc.blockOn(() => 'inner').then(
+          () => 'resolved',
+          (e: { code?: string }) => e.code,
+        );
+        expect(mc.stats().shuttingDown).toBe(false);
+        const remote = await mc.spawnOn(1, () => 'still running');
+        return `${inner} ${remote}`;
+      }),
+      10_000,
+      'blockOn',
+    );
+    expect(got).toBe('RUNTIME_EXISTS still running');
   });
 
   it('workerExitTimeoutMs and crossCpuChannelCapacity out of range are INVALID_CONFIG before anything is allocated', () => {

@@ -3,11 +3,13 @@
 #include "miniss/module_methods.h"
 
 #include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -38,6 +40,9 @@ NAN_METHOD(AddressMethod) {
 }
 
 namespace {
+// Code of this addon that V8 calls when the buffer's ArrayBuffer is collected, or when it tears a
+// worker's heap down: after Node has dlclose()d the worker's addons. Every binding therefore calls
+// PinThisLibrary (op.h) at module init, or a worker that allocated a buffer crashed the process.
 void FreeAligned(void* data, size_t /*length*/, void* /*deleter_data*/) { std::free(data); }
 }  // namespace
 
@@ -72,13 +77,48 @@ NAN_METHOD(AllocateBufferMethod) {
   info.GetReturnValue().Set(v8::Uint8Array::New(ab, 0, cap));
 }
 
-// signalFd(fd): adds 1 to an eventfd; thread-safe (a plain write). Returns 0 or -errno.
+namespace {
+
+// 0 when `fd` is an eventfd, else -EBADF (not open) or -EINVAL. signalFd writes 8 bytes: given a
+// regular file, a pipe or a socket by mistake, it wrote them into it (corrupting the file). An
+// eventfd lives on the kernel's shared anonymous inode, which has no file type bits (fstat: S_IFMT
+// 0), and /proc names it "anon_inode:[eventfd]", which tells it from the other anonymous-inode fds
+// (epoll, timerfd, signalfd, io_uring...). Not a registry of the eventfds backends made: signalFd
+// serves any backend instance's eventfd from any thread (a multicore core signals another core's),
+// and an addon keeps no process-wide state (it loads in every worker thread). Without /proc (a
+// chroot) the anonymous-inode check alone stands.
+int CheckEventFd(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -errno;
+  if ((st.st_mode & S_IFMT) != 0) return -EINVAL;
+#ifdef __linux__
+  char path[32];
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  char target[64];
+  const ssize_t n = readlink(path, target, sizeof(target));
+  static constexpr char kEventFd[] = "anon_inode:[eventfd]";
+  if (n >= 0 && (static_cast<size_t>(n) != sizeof(kEventFd) - 1 || std::memcmp(target, kEventFd, sizeof(kEventFd) - 1) != 0)) {
+    return -EINVAL;
+  }
+#endif
+  return 0;
+}
+
+}  // namespace
+
+// signalFd(fd): adds 1 to an eventfd; thread-safe (a plain write). Returns 0 or -errno: EBADF
+// for an fd that is not open, EINVAL for one that is not an eventfd (see CheckEventFd).
 NAN_METHOD(SignalFdMethod) {
   if (!info[0]->IsInt32()) {
     info.GetReturnValue().Set(-EBADF);
     return;
   }
   const int fd = Nan::To<int32_t>(info[0]).FromJust();
+  const int checked = CheckEventFd(fd);
+  if (checked < 0) {
+    info.GetReturnValue().Set(checked);
+    return;
+  }
   uint64_t one = 1;
   ssize_t w;
   do {

@@ -5,7 +5,9 @@
 #include "miniss/op.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -20,7 +22,21 @@ namespace {
 
 int64_t Check(int64_t r) { return r < 0 ? -static_cast<int64_t>(errno) : r; }
 
+// An address inside this shared library that no other library can interpose (internal linkage),
+// for dladdr.
+void Anchor() {}
+
 }  // namespace
+
+// RTLD_NOLOAD only looks the already-loaded library up, and RTLD_NODELETE marks it never to be
+// unloaded (glibc, macOS and the BSDs); the handle is deliberately never closed. The later
+// dlclose() of the worker's environment then only drops a reference.
+void PinThisLibrary() {
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&Anchor), &info) != 0 && info.dli_fname != nullptr) {
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+}
 
 void RunBlocking(Op* op) {
   int64_t r;
@@ -114,14 +130,25 @@ int ParseAddress(Op* op) {
       sin6->sin6_addr.s6_addr[11] = 0xff;
       std::memcpy(&sin6->sin6_addr.s6_addr[12], &v4, 4);
     } else {
-      // A zone ("fe80::1%2") is given as a numeric interface index only.
+      // A zone is an interface index ("fe80::1%2") or, as Node's net accepts, an interface name
+      // ("fe80::1%eth0", "::1%lo"), which if_nametoindex turns into its index (0: no such
+      // interface, EINVAL as for a zone that does not parse).
       std::string h = host;
       const size_t pct = h.find('%');
       if (pct != std::string::npos) {
+        const char* zone = h.c_str() + pct + 1;
+        if (*zone == '\0') return -EINVAL;
         char* end = nullptr;
-        const unsigned long scope = std::strtoul(h.c_str() + pct + 1, &end, 10);
-        if (end == nullptr || *end != '\0' || pct + 1 == h.size()) return -EINVAL;
-        sin6->sin6_scope_id = static_cast<uint32_t>(scope);
+        errno = 0;
+        const unsigned long scope = std::strtoul(zone, &end, 10);
+        if (end != nullptr && *end == '\0' && *zone >= '0' && *zone <= '9') {
+          if (errno == ERANGE || scope > 0xffffffffUL) return -EINVAL;
+          sin6->sin6_scope_id = static_cast<uint32_t>(scope);
+        } else {
+          const unsigned index = if_nametoindex(zone);
+          if (index == 0) return -EINVAL;
+          sin6->sin6_scope_id = index;
+        }
         h.resize(pct);
       }
       if (inet_pton(AF_INET6, h.c_str(), &sin6->sin6_addr) != 1) return -EINVAL;

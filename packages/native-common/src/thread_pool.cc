@@ -1,6 +1,5 @@
 #include "miniss/thread_pool.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -21,18 +20,6 @@ namespace {
 // header: only buffer-less jobs are abandoned without waiting).
 bool HasBuffers(const Op* op) {
   return op->code == kRead || op->code == kReadv || op->code == kWrite || op->code == kWritev;
-}
-
-// Keeps the shared library holding this code mapped for the rest of the process. Node dlclose()s
-// a worker's addons when the worker's environment goes away; an abandoned thread may still be in
-// a system call then, and returning into unmapped code would crash. RTLD_NOLOAD only looks the
-// already-loaded library up, and RTLD_NODELETE marks it never to be unloaded (glibc, macOS and
-// the BSDs); the handle is deliberately never closed.
-void PinThisLibrary() {
-  Dl_info info;
-  if (dladdr(reinterpret_cast<void*>(&PinThisLibrary), &info) != 0 && info.dli_fname != nullptr) {
-    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-  }
 }
 
 }  // namespace
@@ -63,6 +50,8 @@ struct ThreadPool::State {
     w.thread.detach();
     serving--;
     abandoned++;
+    // Every binding pins its library at module init already; again here so that the pool never
+    // depends on that (op.h): the detached thread returns into this library's code.
     PinThisLibrary();
   }
 };

@@ -230,10 +230,7 @@ export interface GracefulShutdown extends Disposable {
   readonly signal: string | null;
 }
 
-/**
- * The shutdown surface shared by `Runtime` and `MultiCoreRuntime` (and core's
- * `MultiCoreRuntimeLike`, what `createRuntime` is typed to return, which declares no `stats`).
- */
+/** The shutdown surface shared by `Runtime` and `MultiCoreRuntime` (and core's `MultiCoreRuntimeLike`). */
 interface Shutdownable {
   shutdown(opts?: ShutdownOptions): Promise<void>;
   stats?: () => unknown;

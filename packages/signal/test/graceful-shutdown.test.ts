@@ -216,8 +216,9 @@ describe('waitForSignal', () => {
       const ac = new AbortController();
       const p = waitForSignal(['SIGUSR2'], { signal: ac.signal });
       expect(process.listenerCount('SIGUSR2')).toBe(before + 1);
-      ac.abort(new Error('stop'));
-      await expect(p).rejects.toThrow('stop');
+      const reason = Object.assign(new Error('stop'), { code: 'E_STOP' });
+      ac.abort(reason);
+      await expect(p).rejects.toBe(reason);
       expect(process.listenerCount('SIGUSR2')).toBe(before);
     });
   });
@@ -271,10 +272,11 @@ describe('waitForSignal', () => {
     expect(listeners()).toEqual(before);
   });
 
-  it("treats an abort reason as core's I/O does: an Error (a default abort()'s DOMException) as is, anything else wrapped in a CancelledError", async () => {
+  it("treats an abort reason as core's I/O does: an Error with a string code as is, anything else (a default abort()'s DOMException, code 20) wrapped in a CancelledError", async () => {
     const rt = new Runtime({ backend: 'node', features: ['signal'] });
     await rt.blockOn(async () => {
-      for (const reason of ['stop', undefined]) {
+      const typed = Object.assign(new Error('typed'), { code: 'E_TYPED' });
+      for (const reason of ['stop', undefined, typed]) {
         const early = new AbortController();
         early.abort(reason);
         const fromCore = await rt.io({ op: 'nop' }, early.signal).catch((e: unknown) => e);
@@ -283,11 +285,15 @@ describe('waitForSignal', () => {
         const p = waitForSignal(['SIGUSR2'], { signal: late.signal });
         late.abort(reason);
         const fromWait = await p.catch((e: unknown) => e);
-        if (reason === undefined) {
-          expect(fromCore).toBe(early.signal.reason);
-          expect(fromSignal).toBe(early.signal.reason);
-          expect(fromWait).toBe(late.signal.reason);
-          expect(fromWait).toMatchObject({ name: 'AbortError' });
+        if (reason === typed) {
+          for (const e of [fromCore, fromSignal, fromWait]) expect(e).toBe(typed);
+        } else if (reason === undefined) {
+          for (const e of [fromCore, fromSignal, fromWait]) {
+            expect(e).toBeInstanceOf(CancelledError);
+            expect(e).toMatchObject({ code: 'CANCELLED', message: 'the operation was aborted: This operation was aborted', cause: { name: 'AbortError', code: 20 } });
+          }
+          expect((fromCore as Error).cause).toBe(early.signal.reason);
+          expect((fromWait as Error).cause).toBe(late.signal.reason);
         } else {
           for (const e of [fromCore, fromSignal, fromWait]) {
             expect(e).toBeInstanceOf(CancelledError);

@@ -144,7 +144,14 @@ export class TimerDriver implements RuntimePlugin {
   private _arms = 0;
   private _fallbackWarned = false;
   private _rounds = 0;
-  private readonly _fireBound = () => this._fire();
+  /** Fires the next chunk after a microtask hop (the previous chunk's reactions are queued first). */
+  private readonly _fireBound = () => this._fire(false);
+  /** The pending `setImmediate` that fires a due barrier (a timeout) once every reaction ran. */
+  private _immediate: ReturnType<typeof setImmediate> | null = null;
+  private readonly _fireImmediateBound = () => {
+    this._immediate = null;
+    this._fire(true);
+  };
   private readonly _groups = new Map<object, TaskTimers>();
   private _lastGroup: TaskTimers | null = null;
   /** @internal Recycled sleep entries (see sleep.ts). */
@@ -235,6 +242,10 @@ export class TimerDriver implements RuntimePlugin {
     if (this._closed) return;
     this._closed = true;
     this._disarm();
+    if (this._immediate !== null) {
+      clearImmediate(this._immediate);
+      this._immediate = null;
+    }
     this.wheel.clear(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime shut down while the timer was pending'));
     this._pool.length = 0;
     this._groups.clear();
@@ -303,7 +314,7 @@ export class TimerDriver implements RuntimePlugin {
     this._armedTick = Infinity;
     this._wakeups++;
     this._rounds = 0;
-    this._fire();
+    this._fire(true);
   }
 
   /**
@@ -314,13 +325,22 @@ export class TimerDriver implements RuntimePlugin {
    * all 50,000 were resolved. Then fires what fell due meanwhile (a burst takes longer than a
    * tick), as Node's timer loop does, rather than a round trip through the backend per tick;
    * bounded by MAX_POLL_ROUNDS, so a wheel that never catches up still lets I/O run.
+   *
+   * A `timeout` is a barrier target (see `TimerTarget`): the wheel fires it only first in a poll
+   * made at a macrotask boundary (`atBoundary`: a wake-up from the backend, or the
+   * `setImmediate` below), when every promise reaction of the timers fired before it has run.
+   * So work settled by an earlier timer of the same wake-up (a late one: the loop was busy) has
+   * already cancelled the timeout, and a nested timeout sees its inner one's rejection, as with
+   * Node's timers, which run the microtask queue after each callback. One `setImmediate` per
+   * timeout that fires after other timers of its wake-up (the check phase right after the wake-up).
    */
-  private _fire(): void {
+  private _fire(atBoundary: boolean): void {
     if (this._closed) return;
     const wheel = this.wheel;
+    let boundary = atBoundary;
     for (;;) {
       try {
-        wheel.poll(undefined, FIRE_CHUNK);
+        wheel.poll(undefined, FIRE_CHUNK, boundary);
       } catch (err) {
         // A timer callback threw: report it the way Node reports a throwing setTimeout callback,
         // once the rest of the chunk has fired (the wheel fires every target of a poll).
@@ -328,8 +348,10 @@ export class TimerDriver implements RuntimePlugin {
           throw err;
         });
       }
+      boundary = false;
       if (wheel.hasDue) {
-        void RESOLVED.then(this._fireBound);
+        if (!wheel.barrierDue) void RESOLVED.then(this._fireBound);
+        else if (this._immediate === null) this._immediate = setImmediate(this._fireImmediateBound);
         return;
       }
       if (++this._rounds >= MAX_POLL_ROUNDS || wheel.size === 0 || wheel.nextExpiration() > wheel.now()) break;

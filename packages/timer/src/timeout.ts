@@ -19,6 +19,13 @@ export class TimeoutError extends Error {
 export type TimeoutWork<T> = PromiseLike<T> | ((signal: AbortSignal) => PromiseLike<T>);
 
 class TimeoutTimer<T> {
+  /**
+   * The wheel fires a timeout only at a macrotask boundary, after every promise reaction of the
+   * timers that fell due before it (see `TimerTarget` and the driver's `_fire`): work settled by
+   * an earlier timer of the same (late) wake-up has cancelled it by then, so `fire` may reject at
+   * once.
+   */
+  readonly barrier = true;
   id = -1;
   settled = false;
   controller: AbortController | null = null;
@@ -81,6 +88,12 @@ class TimeoutTimer<T> {
  * `work` settles. A late outcome of `work` is ignored (a late rejection is not reported as
  * unhandled). Called synchronously inside a task, the task's cancellation rejects it with
  * `CancelledError` and aborts the work's signal.
+ *
+ * "Within" is judged as Node's timers judge it: when the event loop wakes up late (it was busy)
+ * and finds both the timer that settles `work` and the timeout due, the one due first wins. The
+ * timeout fires only after every promise reaction of the timers due before it has run (from a
+ * `setImmediate` right after the wake-up), so a busy loop does not turn work that was done
+ * in time into a `TimeoutError`, and work due after the limit still times out.
  */
 export function timeout<T>(ms: number, work: TimeoutWork<T>): Promise<T> {
   let d: TimerDriver;

@@ -41,8 +41,13 @@ export class ManualClock implements Clock {
  * `drop(reason)`, if any, is called instead when the wheel is cleared with a reason, e.g. at
  * runtime shutdown). Objects let `sleep`, `Interval` and `timeout` keep their state without a
  * closure per timer.
+ *
+ * An object with `barrier: true` is only ever fired first in a `poll` (see
+ * {@link TimerWheel.poll}): the targets due before it fire in an earlier `poll`, so their
+ * promise reactions can all run before it fires. `timeout` uses it so that work settled by an
+ * earlier timer of the same late wake-up wins the race (its settling cancels the timeout).
  */
-export type TimerTarget = (() => void) | { fire(): void; drop?(reason: Error): void };
+export type TimerTarget = (() => void) | { fire(): void; drop?(reason: Error): void; readonly barrier?: boolean };
 
 /** A timer's id: an integer, never reused while the timer it names could be confused with a new one. */
 export type TimerId = number;
@@ -77,15 +82,6 @@ const TWO_POW_32 = 4294967296;
 const INDEX_MASK = MAX_TIMERS - 1;
 /** Ids are index + generation * 2^24; past this the generation wraps round to 0. */
 const ID_LIMIT = Number.MAX_SAFE_INTEGER - MAX_TIMERS;
-/** With clock reuse, `schedule` reads the clock once per this many calls (see `_cLeft`). */
-const REUSE_WINDOW = 32;
-/**
- * With clock reuse, deadlines are computed from the window's clock reading plus this margin (ms):
- * they stay exact as long as every schedule of the window happens within the margin of the
- * reading, which the next reading checks (and fixes up the window's timers if not).
- */
-const REUSE_MARGIN = 0.25;
-
 /**
  * A hierarchical timing wheel (Varghese and Lauck, "Hashed and Hierarchical Timing Wheels: Data
  * Structures for the Efficient Implementation of a Timer Facility", SOSP 1987), laid out as
@@ -171,30 +167,8 @@ export class TimerWheel {
   private _fired = 0;
   private _cancelled = 0;
 
-  // Clock reuse (see `schedule`): a clock reading costs 25-60 ns here, as much as the rest of a
-  // schedule+cancel pair, so `schedule` reads the clock once per REUSE_WINDOW calls and computes
-  // the others' deadlines from that reading plus REUSE_MARGIN. A timer must never fire early, so
-  // the window's timers (index, id, delay) are recorded, and the next clock reading (the next
-  // window's, or `poll`/`nextExpiration`/`deadlineOf`, which close the window before looking at
-  // deadlines) checks that the window lasted less than the margin; if it did not (a GC pause, a
-  // long synchronous stretch, an idle gap between two schedules), each timer of the window still
-  // waiting is moved to `ceil(reading + delay)`, a deadline computed from a time at or after the
-  // one it was really scheduled at. So deadlines are never earlier than with a clock read per
-  // timer, and later by at most the margin (plus rounding to the tick).
-  private readonly _reuse: boolean;
-  /** The open window's clock reading, relative to the origin. */
-  private _cNow = 0;
-  /** Schedules the open window may still take without reading the clock (0: closed). */
-  private _cLeft = 0;
-  /** Timers scheduled from the open window's reading. */
-  private _wN = 0;
-  private readonly _wIdx = new Int32Array(REUSE_WINDOW);
-  private readonly _wId = new Float64Array(REUSE_WINDOW);
-  private readonly _wDelay = new Float64Array(REUSE_WINDOW);
-
   constructor(options: TimerWheelOptions = {}) {
     this.clock = options.clock ?? monotonicClock;
-    this._reuse = options.reuseClock ?? this.clock === monotonicClock;
     this.origin = this.clock.now();
     this._onEarlier = options.onEarlier ?? null;
     this._onEmpty = options.onEmpty ?? null;
@@ -222,9 +196,21 @@ export class TimerWheel {
     return this._elapsed;
   }
 
-  /** True when timers are due and waiting to be fired (a `poll` with `maxFire` stopped early). */
+  /** True when timers are due and waiting to be fired (a `poll` with `maxFire` stopped early, or before a barrier). */
   get hasDue(): boolean {
     return this._heads[PENDING] !== NIL;
+  }
+
+  /**
+   * True when the next due target is a barrier (`barrier: true`, see {@link TimerTarget}): the
+   * next `poll` should come once every promise reaction queued so far has run (the runtime's
+   * driver uses `setImmediate`), and with `barrierFirst` true.
+   */
+  get barrierDue(): boolean {
+    const i = this._heads[PENDING]!;
+    if (i === NIL) return false;
+    const target = this._refs[2 * i] as TimerTarget;
+    return typeof target !== 'function' && target.barrier === true;
   }
 
   /** Timers fired since construction. */
@@ -264,64 +250,22 @@ export class TimerWheel {
    * tick, as `setTimeout(fn, 0)` means 1 ms). Returns its id for {@link cancel}. `onDrop`: as
    * for {@link insertAt}.
    *
-   * With clock reuse (the default with the monotonic clock, option `reuseClock`), the clock is
-   * read once per 32 calls: see the class's notes. A timer then fires at most 0.25 ms (rounded
-   * to the tick) later than with a reading per call, never earlier.
+   * The clock is read on every call, so the deadline is `ceil(now + delayMs)` with `now` the
+   * time of this very call, whatever ran before it. (Reading it once per 32 calls, as this wheel
+   * once did to save a reading of 35-45 ns, needed a correction when time had moved on between
+   * the calls, and that correction could only move timers later, by as long as the application
+   * computed or the loop idled before the next reading: tens of milliseconds, or seconds.)
    */
   schedule(delayMs: number, target: TimerTarget, onDrop?: ((reason: Error) => void) | null): TimerId {
     checkDelay(delayMs, 'delay');
-    if (this._cLeft > 0) {
-      this._cLeft--;
-      const id = this.insertAt(Math.ceil(this._cNow + REUSE_MARGIN + delayMs), target, onDrop);
-      const k = this._wN++;
-      this._wIdx[k] = id & INDEX_MASK;
-      this._wId[k] = id;
-      this._wDelay[k] = delayMs;
-      return id;
-    }
     const now = this.clock.now() - this.origin;
-    if (this._wN !== 0) this._closeWindow(now);
+    // Catch up with the clock for free when no timer can be due before now (as deadlineAfter).
     const t = Math.floor(now);
     if (t > this._elapsed && !this._polling) {
       const limit = this._hint - 1;
       this._elapsed = t < limit ? t : limit > this._elapsed ? limit : this._elapsed;
     }
-    const id = this.insertAt(Math.ceil(now + delayMs), target, onDrop);
-    if (this._reuse && !this._polling) {
-      this._cNow = now;
-      this._cLeft = REUSE_WINDOW - 1;
-    }
-    return id;
-  }
-
-  /**
-   * Closes the clock-reuse window with a clock reading `now` taken after every schedule of the
-   * window: a timer scheduled more than the margin after the window's reading is moved to
-   * `ceil(now + delay)` (never earlier than its true deadline).
-   */
-  private _closeWindow(now: number): void {
-    const n = this._wN;
-    this._wN = 0;
-    this._cLeft = 0;
-    if (now <= this._cNow + REUSE_MARGIN) return;
-    for (let k = 0; k < n; k++) {
-      const i = this._wIdx[k]!;
-      if (this._id[i] !== this._wId[k]) continue;
-      const s = this._slot[i]!;
-      if (s === FREE || s === PENDING) continue;
-      let when = Math.ceil(now + this._wDelay[k]!);
-      if (!(when > this._when[i]!)) continue;
-      if (!(when > this._elapsed)) when = this._elapsed + 1;
-      this._unlink(i, s);
-      this._when[i] = when;
-      this._link(i, when); // later than before: the hint stays a lower bound
-    }
-  }
-
-  /** Closes an open clock-reuse window (before anything looks at deadlines). */
-  private _settleWindow(): void {
-    if (this._wN !== 0) this._closeWindow(this.clock.now() - this.origin);
-    else this._cLeft = 0;
+    return this.insertAt(Math.ceil(now + delayMs), target, onDrop);
   }
 
   /**
@@ -380,7 +324,6 @@ export class TimerWheel {
 
   /** The deadline tick of a waiting timer, or NaN if `id` is not waiting. */
   deadlineOf(id: TimerId): number {
-    this._settleWindow();
     return this.isActive(id) ? this._when[id & INDEX_MASK]! : NaN;
   }
 
@@ -425,7 +368,6 @@ export class TimerWheel {
    * later than the earliest deadline.
    */
   nextExpiration(): number {
-    this._settleWindow();
     const d = this._size === 0 ? Infinity : this._heads[PENDING] !== NIL ? this._elapsed : this._findNext();
     this._hint = d;
     return d;
@@ -444,10 +386,15 @@ export class TimerWheel {
    * fires it first. The runtime's driver fires in chunks so that the promise reactions of the
    * sleeps a chunk resolved run before the next chunk (as Node runs microtasks between timers),
    * instead of after a whole burst.
+   *
+   * A barrier target (`barrier: true`, see {@link TimerTarget}) is fired only as the first
+   * target of a `poll` whose `barrierFirst` is true (the default): the poll stops before a
+   * barrier that comes after other targets, or any barrier when `barrierFirst` is false, and
+   * leaves it due ({@link hasDue} and {@link barrierDue} are true). The caller then polls again
+   * once the reactions of what fired have run. Due targets still fire in deadline order.
    */
-  poll(now: number = this.now(), maxFire: number = Infinity): number {
+  poll(now: number = this.now(), maxFire: number = Infinity, barrierFirst = true): number {
     if (this._polling) return 0;
-    this._settleWindow();
     now = Math.floor(now);
     if (!(now > this._elapsed) && this._heads[PENDING] === NIL) return 0;
     this._polling = true;
@@ -497,11 +444,13 @@ export class TimerWheel {
       // and may schedule enough to grow the arrays: read them from `this` on every turn.
       let i: number;
       while ((i = heads[PENDING]!) !== NIL && fired < maxFire) {
+        const target = this._refs[2 * i] as TimerTarget;
+        // A barrier fires only first (see the doc above): stop before it, it stays due.
+        if (typeof target !== 'function' && target.barrier === true && (fired > 0 || !barrierFirst)) break;
         const next = this._next[i]!;
         heads[PENDING] = next;
         if (next === NIL) tails[PENDING] = NIL;
         else this._prev[next] = NIL;
-        const target = this._refs[2 * i] as TimerTarget;
         this._free(i);
         if (--this._size === 0) this._restartIndices();
         this._fired++;
@@ -529,8 +478,6 @@ export class TimerWheel {
    * (the runtime shutting down rejects the sleeps waiting on it). Returns how many were waiting.
    */
   clear(reason?: Error): number {
-    this._wN = 0;
-    this._cLeft = 0;
     const dropped: Array<TimerTarget | ((reason: Error) => void)> = [];
     let count = 0;
     for (let s = 0; s <= PENDING; s++) {
@@ -709,9 +656,9 @@ export interface TimerWheelOptions {
   /** Called (outside `poll`) when a cancellation leaves the wheel empty: the driver releases its wake-up. */
   onEmpty?: (() => void) | null;
   /**
-   * Let `schedule` read the clock once per 32 calls instead of every call (deadlines then up to
-   * 0.25 ms later, never earlier: see {@link TimerWheel.schedule}). Default: true with the
-   * monotonic clock, false with any other (a {@link ManualClock} test gets exact deadlines).
+   * @deprecated Ignored. It let `schedule` read the clock once per 32 calls; the clock is now read
+   * on every call, because the correction that reuse needed could make timers fire late by an
+   * unbounded amount (see {@link TimerWheel.schedule}).
    */
   reuseClock?: boolean;
 }

@@ -138,8 +138,11 @@ describe('cancellation at every stage', () => {
   it('an already-aborted signal rejects at once with its reason and schedules nothing', async () => {
     const rt = timerRuntime();
     await rt.blockOn(async () => {
-      const why = new Error('stop');
+      const why = Object.assign(new Error('stop'), { code: 'E_STOP' });
       await expect(sleep(1000, { signal: AbortSignal.abort(why) })).rejects.toBe(why);
+      // A reason without a string code (here an Error without one) comes wrapped, as its cause.
+      const plain = new Error('plain');
+      await expect(sleep(1000, { signal: AbortSignal.abort(plain) })).rejects.toMatchObject({ code: 'CANCELLED', cause: plain });
       expect(timerStats(rt)).toMatchObject({ active: 0, arms: 0 });
     });
   });
@@ -151,7 +154,7 @@ describe('cancellation at every stage', () => {
       const p = sleep(1000, { signal: ac.signal });
       expect(timerStats(rt).active).toBe(1);
       ac.abort();
-      await expect(p).rejects.toMatchObject({ name: 'AbortError' });
+      await expect(p).rejects.toMatchObject({ code: 'CANCELLED', cause: { name: 'AbortError' } });
       await turn();
       expect(timerStats(rt)).toMatchObject({ active: 0, cancelled: 1, arms: 0, armed: 0 });
     });

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { CancelledError, spawn } from '@miniss/core';
-import { TimeoutError, sleep, timeout, withTimeout } from '@miniss/timer';
-import { LATE_MS, noRuntimeLeft, now, timerRuntime, timerStats, turn } from './helpers.js';
+import { TimeoutError, currentDriver, sleep, timeout, withTimeout } from '@miniss/timer';
+import { LATE_MS, backends, noRuntimeLeft, now, timerRuntime, timerStats, turn } from './helpers.js';
 
 afterEach(noRuntimeLeft);
 
@@ -117,6 +117,134 @@ describe('timeout / withTimeout', () => {
       expect(() => (p = timeout(1_000, bad as unknown as PromiseLike<unknown>))).not.toThrow();
       await expect(p).rejects.toThrow('bad then');
       expect(timerStats(rt).active).toBe(0);
+    });
+  });
+});
+
+/** Synchronous work: the event loop cannot wake up until it ends. */
+function busy(ms: number): void {
+  const until = now() + ms;
+  while (now() < until);
+}
+
+/**
+ * When the loop wakes up late (it was busy), the timer that settles the work and the timeout can
+ * be due in the same wake-up. The one due first must win, as with Node's timers (which run the
+ * microtask queue after each callback): the timeout is fired only after every promise reaction of
+ * the timers due before it has run. The wheel used to fire the whole batch in one loop, so the
+ * timeout rejected before the work's reactions ran: TIMEOUT for work done in 2 ms of 20.
+ */
+describe.each(backends)('timeout when the loop wakes up late, on the $name backend', ({ name, ok, reason }) => {
+  describe.runIf(ok)(`(skipped: ${reason || 'available'})`, () => {
+    it('work settled by an earlier timer of the same late wake-up wins over the timeout', async () => {
+      const rt = timerRuntime(name);
+      await rt.blockOn(async () => {
+        await sleep(1);
+        for (let k = 0; k < 3; k++) {
+          const work = sleep(2).then(() => `done ${k}`);
+          await null; // the timeout is scheduled in a later microtask than the work's sleep
+          const r = timeout(20, work);
+          busy(40); // both are due when the loop next wakes up
+          expect(await r).toBe(`done ${k}`);
+        }
+        await turn();
+        expect(timerStats(rt)).toMatchObject({ active: 0, armed: 0 });
+      });
+    });
+  });
+});
+
+describe('timeout against work due at the same time or in the same wake-up', () => {
+  it('a timeout due at the same tick as the sleep it races, made after it, lets the work win', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await sleep(1);
+      const outcomes: string[] = [];
+      for (let k = 0; k < 20; k++) {
+        outcomes.push(await timeout(10, sleep(10)).then(() => 'ok', (e: { code?: string }) => String(e.code)));
+      }
+      expect(outcomes).toEqual(Array(20).fill('ok'));
+    });
+  });
+
+  it('work due after the limit still times out when both fire in the same late wake-up', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await sleep(1);
+      const work = sleep(25).then(() => 'late');
+      await null;
+      const r = timeout(20, work);
+      busy(40);
+      const err = await r.catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TimeoutError);
+      expect(err).toMatchObject({ code: 'TIMEOUT', ms: 20 });
+    });
+  });
+
+  it('an outer timeout due in the same wake-up as the inner one settles like the inner one (its work)', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await sleep(1);
+      const inner = timeout(20, new Promise<never>(() => {}));
+      inner.catch(() => {});
+      await null;
+      const outer = timeout(30, inner);
+      busy(50);
+      const innerErr = await inner.catch((e: unknown) => e);
+      expect(innerErr).toMatchObject({ code: 'TIMEOUT', ms: 20 });
+      await expect(outer).rejects.toBe(innerErr);
+    });
+  });
+
+  it("the work's signal is not aborted when the work wins in the same late wake-up", async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await sleep(1);
+      let seen: AbortSignal | undefined;
+      const r = timeout(20, (signal) => {
+        seen = signal;
+        return sleep(2).then(() => 'done');
+      });
+      busy(40);
+      expect(await r).toBe('done');
+      expect(seen!.aborted).toBe(false);
+    });
+  });
+
+  it('a burst of timeouts due together with other timers all reject with TIMEOUT, and nothing is left behind', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await sleep(1);
+      const never = new Promise<never>(() => {});
+      const ps: Array<Promise<string>> = [];
+      for (let i = 0; i < 300; i++) {
+        ps.push(sleep(i % 5).then(() => 'slept'));
+        ps.push(timeout(3 + (i % 5), never).catch((e: { code?: string }) => String(e.code)));
+      }
+      busy(20);
+      const out = await Promise.all(ps);
+      expect(out.filter((x) => x === 'slept').length).toBe(300);
+      expect(out.filter((x) => x === 'TIMEOUT').length).toBe(300);
+      await turn();
+      expect(timerStats(rt)).toMatchObject({ active: 0, armed: 0 });
+    });
+  });
+
+  it('a due timeout still waiting for its turn is dropped with RUNTIME_SHUTDOWN when the driver closes, and its setImmediate is cleared', async () => {
+    const rt = timerRuntime();
+    await rt.blockOn(async () => {
+      await sleep(1);
+      const d = currentDriver();
+      const work = sleep(2);
+      const r = timeout(20, new Promise<never>(() => {})).catch((e: unknown) => e);
+      busy(40);
+      await work; // runs after the chunk that fired the sleep, before the timeout's setImmediate
+      expect(d.wheel.barrierDue).toBe(true);
+      expect((d as unknown as { _immediate: unknown })._immediate).not.toBeNull();
+      d.close(); // what runtime shutdown does
+      expect(await r).toMatchObject({ code: 'RUNTIME_SHUTDOWN' });
+      expect((d as unknown as { _immediate: unknown })._immediate).toBeNull();
+      expect(d.wheel.size).toBe(0);
     });
   });
 });

@@ -437,3 +437,46 @@ describe('TimerWheel: time from its clock', () => {
     expect(wheel.size).toBe(0);
   });
 });
+
+describe('TimerWheel: barrier targets (what timeout uses)', () => {
+  const barrier = (log: string[], name: string) => ({ barrier: true, fire: () => void log.push(name) });
+
+  it('fires a barrier only first in a poll; a poll with barrierFirst = false stops before any barrier', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel({ clock });
+    const log: string[] = [];
+    wheel.schedule(2, () => log.push('a@2'));
+    wheel.schedule(5, barrier(log, 'T1@5'));
+    wheel.schedule(5, barrier(log, 'T2@5'));
+    wheel.schedule(7, () => log.push('b@7'));
+    const cancelled = wheel.schedule(6, barrier(log, 'T3@6'));
+    clock.set(10);
+    expect(wheel.poll()).toBe(1); // a, then stops before T1: it stays due
+    expect(log).toEqual(['a@2']);
+    expect(wheel.hasDue).toBe(true);
+    expect(wheel.barrierDue).toBe(true);
+    expect(wheel.nextExpiration()).toBe(10);
+    expect(wheel.poll(undefined, Infinity, false)).toBe(0); // not at a boundary: nothing fires
+    expect(wheel.poll()).toBe(1); // T1 first, then stops before T2
+    expect(wheel.cancel(cancelled)).toBe(true); // a due barrier can still be cancelled (work settled)
+    expect(wheel.poll()).toBe(2); // T2, then b (T3 was cancelled)
+    expect(log).toEqual(['a@2', 'T1@5', 'T2@5', 'b@7']);
+    expect(wheel.hasDue).toBe(false);
+    expect(wheel.barrierDue).toBe(false);
+    expect(wheel.size).toBe(0);
+  });
+
+  it('clear(reason) drops a due barrier waiting for its poll', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel({ clock });
+    const log: string[] = [];
+    wheel.schedule(1, () => log.push('a'));
+    wheel.schedule(1, { barrier: true, fire: () => void log.push('fired'), drop: (r: Error) => void log.push(`dropped: ${r.message}`) });
+    clock.set(3);
+    wheel.poll();
+    expect(wheel.barrierDue).toBe(true);
+    expect(wheel.clear(new Error('shutdown'))).toBe(1);
+    expect(log).toEqual(['a', 'dropped: shutdown']);
+    expect(wheel.hasDue).toBe(false);
+  });
+});

@@ -109,6 +109,14 @@ inline int DecodeOp(const Nan::FunctionCallbackInfo<v8::Value>& info, v8::Local<
 
 // The backend class of an addon: `new <kClassName>(sq, cq, sqCap, cqCap, maxEvents, poolThreads,
 // onEvent)` with flush/reap/cancel/close/inFlight, plus Traits::AddMethods.
+//
+// What keeps a backend alive (as on io_uring, whose binding.cc explains it at kOnReadyField):
+// like a libuv handle wrapped by Node, the JS object is held strongly while operations are in
+// flight (Instance::UpdateRef), since the consumers waiting for those completions may be
+// reachable only through it, and weakly otherwise, so that an idle backend dropped without close()
+// is collected and ~BackendWrap tears it down. onEvent reaches the JS backend (any useful callback
+// does), so it lives in an internal field of the object (kOnEventField), not in a persistent
+// handle, a GC root of its own that would keep every backend alive forever.
 template <class Traits>
 class ReadinessAddon {
  public:
@@ -121,7 +129,6 @@ class ReadinessAddon {
     node::AsyncCleanupHookHandle hook;
     void (*hook_done)(void*) = nullptr;
     void* hook_arg = nullptr;
-    Nan::Callback on_event;
     std::unique_ptr<Nan::AsyncResource> async;
     BackendWrap* wrap = nullptr;
     bool closing = false;
@@ -136,15 +143,18 @@ class ReadinessAddon {
     StoreCache store_cache;
     Nan::Persistent<v8::Object> callback_target;  // the receiver of on_event, made once
 
-    // The poll handle keeps the loop alive only while operations are in flight.
+    // The poll handle keeps the loop alive only while operations are in flight, and the JS object
+    // stays reachable for just as long (see the class comment). Never called from a GC finalizer.
     void UpdateRef() {
       const bool want = !closing && reactor && reactor->in_flight() > 0;
       if (want == refd) return;
       refd = want;
       if (want) {
         uv_ref(reinterpret_cast<uv_handle_t*>(&poll));
+        if (wrap != nullptr) wrap->Hold();
       } else {
         uv_unref(reinterpret_cast<uv_handle_t*>(&poll));
+        if (wrap != nullptr) wrap->Unhold();
         store_cache.Sweep();
       }
     }
@@ -153,6 +163,9 @@ class ReadinessAddon {
   class BackendWrap : public Nan::ObjectWrap {
    public:
     explicit BackendWrap(Instance* inst) : inst_(inst) { inst->wrap = this; }
+    // The JS object strong (it cannot be collected) or weak again; balanced by Instance::refd.
+    void Hold() { Ref(); }
+    void Unhold() { Unref(); }
     ~BackendWrap() override {
       // Garbage collected without close(): only stop polling here (this may run inside GC, where
       // no V8 call is allowed); OnClosed releases the reactor and the persistent handles later.
@@ -175,7 +188,7 @@ class ReadinessAddon {
   static NAN_MODULE_INIT(Init) {
     v8::Local<v8::FunctionTemplate> tpl = Nan::New<v8::FunctionTemplate>(New);
     tpl->SetClassName(Nan::New(Traits::kClassName).ToLocalChecked());
-    tpl->InstanceTemplate()->SetInternalFieldCount(1);
+    tpl->InstanceTemplate()->SetInternalFieldCount(2);  // the ObjectWrap, onEvent (kOnEventField)
     Nan::SetPrototypeMethod(tpl, "flush", Flush);
     Nan::SetPrototypeMethod(tpl, "reap", Reap);
     Nan::SetPrototypeMethod(tpl, "cancel", Cancel);
@@ -186,6 +199,9 @@ class ReadinessAddon {
   }
 
  private:
+  // Internal field of the JS backend object holding onEvent (field 0 is Nan::ObjectWrap's).
+  static constexpr int kOnEventField = 1;
+
   // Starts closing: the handle stops polling at once; the rest happens in OnClosed.
   static void BeginClose(Instance* inst) {
     if (inst->closing) return;
@@ -196,13 +212,15 @@ class ReadinessAddon {
   static void OnClosed(uv_handle_t* handle) {
     Instance* inst = static_cast<Instance*>(handle->data);
     Nan::HandleScope scope;
+    // Closed while busy: the JS object goes back to weak, so it can be collected.
+    if (inst->refd && inst->wrap != nullptr) inst->wrap->Unhold();
+    inst->refd = false;
     // Cancels what is left, stops the pool threads (a job stuck in a blocking system call is
     // abandoned to its thread, see thread_pool.h) and closes the reactor's fds. A no-op after
     // close().
     if (inst->reactor) inst->reactor->Shutdown();
     inst->reactor.reset();
     inst->async.reset();
-    inst->on_event.Reset();
     inst->callback_target.Reset();
     inst->store_cache.Clear();
     inst->sq_store.reset();
@@ -230,10 +248,11 @@ class ReadinessAddon {
     Nan::HandleScope scope;
     const size_t ready = inst->reactor->Process(0);
     inst->UpdateRef();
-    if (ready > 0 && !inst->on_event.IsEmpty() && inst->async) {
+    if (ready > 0 && inst->wrap != nullptr && inst->async) {
       // Through the async resource, so the callback has an async context and the microtasks it
       // queues (promise resolutions) run before control returns to the loop.
-      inst->async->runInAsyncScope(Nan::New(inst->callback_target), inst->on_event.GetFunction(), 0, nullptr);
+      v8::Local<v8::Value> cb = inst->wrap->handle()->GetInternalField(kOnEventField).template As<v8::Value>();
+      if (cb->IsFunction()) inst->async->runInAsyncScope(Nan::New(inst->callback_target), cb.As<v8::Function>(), 0, nullptr);
     }
   }
 
@@ -285,7 +304,6 @@ class ReadinessAddon {
     inst->sq_cap = sq_cap;
     inst->cq = static_cast<double*>(inst->cq_store->Data());
     inst->cq_cap = cq_cap;
-    inst->on_event.Reset(info[6].As<v8::Function>());
     inst->callback_target.Reset(Nan::New<v8::Object>());
     inst->async = std::make_unique<Nan::AsyncResource>(Traits::kAsyncName);
     Instance* raw = inst.release();
@@ -294,6 +312,7 @@ class ReadinessAddon {
     raw->hook = node::AddEnvironmentCleanupHook(info.GetIsolate(), CleanupHook, raw);
     BackendWrap* self = new BackendWrap(raw);
     self->Attach(info.This());
+    info.This()->SetInternalField(kOnEventField, info[6]);
     if (r != 0) {
       BeginClose(raw);
       Nan::ThrowError(Nan::ErrnoException(-r, "uv_poll_start", uv_strerror(r)));

@@ -138,6 +138,14 @@ void SetNoDelay(int fd);
 // Returns 0 or -errno (EBADF, ENOTSOCK, ENOTCONN, EAFNOSUPPORT for non-IP sockets).
 int SocketAddress(int fd, bool peer, int* family, int* port, std::string* host);
 
+// Keeps the shared library holding this code (the addon it is linked into) mapped for the rest of
+// the process; idempotent and cheap enough to call from every module init. Node dlclose()s a
+// worker's addons when the worker's environment goes away, and two things can still need the
+// addon's code afterwards: a pool thread abandoned inside a system call (thread_pool.cc), and
+// the deleter of every buffer allocateBuffer() made (module_methods.cc), which V8 runs when it
+// tears the worker's heap down, after the unload. So every binding calls it from its module init.
+void PinThisLibrary();
+
 // Whether an op's result is a new file descriptor the caller must close.
 inline bool ProducesFd(int32_t code) { return code == kOpen || code == kAccept || code == kSocket; }
 
