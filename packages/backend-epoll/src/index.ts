@@ -448,8 +448,8 @@ export class EpollBackend implements IoBackend {
       if (op === undefined) continue; // cannot happen
       // The slot is released and the completion buffer will be overwritten: nothing may throw
       // between here and the return, or every completion of this reap is lost (an operation's
-      // own fields can: a getter, see completionOf).
-      out[k++] = completionOf(id, op, r);
+      // own fields can: a getter, see ioErrorForOperation in @miniss/core).
+      out[k++] = { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
     }
     if (k < out.length) out.length = k;
     return out;
@@ -459,7 +459,7 @@ export class EpollBackend implements IoBackend {
   #fail(id: number, errno: number): void {
     const op = this.#opOf(id);
     if (op === undefined) return;
-    this.#local.push(completionOf(id, op, errno));
+    this.#local.push({ handle: id, result: ioErrorForOperation(op, errno), buffer: bufferHandleOf(op) });
     this.#scheduleFire();
   }
 
@@ -539,26 +539,6 @@ export class EpollBackend implements IoBackend {
     this.#local = [];
     this.#vecLens.length = 0;
     this.#slots.clear();
-  }
-}
-
-/**
- * The completion of `op` with result `r` (an errno when negative), built so that it cannot throw:
- * the operation may have changed since submit so that reading its fields throws (a getter), and
- * a throw after its slot was released would lose it and everything reaped with it. Then the error
- * names only the errno and the operation's name, and no BufferHandle is handed back.
- */
-function completionOf(id: number, op: IoOperation, r: number): IoCompletion {
-  try {
-    return { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
-  } catch {
-    let name = 'submit';
-    try {
-      if (typeof op.op === 'string') name = op.op;
-    } catch {
-      // a throwing `op` getter: keep 'submit'
-    }
-    return { handle: id, result: r >= 0 ? r : ioErrorFromErrno(r, name) };
   }
 }
 

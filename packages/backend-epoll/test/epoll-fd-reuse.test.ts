@@ -47,6 +47,37 @@ describe.runIf(support.ok)('epoll backend: fd numbers reused behind its back', (
   }
 
   /**
+   * Socket A (fd `fdA`, connected to `srv`) gets a recv in this backend; a child process keeps
+   * A's file open; A's number is closed behind the backend's back and handed to a node:net socket
+   * B, whose peer has written 'secret-of-B'. The caller destroys `sockB` and kills `child`.
+   */
+  async function staleRecvUnderNewSocket(
+    srv: { port: number; peers: net.Socket[] },
+    fdA: number,
+  ): Promise<{ peerA: net.Socket; bufA: Uint8Array; staleA: Promise<number | string | undefined>; child: ChildProcess; sockB: net.Socket }> {
+    const peerA = srv.peers[0]!;
+    const bufA = new Uint8Array(16);
+    const staleA = d.io({ op: 'recv', fd: fdA, buffer: bufA, len: 16 }).then(
+      (n) => n,
+      (e: { code?: string }) => e.code,
+    );
+    await sleep(20);
+    const child = await spawnHolding(fdA);
+    let sockB: net.Socket;
+    try {
+      closeSync(fdA);
+      sockB = await netSocketAt(fdA, srv.port);
+    } catch (err) {
+      await kill(child);
+      throw err;
+    }
+    await eventually(() => srv.peers.length >= 2);
+    srv.peers.at(-1)!.write('secret-of-B');
+    await sleep(30);
+    return { peerA, bufA, staleA, child, sockB };
+  }
+
+  /**
    * node:net sockets connected to `port` until one gets descriptor number `fd` (the lowest free
    * number is handed out first, so usually the first one). Node does not read from it: the
    * backend does. The others are destroyed; the caller destroys the one returned.
@@ -123,21 +154,8 @@ describe.runIf(support.ok)('epoll backend: fd numbers reused behind its back', (
     const srv = await server();
     const fdA = await connect(d, srv.port);
     await eventually(() => srv.peers.length === 1);
-    const peerA = srv.peers[0]!;
-    const bufA = new Uint8Array(16);
-    const staleA = d.io({ op: 'recv', fd: fdA, buffer: bufA, len: 16 }).then(
-      (n) => n,
-      (e: { code?: string }) => e.code,
-    );
-    await sleep(20);
-    const child = await spawnHolding(fdA);
-    let sockB: net.Socket | undefined;
+    const { peerA, bufA, staleA, child, sockB } = await staleRecvUnderNewSocket(srv, fdA);
     try {
-      closeSync(fdA);
-      sockB = await netSocketAt(fdA, srv.port);
-      await eventually(() => srv.peers.length >= 2);
-      srv.peers.at(-1)!.write('secret-of-B');
-      await sleep(30);
       const bufB = new Uint8Array(16);
       const recvB = d.io({ op: 'recv', fd: fdA, buffer: bufB, len: 16 });
       await sleep(30);
@@ -150,7 +168,7 @@ describe.runIf(support.ok)('epoll backend: fd numbers reused behind its back', (
       await sleep(30);
       expect(bufA.every((x) => x === 0)).toBe(true);
     } finally {
-      if (sockB !== undefined) await destroy(sockB);
+      await destroy(sockB);
       await kill(child);
       await srv.close();
     }
@@ -163,21 +181,8 @@ describe.runIf(support.ok)('epoll backend: fd numbers reused behind its back', (
     const d2 = new Driver(other);
     const fdA = await connect(d2, srv.port);
     await eventually(() => srv.peers.length === 1);
-    const peerA = srv.peers[0]!;
-    const bufA = new Uint8Array(16);
-    const staleA = d.io({ op: 'recv', fd: fdA, buffer: bufA, len: 16 }).then(
-      (n) => n,
-      (e: { code?: string }) => e.code,
-    );
-    await sleep(20);
-    const child = await spawnHolding(fdA);
-    let sockB: net.Socket | undefined;
+    const { peerA, bufA, staleA, child, sockB } = await staleRecvUnderNewSocket(srv, fdA);
     try {
-      closeSync(fdA);
-      sockB = await netSocketAt(fdA, srv.port);
-      await eventually(() => srv.peers.length >= 2);
-      srv.peers.at(-1)!.write('secret-of-B');
-      await sleep(30);
       peerA.write('data-for-A'); // an event for A's registration, under the number B has now
       expect(await withTimeout(staleA, 2000, 'the old recv')).toBe('EBADF');
       expect(bufA.every((x) => x === 0)).toBe(true);
@@ -186,7 +191,7 @@ describe.runIf(support.ok)('epoll backend: fd numbers reused behind its back', (
       expect(await withTimeout(d.io({ op: 'recv', fd: fdA, buffer: bufB, len: 16 }), 2000, 'recv B')).toBe(11);
       expect(text(bufB, 11)).toBe('secret-of-B');
     } finally {
-      if (sockB !== undefined) await destroy(sockB);
+      await destroy(sockB);
       await kill(child);
       other.close();
       await srv.close();

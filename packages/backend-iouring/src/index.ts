@@ -406,7 +406,7 @@ export class IoUringBackend implements IoBackend {
     const op = this.#opOf(id);
     if (op === undefined) return;
     // The operation is malformed by now: its own fields may throw again.
-    this.#local.push({ handle: id, result: errorOf(op, errno), buffer: bufferOf(op) });
+    this.#local.push({ handle: id, result: ioErrorForOperation(op, errno), buffer: bufferHandleOf(op) });
     this.#scheduleFire();
   }
 
@@ -549,7 +549,7 @@ export class IoUringBackend implements IoBackend {
       this.#slotCancelled[slot] = true;
       // The operation is out of the queue now: its completion must not be lost to a field that
       // throws (an operation changed since submit).
-      this.#local.push({ handle: id, result: errorOf(op, -ECANCELED), buffer: bufferOf(op) });
+      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -589,9 +589,9 @@ export class IoUringBackend implements IoBackend {
       const op = this.#opOf(id);
       if (op === undefined) continue;
       const res = this.#resultOf(id, op, cq[CQ_DOUBLES * i + 1]!, cq[CQ_DOUBLES * i + 2]!);
-      // bufferOf: a throwing field of one operation (changed since submit) must not lose the
+      // bufferHandleOf: a throwing field of one operation (changed since submit) must not lose the
       // completions after it, taken from the ring already.
-      out[k++] = { handle: id, result: res, buffer: bufferOf(op) };
+      out[k++] = { handle: id, result: res, buffer: bufferHandleOf(op) };
     }
     if (k < out.length) out.length = k;
     return out;
@@ -691,7 +691,7 @@ export class IoUringBackend implements IoBackend {
       const id = cq[CQ_DOUBLES * i]! | 0;
       const op = this.#opOf(id);
       if (op === undefined) continue;
-      this.#local.push({ handle: id, result: this.#resultValue(id, op, cq[CQ_DOUBLES * i + 1]!), buffer: bufferOf(op) });
+      this.#local.push({ handle: id, result: this.#resultValue(id, op, cq[CQ_DOUBLES * i + 1]!), buffer: bufferHandleOf(op) });
     }
   }
 
@@ -706,7 +706,7 @@ export class IoUringBackend implements IoBackend {
   #resultValue(id: number, op: IoOperation, r: number): number | Error {
     let res = r;
     // The operation's fields are read again here; one changed since submit so that they throw
-    // must not take the other completions of the reap down with it (see errorOf).
+    // must not take the other completions of the reap down with it (see ioErrorForOperation in @miniss/core).
     try {
       // A connect whose linked timeout fired completes with ECANCELED: report ETIMEDOUT unless
       // the caller cancelled it.
@@ -716,7 +716,7 @@ export class IoUringBackend implements IoBackend {
     } catch {
       res = r;
     }
-    return res >= 0 ? res : errorOf(op, res);
+    return res >= 0 ? res : ioErrorForOperation(op, res);
   }
 
   /**
@@ -845,34 +845,6 @@ export class IoUringBackend implements IoBackend {
     this.#slots.clear();
     this.#slotCancelled.length = 0;
     this.#vecLens.length = 0;
-  }
-}
-
-/**
- * The error of operation `op` failed with `errno` (ioErrorForOperation), or a plain errno error
- * when its fields throw: an operation changed after submit (a throwing getter) must not take the
- * completions handled with it down, nor lose its own.
- */
-function errorOf(op: IoOperation, errno: number): Error {
-  try {
-    return ioErrorForOperation(op, errno);
-  } catch {
-    let syscall = 'submit';
-    try {
-      if (typeof op.op === 'string') syscall = op.op;
-    } catch {
-      // Even `op` throws: keep 'submit'.
-    }
-    return ioErrorFromErrno(errno, syscall);
-  }
-}
-
-/** The operation's buffer handle (bufferHandleOf), or undefined when its `buffer` throws (see errorOf). */
-function bufferOf(op: IoOperation): BufferHandle | undefined {
-  try {
-    return bufferHandleOf(op);
-  } catch {
-    return undefined;
   }
 }
 

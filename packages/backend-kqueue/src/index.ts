@@ -239,7 +239,7 @@ export class KqueueBackend implements IoBackend {
           // batch goes on. Before, the whole batch was dropped, never to complete.
           for (let j = before; j < objs.count; j++) objs.list[j] = undefined;
           objs.count = before;
-          this.#local.push(completionOf(id, ops[done + i]!, -EINVAL));
+          this.#local.push({ handle: id, result: ioErrorForOperation(ops[done + i]!, -EINVAL), buffer: bufferHandleOf(ops[done + i]!) });
           this.#scheduleFire();
         }
       }
@@ -339,7 +339,7 @@ export class KqueueBackend implements IoBackend {
       // Not flushed yet: it never reaches the kernel.
       this.#qIds.splice(queued, 1);
       this.#qOps.splice(queued, 1);
-      this.#local.push(completionOf(id, op, -ECANCELED));
+      this.#local.push({ handle: id, result: ioErrorForOperation(op, -ECANCELED), buffer: bufferHandleOf(op) });
       this.#scheduleFire();
       return true;
     }
@@ -369,8 +369,8 @@ export class KqueueBackend implements IoBackend {
       const op = this.#slots.release(id);
       if (op === undefined) continue; // cannot happen: a completion's id is live
       // The slot is released: nothing may throw before the return, or every completion of this
-      // reap is lost (an operation's own fields can: a getter, see completionOf).
-      out.push(completionOf(id, op, r));
+      // reap is lost (an operation's own fields can: a getter, see ioErrorForOperation in @miniss/core).
+      out.push({ handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) });
     }
     return out;
   }
@@ -426,26 +426,6 @@ export class KqueueBackend implements IoBackend {
     this.#qOps = [];
     this.#local = [];
     this.#slots.clear();
-  }
-}
-
-/**
- * The completion of `op` with result `r` (an errno when negative), built so that it cannot throw:
- * the operation may have changed since submit so that reading its fields throws (a getter), and
- * a throw after its slot was released would lose it and everything reaped with it. Then the error
- * names only the errno and the operation's name, and no BufferHandle is handed back.
- */
-function completionOf(id: number, op: IoOperation, r: number): IoCompletion {
-  try {
-    return { handle: id, result: r >= 0 ? r : ioErrorForOperation(op, r), buffer: bufferHandleOf(op) };
-  } catch {
-    let name = 'submit';
-    try {
-      if (typeof op.op === 'string') name = op.op;
-    } catch {
-      // a throwing `op` getter: keep 'submit'
-    }
-    return { handle: id, result: r >= 0 ? r : ioErrorFromErrno(r, name) };
   }
 }
 

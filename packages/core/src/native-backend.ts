@@ -155,20 +155,35 @@ export function int32OrBad(fd: number): number {
   return (fd | 0) === fd ? fd : -1;
 }
 
-/** The `IoError` for a failed operation: errno plus what identifies it (path, address, or fd). */
+/**
+ * The `IoError` for a failed operation: errno plus what identifies it (path, address, or fd).
+ * Never throws: the operation may have changed since submit so that reading its fields throws (a
+ * getter), and a throw while a backend hands out completions would lose them all; then the error
+ * names only the errno and, if it can be read, the operation's name.
+ */
 export function ioErrorForOperation(op: IoOperation, errno: number): Error {
-  switch (op.op) {
-    case 'open':
-      return ioErrorFromErrno(errno, 'open', { path: op.path });
-    case 'listen':
-    case 'connect':
-      return ioErrorFromErrno(errno, op.op, { address: op.addr.host, port: op.addr.port });
-    case 'nop':
-    case 'timeout':
-    case 'socket':
-      return ioErrorFromErrno(errno, op.op);
-    default:
-      return ioErrorFromErrno(errno, op.op, { fd: op.fd });
+  try {
+    switch (op.op) {
+      case 'open':
+        return ioErrorFromErrno(errno, 'open', { path: op.path });
+      case 'listen':
+      case 'connect':
+        return ioErrorFromErrno(errno, op.op, { address: op.addr.host, port: op.addr.port });
+      case 'nop':
+      case 'timeout':
+      case 'socket':
+        return ioErrorFromErrno(errno, op.op);
+      default:
+        return ioErrorFromErrno(errno, op.op, { fd: op.fd });
+    }
+  } catch {
+    let syscall = 'submit';
+    try {
+      if (typeof op.op === 'string') syscall = op.op;
+    } catch {
+      // Even `op` throws: keep 'submit'.
+    }
+    return ioErrorFromErrno(errno, syscall);
   }
 }
 
@@ -199,17 +214,24 @@ export function nativeSocketAddress(
   return { family: r[0], port: r[1], host: r[2] };
 }
 
-/** The `BufferHandle` an operation was given (not a plain `Uint8Array`), which its completion hands back. */
+/**
+ * The `BufferHandle` an operation was given (not a plain `Uint8Array`), which its completion hands
+ * back. Never throws (see ioErrorForOperation): undefined when the operation's fields throw.
+ */
 export function bufferHandleOf(op: IoOperation): BufferHandle | undefined {
-  // A switch on the interned op name, not `'buffer' in op` (a megamorphic lookup).
-  switch (op.op) {
-    case 'read':
-    case 'write':
-    case 'recv':
-    case 'send':
-      return op.buffer instanceof Uint8Array ? undefined : op.buffer;
-    default:
-      return undefined;
+  try {
+    // A switch on the interned op name, not `'buffer' in op` (a megamorphic lookup).
+    switch (op.op) {
+      case 'read':
+      case 'write':
+      case 'recv':
+      case 'send':
+        return op.buffer instanceof Uint8Array ? undefined : op.buffer;
+      default:
+        return undefined;
+    }
+  } catch {
+    return undefined;
   }
 }
 

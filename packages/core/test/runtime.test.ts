@@ -20,6 +20,22 @@ function activeResources(): string[] {
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
 
+/** The MinissUnobservedTaskError warnings emitted while `fn` runs (and one turn after). */
+async function unobservedWarnings(fn: () => Promise<void>): Promise<string[]> {
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => {
+    if (w.name === 'MinissUnobservedTaskError') warnings.push(w.message);
+  };
+  process.on('warning', onWarning);
+  try {
+    await fn();
+    await tick();
+  } finally {
+    process.off('warning', onWarning);
+  }
+  return warnings;
+}
+
 afterEach(async () => {
   // Every test closes its runtime; a leftover one would poison the next test.
   const rt = tryCurrentRuntime();
@@ -344,12 +360,7 @@ describe('lifecycle', () => {
         },
       },
     );
-    const warnings: string[] = [];
-    const onWarning = (w: Error): void => {
-      if (w.name === 'MinissUnobservedTaskError') warnings.push(w.message);
-    };
-    process.on('warning', onWarning);
-    try {
+    const warnings = await unobservedWarnings(async () => {
       const rt = new Runtime({ backend: 'node' });
       const seen = rt.spawn(() => {
         throw hostile;
@@ -365,21 +376,14 @@ describe('lifecycle', () => {
       expect(seen.signal.aborted).toBe(false); // not a cancellation
       await new Promise((r) => setImmediate(r)); // the other task runs and fails
       await rt.shutdown();
-      await new Promise((r) => setImmediate(r));
-      expect(warnings).toEqual([expect.stringContaining('cannot be shown')]);
-    } finally {
-      process.off('warning', onWarning);
-    }
+    });
+    expect(warnings).toEqual([expect.stringContaining('cannot be shown')]);
   });
 
   it('warns at shutdown only about failed tasks still unawaited then, and counts those past the first 16', async () => {
-    const warnings: string[] = [];
-    const onWarning = (w: Error): void => {
-      if (w.name === 'MinissUnobservedTaskError') warnings.push(w.message);
-    };
-    process.on('warning', onWarning);
-    try {
-      const rt = new Runtime({ backend: 'node' });
+    let rt!: Runtime;
+    const warnings = await unobservedWarnings(async () => {
+      rt = new Runtime({ backend: 'node' });
       await rt.blockOn(async () => {
         const later = spawn(() => {
           throw new Error('awaited-later');
@@ -398,15 +402,12 @@ describe('lifecycle', () => {
         });
         await tick();
       });
-      await tick();
-      expect(warnings.some((w) => w.includes('awaited-later'))).toBe(false);
-      expect(warnings.some((w) => w.includes('stopped on purpose'))).toBe(false);
-      expect(warnings.filter((w) => w.includes('lost-')).length).toBe(16);
-      expect(warnings).toContain('24 more miniss tasks failed while nobody awaited them (only the first 16 are shown)');
-      expect(rt.stats().tasksFailed).toBe(42);
-    } finally {
-      process.off('warning', onWarning);
-    }
+    });
+    expect(warnings.some((w) => w.includes('awaited-later'))).toBe(false);
+    expect(warnings.some((w) => w.includes('stopped on purpose'))).toBe(false);
+    expect(warnings.filter((w) => w.includes('lost-')).length).toBe(16);
+    expect(warnings).toContain('24 more miniss tasks failed while nobody awaited them (only the first 16 are shown)');
+    expect(rt.stats().tasksFailed).toBe(42);
   });
 
   it('a blockOn inside its own root task (or beside it) is refused with RUNTIME_EXISTS and leaves the runtime running', async () => {

@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { CancelledError, Runtime } from '@miniss/core';
 import { MultiCoreRuntime } from '@miniss/multicore';
+import { until } from './helpers.js';
 
 // The key multicore paths on every backend that loads here: the doorbell differs per backend
 // (eventfd read kept in flight on epoll, Atomics.waitAsync on node and io_uring), and pinning
@@ -45,15 +46,6 @@ function within<T>(p: PromiseLike<T>, ms: number, what: string): Promise<T> {
       timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
     }),
   ]);
-}
-
-async function until(cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 2));
-  }
-  return true;
 }
 
 describe.each(BACKENDS)('multicore on the %s backend', (backend) => {

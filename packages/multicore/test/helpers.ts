@@ -52,3 +52,13 @@ export function delayPortMessages(mc: MultiCoreRuntime, from: number, ms: number
     else setTimeout(() => deliver(c, m), ms);
   };
 }
+
+/** Polls `cond` every 2 ms until it holds (true) or `ms` passed (false). */
+export async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  return true;
+}

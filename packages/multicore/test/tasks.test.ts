@@ -1,17 +1,8 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { CancelledError } from '@miniss/core';
-import { delayPortMessages, make, node0Of, shutDownAfterEach, within } from './helpers.js';
+import { delayPortMessages, make, node0Of, shutDownAfterEach, until, within } from './helpers.js';
 
 shutDownAfterEach();
-
-async function until(cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 2));
-  }
-  return true;
-}
 
 describe('task and batch ids (32 bits on the wire)', () => {
   it('wrap from 2^32-1 to 1, skip ids still pending, and every handle settles', async () => {

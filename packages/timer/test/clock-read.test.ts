@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ManualClock, TimerWheel, clearTimer, currentDriver, setTimer, sleep, type TimerId } from '@miniss/timer';
-import { noRuntimeLeft, now, timerRuntime, turn } from './helpers.js';
+import { noRuntimeLeft, now, rng, timerRuntime, turn } from './helpers.js';
 
 /**
  * `schedule` (and so `setTimer`, `sleep`, `timeout`) reads the clock on every call: a deadline is
@@ -20,17 +20,6 @@ const noop = (): void => {};
 function busy(ms: number): void {
   const until = now() + ms;
   while (now() < until);
-}
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('TimerWheel reads the clock on every schedule', () => {

@@ -48,3 +48,15 @@ export async function noRuntimeLeft(): Promise<void> {
  * timer is never early and not absurdly late, never how fast it is (that is the benchmark's job).
  */
 export const LATE_MS = 200;
+
+/** A deterministic PRNG (mulberry32) so a failure can be replayed. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -1,22 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { MAX_TIMERS, ManualClock, TimerWheel, WHEEL_SPAN, type TimerId } from '@miniss/timer';
+import { rng } from './helpers.js';
 
 /**
  * Deterministic tests of the wheel alone, driven by a ManualClock and explicit ticks: no runtime,
  * no real time. Every firing is checked against the entry's own deadline.
  */
-
-/** A deterministic PRNG (mulberry32) so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A target that records the tick at which it fired. */
 function recorder(wheel: TimerWheel, log: Array<[string, number]>, name: string): () => void {
