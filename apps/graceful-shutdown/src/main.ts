@@ -88,7 +88,11 @@ await rt.blockOn(async () => {
   // The accept loop ends when shutdown begins: the runtime closes listeners first.
   for await (const conn of listener) {
     served++;
-    spawn((signal) => serve(conn, signal)).then(undefined, (err: unknown) => console.error(`connection failed: ${String(err)}`));
+    // A connection cut off at the grace period's end rejects with CancelledError: the documented
+    // way it ends (its client got `cancelled`), not a failure.
+    spawn((signal) => serve(conn, signal)).then(undefined, (err: unknown) => {
+      if (!(err instanceof CancelledError)) console.error(`connection failed: ${String(err)}`);
+    });
   }
   console.log(`stopped accepting after ${served} connections`);
 });

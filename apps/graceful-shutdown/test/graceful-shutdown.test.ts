@@ -94,6 +94,8 @@ describe('apps/graceful-shutdown', () => {
     expect(Date.now() - t0).toBeLessThan(10_000);
     await c.closed;
     expect(c.lines).toEqual(['cancelled']);
+    // The documented way such a connection ends, not reported as a failure.
+    expect(s.output()).not.toContain('connection failed');
   });
 
   it('new connections are refused once the drain has begun', async () => {

@@ -122,7 +122,12 @@ class PoolBuffer implements BufferHandle {
   readonly size: number;
   readonly capacity: number;
   /** @internal */ readonly _owner: BufferPool;
-  /** @internal */ _live = true;
+  /**
+   * @internal False once deallocated. File I/O and every backend's `submit` refuse a handle whose
+   * flag is false (`INVALID_ARGUMENT`, see `isDeallocated` in io-operation.ts): its storage may
+   * already be another handle's.
+   */
+  _live = true;
   /** @internal */ readonly _storage: Uint8Array;
   /** @internal */ readonly _class: number;
 
@@ -164,7 +169,9 @@ class PoolBuffer implements BufferHandle {
  * Errors: `allocate` of a size that is not a positive integer, or larger than the largest size
  * class, throws `INVALID_ARGUMENT` (such a request is a bug, not memory pressure); `deallocate` of
  * a handle twice throws `DOUBLE_FREE`; of an object this pool did not hand out, `INVALID_ARGUMENT`.
- * A buffer must not be deallocated while an I/O operation still uses it.
+ * A buffer must not be deallocated while an I/O operation still uses it. A handle used for I/O
+ * after it was deallocated is refused with `INVALID_ARGUMENT` (its memory may already serve the
+ * next `allocate`): keep the handle's `bytes` only while you own the handle.
  */
 export class BufferPool {
   readonly config: Readonly<BufferPoolConfig>;

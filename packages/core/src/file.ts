@@ -1,9 +1,13 @@
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, fstatSync } from 'node:fs';
 import type { BufferHandle, IoBuffer } from './backend.js';
-import { InvalidArgumentError, RuntimeError, closedError } from './errors.js';
+import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromCode } from './errors.js';
+import { deallocatedError, isDeallocated } from './io-operation.js';
 import { abortReason, currentRuntime, noop, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
-/** How to open a file. With no flags a file is opened read-only. */
+/**
+ * How to open a file. With no flags a file is opened read-only. Each flag is a boolean (or left
+ * out); any other value is refused with `INVALID_ARGUMENT`.
+ */
 export interface OpenFlags {
   read?: boolean;
   write?: boolean;
@@ -18,7 +22,9 @@ export interface OpenFlags {
    * to the device's logical block size (4096 is safe): use buffers from the runtime's
    * `bufferPool`, which are 4096-aligned native memory on backends with `features.directIo`.
    * Refused with `INVALID_ARGUMENT` on backends without it (the `node` backend's buffers are
-   * ordinary, unaligned JS memory) and on systems without `O_DIRECT` (macOS).
+   * ordinary, unaligned JS memory) and on systems without `O_DIRECT` (macOS). `chunks()` on such
+   * a file reads whole 4096-byte blocks into aligned pool buffers: its `chunkSize` and `position`
+   * must be multiples of 4096.
    */
   direct?: boolean;
 }
@@ -31,9 +37,15 @@ export interface IoCallOptions {
 
 /** Options of {@link File.chunks}. */
 export interface ChunkOptions {
-  /** Bytes per read, and so the largest chunk (default 65536, at most 1 GiB). */
+  /**
+   * Bytes per read, and so the largest chunk (default 65536, at most 1 GiB). On a file opened with
+   * `direct: true`: a multiple of 4096, at most the `bufferPool`'s largest size class.
+   */
   chunkSize?: number;
-  /** Where to start reading (default 0). The file position is neither used nor moved. */
+  /**
+   * Where to start reading (default 0). The file position is neither used nor moved. On a file
+   * opened with `direct: true`: a multiple of 4096.
+   */
   position?: number;
   /** Bytes to read at most (default: to the end of the file). */
   length?: number;
@@ -94,6 +106,10 @@ export function openFlagsToNumber(flags: OpenFlags, directIo: boolean): number {
   if (flags === null || typeof flags !== 'object') throw new InvalidArgumentError('flags must be an object such as { read: true, write: true }');
   for (const k of Object.keys(flags)) {
     if (!FLAG_KEYS.has(k)) throw new InvalidArgumentError(`unknown open flag '${k}' (known: ${[...FLAG_KEYS].join(', ')})`);
+    const v = (flags as Record<string, unknown>)[k];
+    if (v !== undefined && typeof v !== 'boolean') {
+      throw new InvalidArgumentError(`open flag '${k}' must be a boolean, got ${v === null ? 'null' : typeof v} ${typeof v === 'object' ? '' : String(v)}`.trimEnd());
+    }
   }
   const write = flags.write === true || flags.append === true;
   const read = flags.read === true || !write;
@@ -110,7 +126,7 @@ export function openFlagsToNumber(flags: OpenFlags, directIo: boolean): number {
     if (direct === undefined) throw new InvalidArgumentError('direct: true is not available on this OS (no O_DIRECT)');
     if (!directIo) {
       throw new InvalidArgumentError(
-        "direct: true needs a backend with aligned native buffers (features.directIo): use backend 'io_uring'",
+        "direct: true needs a backend with aligned native buffers (features.directIo): use backend 'io_uring' or 'epoll'",
       );
     }
     n |= direct;
@@ -129,12 +145,42 @@ function checkPosition(position: number | undefined, syscall: string): number {
 
 function checkBuffer(buf: unknown, syscall: string): IoBuffer {
   if (buf instanceof Uint8Array) return buf;
-  if (buf !== null && typeof buf === 'object' && (buf as BufferHandle).bytes instanceof Uint8Array) return buf as BufferHandle;
+  if (buf !== null && typeof buf === 'object' && (buf as BufferHandle).bytes instanceof Uint8Array) {
+    if (isDeallocated(buf)) throw deallocatedError(syscall);
+    return buf as BufferHandle;
+  }
   throw new InvalidArgumentError(`${syscall}: buffer must be a Uint8Array or a BufferHandle, got ${buf === null ? 'null' : typeof buf}`);
 }
 
 function lengthOf(buf: IoBuffer): number {
   return buf instanceof Uint8Array ? buf.byteLength : buf.bytes.byteLength;
+}
+
+/** `INVALID_ARGUMENT` unless `signal` is undefined or an AbortSignal (checked before anything is submitted). */
+function checkSignal(signal: unknown, syscall: string): AbortSignal | undefined {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidArgumentError(`${syscall}: signal must be an AbortSignal, got ${signal === null ? 'null' : typeof signal}`);
+  }
+  return signal;
+}
+
+/** The block size `chunks()` keeps reads of a `direct: true` file aligned to. */
+const DIRECT_BLOCK = 4096;
+
+/**
+ * Whether `fd` can seek. A FIFO or a socket cannot: node:fs and epoll get `ESPIPE` from the
+ * kernel for a read or write at an offset, but io_uring ignores the offset on them (it reads
+ * in arrival order, so chunks came back reordered and positioned reads read the wrong bytes).
+ * Asked once when the file is opened, not per operation. A character device (a tty) is left to
+ * the kernel: some seek (`/dev/zero`), some do not, and fstat cannot tell them apart.
+ */
+function canSeek(fd: number): boolean {
+  try {
+    const st = fstatSync(fd);
+    return !(st.isFIFO() || st.isSocket());
+  } catch {
+    return true; // the kernel says ESPIPE if it cannot
+  }
 }
 
 function checkBuffers(bufs: unknown, syscall: string): Uint8Array[] {
@@ -165,7 +211,8 @@ export class File implements TrackedResource, IoOwner {
    * reliable: after a short write (disk full, file size limit) this kernel leaves the position
    * where it was, so the next write overwrote the same bytes and `writeAll` reported success for
    * data never stored. -1: the kernel's position is used, for files opened with `append` (every
-   * write goes to the end whatever the offset) and fds that cannot seek (a FIFO, a tty: `ESPIPE`).
+   * write goes to the end whatever the offset) and fds that cannot seek (a FIFO or a socket,
+   * known at open; a tty, once the kernel said `ESPIPE`).
    */
   private _cursor: number;
   /** The turn of the last position-less operation queued (they run one at a time), or null. */
@@ -178,8 +225,16 @@ export class File implements TrackedResource, IoOwner {
     /** The path it was opened with. */
     readonly path: string,
     append: boolean,
+    /** Opened with `direct: true` (`O_DIRECT`): `chunks()` reads aligned blocks into pool buffers. */
+    private readonly _direct: boolean,
+    /**
+     * The fd cannot seek (a FIFO, a socket): calls at a position and `chunks()` reject with
+     * `ESPIPE` on every backend (io_uring would ignore the offset), position-less ones use the
+     * kernel's position.
+     */
+    private readonly _noSeek: boolean,
   ) {
-    this._cursor = append ? -1 : 0;
+    this._cursor = append || _noSeek ? -1 : 0;
     _rt._trackResource(this);
   }
 
@@ -203,7 +258,7 @@ export class File implements TrackedResource, IoOwner {
       }
       throw err;
     }
-    return new File(rt, fd, path, flags.append === true);
+    return new File(rt, fd, path, flags.append === true, flags.direct === true, !canSeek(fd));
   }
 
   /** True once `close()` was called. */
@@ -220,7 +275,9 @@ export class File implements TrackedResource, IoOwner {
       const b = checkBuffer(buf, 'read');
       const offset = checkPosition(position, 'read');
       if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
-      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('read', opts?.signal, (at) => this._rt.io({ op: 'read', fd: this.fd, buffer: b, offset: at, len: lengthOf(b) }, opts?.signal, this));
+      if (offset < 0) {
+        if (this._atCursorNeeded()) return this._atCursor('read', opts?.signal, (at) => this._rt.io({ op: 'read', fd: this.fd, buffer: b, offset: at, len: lengthOf(b) }, opts?.signal, this, true));
+      } else if (this._noSeek) throw this._espipe('read');
       return this._rt.io({ op: 'read', fd: this.fd, buffer: b, offset, len: lengthOf(b) }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -233,7 +290,9 @@ export class File implements TrackedResource, IoOwner {
       const b = checkBuffer(buf, 'write');
       const offset = checkPosition(position, 'write');
       if (this._closed) throw closedError('write', { fd: this.fd, path: this.path });
-      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('write', opts?.signal, (at) => this._rt.io({ op: 'write', fd: this.fd, buffer: b, offset: at, len: lengthOf(b) }, opts?.signal, this));
+      if (offset < 0) {
+        if (this._atCursorNeeded()) return this._atCursor('write', opts?.signal, (at) => this._rt.io({ op: 'write', fd: this.fd, buffer: b, offset: at, len: lengthOf(b) }, opts?.signal, this, true));
+      } else if (this._noSeek) throw this._espipe('write');
       return this._rt.io({ op: 'write', fd: this.fd, buffer: b, offset, len: lengthOf(b) }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -256,6 +315,11 @@ export class File implements TrackedResource, IoOwner {
     }
   }
 
+  /** What a call at a position on an fd that cannot seek rejects with (as node:fs's pread does). */
+  private _espipe(syscall: string): IoError {
+    return ioErrorFromCode('ESPIPE', syscall, { fd: this.fd });
+  }
+
   /** Whether a position-less call goes through {@link File._atCursor} (see `_cursor`). */
   private _atCursorNeeded(): boolean {
     // Queued ones first even once the cursor is given up, so calls keep their order.
@@ -265,9 +329,18 @@ export class File implements TrackedResource, IoOwner {
   /**
    * Runs a read or write without a position at the file's own position (`_cursor`), after the
    * position-less calls before it, so each starts where the previous one ended, as with the
-   * kernel's position. An abort while it waits for its turn rejects it at once.
+   * kernel's position. An abort while it waits for its turn rejects it at once. An abort once it
+   * runs cancels it and settles like a stream operation (`run` passes `settleOnAbort` to `io`):
+   * with what the kernel did if it finished first (the position advances by that), with the
+   * signal's reason if the cancel won. Either way the next call's turn comes only then, so it
+   * never starts where an aborted write is still writing.
    */
   private _atCursor(syscall: string, signal: AbortSignal | undefined, run: (at: number) => Promise<number>): Promise<number> {
+    try {
+      checkSignal(signal, syscall);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     const prev = this._cursorTail;
     let result: Promise<number>;
@@ -328,7 +401,9 @@ export class File implements TrackedResource, IoOwner {
       const buffers = checkBuffers(bufs, 'readv');
       const offset = checkPosition(position, 'readv');
       if (this._closed) throw closedError('readv', { fd: this.fd, path: this.path });
-      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('readv', opts?.signal, (at) => this._rt.io({ op: 'readv', fd: this.fd, buffers, offset: at }, opts?.signal, this));
+      if (offset < 0) {
+        if (this._atCursorNeeded()) return this._atCursor('readv', opts?.signal, (at) => this._rt.io({ op: 'readv', fd: this.fd, buffers, offset: at }, opts?.signal, this, true));
+      } else if (this._noSeek) throw this._espipe('readv');
       return this._rt.io({ op: 'readv', fd: this.fd, buffers, offset }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -341,7 +416,9 @@ export class File implements TrackedResource, IoOwner {
       const buffers = checkBuffers(bufs, 'writev');
       const offset = checkPosition(position, 'writev');
       if (this._closed) throw closedError('writev', { fd: this.fd, path: this.path });
-      if (offset < 0 && this._atCursorNeeded()) return this._atCursor('writev', opts?.signal, (at) => this._rt.io({ op: 'writev', fd: this.fd, buffers, offset: at }, opts?.signal, this));
+      if (offset < 0) {
+        if (this._atCursorNeeded()) return this._atCursor('writev', opts?.signal, (at) => this._rt.io({ op: 'writev', fd: this.fd, buffers, offset: at }, opts?.signal, this, true));
+      } else if (this._noSeek) throw this._espipe('writev');
       return this._rt.io({ op: 'writev', fd: this.fd, buffers, offset }, opts?.signal, this);
     } catch (err) {
       return Promise.reject(err);
@@ -374,14 +451,32 @@ export class File implements TrackedResource, IoOwner {
   private _readers: Set<IoOwner> | null = null;
 
   private async *_chunks(opts: ChunkOptions): AsyncGenerator<Uint8Array, void, undefined> {
-    const { chunkSize, position, end, readAhead, reuse, signal } = checkChunkOptions(opts);
+    const o = checkChunkOptions(opts);
+    const { chunkSize, position, readAhead, reuse, signal } = o;
+    let end = o.end;
+    const rt = this._rt;
+    const direct = this._direct;
+    if (direct) {
+      // O_DIRECT wants aligned memory, offsets and lengths: whole blocks into aligned pool buffers.
+      if (chunkSize % DIRECT_BLOCK !== 0 || position % DIRECT_BLOCK !== 0) {
+        throw new InvalidArgumentError(
+          `chunks: on a file opened with direct: true, chunkSize and position must be multiples of ${DIRECT_BLOCK}, got chunkSize ${chunkSize} and position ${position}`,
+        );
+      }
+      if (chunkSize > rt.bufferPool.maxSize) {
+        throw new InvalidArgumentError(
+          `chunks: on a file opened with direct: true, chunkSize ${chunkSize} must fit the bufferPool's largest size class (${rt.bufferPool.maxSize}) for aligned memory`,
+        );
+      }
+    }
     /** Ends the iteration once the file is closed (`EBADF`) or the signal aborted (its reason). */
     const throwIfEnded = (): void => {
       if (this._closed) throw closedError('read', { fd: this.fd, path: this.path });
       if (signal?.aborted) throw abortReason(signal);
     };
     throwIfEnded();
-    const rt = this._rt;
+    // Reads at offsets: refused on an fd that cannot seek, as node:fs and epoll get from the kernel.
+    if (this._noSeek) throw this._espipe('read');
     // The reads of this iteration are linked here, not on the file, so leaving early cancels only them.
     const owner: IoOwner = { _ioHead: null };
     (this._readers ??= new Set()).add(owner);
@@ -390,12 +485,19 @@ export class File implements TrackedResource, IoOwner {
     const inflight: ChunkRead[] = [];
     const spare: Uint8Array[] = [];
     // Reused buffers come from the runtime's pool when it has the size (memory already faulted
-    // in, and native on io_uring), and go back to it when the iteration ends.
+    // in, and native on io_uring), and go back to it when the iteration ends. A direct file always
+    // reads into them (aligned), and without `reuse` copies each chunk out.
+    const recycle = reuse || direct;
     const handles: BufferHandle[] = [];
-    const pool = reuse && chunkSize <= rt.bufferPool.maxSize ? rt.bufferPool : null;
+    const pool = recycle && chunkSize <= rt.bufferPool.maxSize ? rt.bufferPool : null;
     const reusable = (): Uint8Array => {
       const h = pool?.allocate(chunkSize) ?? null;
-      if (h === null) return new Uint8Array(chunkSize);
+      if (h === null) {
+        if (direct) {
+          throw new IoError('ENOMEM', -12, 'read', `read ENOMEM: the bufferPool has no room (maxMemory) for the aligned buffers of chunks() on a direct file (fd ${this.fd})`);
+        }
+        return new Uint8Array(chunkSize);
+      }
       handles.push(h);
       return h.bytes;
     };
@@ -403,8 +505,10 @@ export class File implements TrackedResource, IoOwner {
     const fill = (): void => {
       while (inflight.length < readAhead && next < end) {
         const len = Math.min(chunkSize, end - next);
-        const buf = reuse ? (spare.pop() ?? reusable()) : Buffer.allocUnsafe(len);
-        const done = rt.io({ op: 'read', fd: this.fd, buffer: len === buf.byteLength ? buf : buf.subarray(0, len), offset: next, len }, undefined, owner);
+        // A direct read asks for whole blocks (the chunk is cut to `len` below).
+        const readLen = direct ? Math.ceil(len / DIRECT_BLOCK) * DIRECT_BLOCK : len;
+        const buf = recycle ? (spare.pop() ?? reusable()) : Buffer.allocUnsafe(len);
+        const done = rt.io({ op: 'read', fd: this.fd, buffer: readLen === buf.byteLength ? buf : buf.subarray(0, readLen), offset: next, len: readLen }, undefined, owner);
         // Settled out of order (a later read may fail while an earlier one is consumed): mark
         // every read handled now; the await below still sees its error.
         done.catch(noop);
@@ -425,6 +529,7 @@ export class File implements TrackedResource, IoOwner {
           throw err;
         }
         throwIfEnded();
+        if (n > r.len) n = r.len; // a direct read of whole blocks past `length`
         // (A chunk whose memory the caller transferred away is not reused.)
         if (reuse && held !== null && held.byteLength !== 0) spare.push(held);
         held = null;
@@ -432,12 +537,23 @@ export class File implements TrackedResource, IoOwner {
         if (n < r.len) {
           // Short read (end of file, for now): what is in flight after it starts past a gap.
           // Let those settle, ignore them, and go on from the byte after this chunk.
-          if (inflight.length > 0) await settleAll(inflight.splice(0), reuse ? spare : null);
+          if (inflight.length > 0) await settleAll(inflight.splice(0), recycle ? spare : null);
           next = r.offset + n;
+          // A direct read cannot go on from a byte that is not block-aligned: the file ends there.
+          if (direct && next % DIRECT_BLOCK !== 0) end = next;
+        }
+        let chunk: Uint8Array;
+        if (direct && !reuse) {
+          // The caller owns its chunk: copy it out of the aligned buffer, which is read into again.
+          chunk = Buffer.allocUnsafe(n);
+          chunk.set(n === r.buf.byteLength ? r.buf : r.buf.subarray(0, n));
+          spare.push(r.buf);
+        } else {
+          held = r.buf;
+          chunk = n === r.buf.byteLength ? r.buf : r.buf.subarray(0, n);
         }
         fill();
-        held = r.buf;
-        yield n === r.buf.byteLength ? r.buf : r.buf.subarray(0, n);
+        yield chunk;
         // Closed or aborted while the caller had the chunk (perhaps with nothing left in flight).
         throwIfEnded();
       }

@@ -11,6 +11,22 @@ export function bytesOf(buffer: IoBuffer): Uint8Array {
   return buffer instanceof Uint8Array ? buffer : buffer.bytes;
 }
 
+/**
+ * Whether `buffer` is a pool handle already given back with `BufferPool.deallocate`: its memory
+ * may belong to the next `allocate` by now, so I/O through it would read or write another
+ * owner's bytes. One property check (a pool handle's `_live` flag; other objects have none).
+ */
+export function isDeallocated(buffer: object): boolean {
+  return (buffer as { _live?: unknown })._live === false;
+}
+
+/** The `INVALID_ARGUMENT` for I/O through a deallocated pool handle. */
+export function deallocatedError(op: string): InvalidArgumentError {
+  return new InvalidArgumentError(
+    `${op}: the buffer handle was deallocated (BufferPool.deallocate): its memory may belong to another allocation now; allocate a new handle`,
+  );
+}
+
 function checkFd(fd: unknown, op: string): void {
   if (typeof fd !== 'number' || !Number.isInteger(fd)) {
     throw new InvalidArgumentError(`${op}: fd must be an integer, got ${String(fd)}`);
@@ -18,8 +34,11 @@ function checkFd(fd: unknown, op: string): void {
 }
 
 function checkLen(buffer: IoBuffer | undefined, len: unknown, op: string): void {
-  if (buffer === undefined || buffer === null || !(buffer instanceof Uint8Array || bytesOf(buffer) instanceof Uint8Array)) {
-    throw new InvalidArgumentError(`${op}: buffer must be a Uint8Array or a BufferHandle`);
+  if (!(buffer instanceof Uint8Array)) {
+    if (buffer === undefined || buffer === null || !(bytesOf(buffer) instanceof Uint8Array)) {
+      throw new InvalidArgumentError(`${op}: buffer must be a Uint8Array or a BufferHandle`);
+    }
+    if (isDeallocated(buffer)) throw deallocatedError(op);
   }
   if (typeof len !== 'number' || !Number.isInteger(len) || len < 0) {
     throw new InvalidArgumentError(`${op}: length must be a non-negative integer, got ${String(len)}`);

@@ -1,7 +1,8 @@
+import { setMaxListeners } from 'node:events';
 import { MAX_TIMER_MS, type IoBackend, type IoCompletion, type IoHandleId, type IoOperation } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import { resolveConfig, BACKEND_FEATURE, type FeatureName, type ResolvedConfig, type RuntimeConfig } from './config.js';
-import { CancelledError, IoError, RuntimeError } from './errors.js';
+import { CancelledError, InvalidArgumentError, IoError, RuntimeError } from './errors.js';
 import { createConfiguredBackend, loadFeature, type BackendProbe } from './loader.js';
 import { JoinHandle, TaskState, type TaskScheduler } from './task.js';
 
@@ -489,9 +490,16 @@ export class Runtime implements TaskScheduler {
    * Submits one operation to the backend and resolves with its result (bytes, fd, 0), or rejects
    * with an `IoError` (`code` is the errno name), the signal's reason if `signal` aborts first
    * (the backend operation is then cancelled), or `RUNTIME_SHUTDOWN`. Submissions made in the
-   * same turn reach the kernel in one flush.
+   * same turn reach the kernel in one flush. A `signal` that is not an `AbortSignal` rejects
+   * with `INVALID_ARGUMENT` before anything is submitted.
+   *
+   * `settleOnAbort` (internal, for a File's position-less calls, which it runs at explicit
+   * offsets): on abort, settle with what the kernel did, as for stream data (see
+   * {@link isStreamData}), because the file's own position must advance by the bytes really read
+   * or written.
    */
-  io(op: IoOperation, signal?: AbortSignal, owner?: IoOwner): Promise<number> {
+  io(op: IoOperation, signal?: AbortSignal, owner?: IoOwner, settleOnAbort?: boolean): Promise<number> {
+    if (signal !== undefined && !(signal instanceof AbortSignal)) return Promise.reject(invalidSignal(op, signal));
     if (this._backendClosed) {
       return Promise.reject(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime has shut down: no more I/O'));
     }
@@ -521,7 +529,7 @@ export class Runtime implements TaskScheduler {
     }
     if (signal !== undefined) {
       const reject = p.reject;
-      p.onAbort = isStreamData(op)
+      p.onAbort = isStreamData(op, settleOnAbort)
         ? () => {
             // Bytes a stream operation took from or put on a socket or pipe cannot be had again:
             // if the kernel did it before the cancel reached it (io_uring posts the completion at
@@ -688,11 +696,14 @@ export class Runtime implements TaskScheduler {
 
   /**
    * Aborted when shutdown begins (before the grace period), with a `RUNTIME_SHUTDOWN` reason.
-   * Long-running tasks (accept loops, keep-alive connections) watch it to wind down in time.
+   * Long-running tasks (accept loops, keep-alive connections) watch it to wind down in time:
+   * one listener per connection is the expected use, so it has no listener limit (Node warns past
+   * 10 listeners on a signal otherwise).
    */
   get shutdownSignal(): AbortSignal {
     if (this._shutdownController === null) {
       this._shutdownController = new AbortController();
+      setMaxListeners(0, this._shutdownController.signal);
       if (this._shutdownStarted) this._shutdownController.abort(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime is shutting down'));
     }
     return this._shutdownController.signal;
@@ -854,9 +865,12 @@ export function noop(): void {}
 /**
  * Operations whose bytes cannot be taken or put again once the kernel did it: `recv`/`send`, and
  * file reads and writes at the kernel's position (offset -1: a pipe, a FIFO, a file opened to
- * append). An abort waits for their completion instead of rejecting at once (see `io`).
+ * append), or at a File's own position (`atCursor`: the position-less calls a File runs at an
+ * explicit offset, whose position must move by what the kernel really did). An abort waits for
+ * their completion instead of rejecting at once (see `io`).
  */
-function isStreamData(op: IoOperation): boolean {
+function isStreamData(op: IoOperation, atCursor: boolean | undefined): boolean {
+  if (atCursor === true) return true;
   switch (op.op) {
     case 'recv':
     case 'send':
@@ -869,6 +883,12 @@ function isStreamData(op: IoOperation): boolean {
     default:
       return false;
   }
+}
+
+/** The error for a `signal` option that is not an AbortSignal (made before anything is submitted). */
+function invalidSignal(op: IoOperation, signal: unknown): InvalidArgumentError {
+  const name = op !== null && typeof op === 'object' && typeof op.op === 'string' ? op.op : 'io';
+  return new InvalidArgumentError(`${name}: signal must be an AbortSignal, got ${signal === null ? 'null' : typeof signal}`);
 }
 
 /** The completion of an operation the backend cancelled. */

@@ -441,6 +441,26 @@ describe('lifecycle', () => {
     expect(spawns).toBeGreaterThan(0);
   });
 
+  it('shutdownSignal takes one listener per connection without a MaxListenersExceededWarning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => {
+      warnings.push(w.name);
+    };
+    process.on('warning', onWarning);
+    try {
+      const rt = new Runtime({ backend: 'node' });
+      // 20 operations waiting on it at once, as 20 keep-alive connections' recvs would.
+      const waits = Array.from({ length: 20 }, () => rt.io({ op: 'timeout', ms: 60_000 }, rt.shutdownSignal).catch((e: { code?: string }) => e.code));
+      await tick();
+      await rt.shutdown();
+      expect(new Set(await Promise.all(waits))).toEqual(new Set(['RUNTIME_SHUTDOWN']));
+      await tick();
+      expect(warnings).not.toContain('MaxListenersExceededWarning');
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('shutdown refuses a graceMs that setTimeout cannot wait (negative, NaN, Infinity, over 2^31 - 1)', async () => {
     const rt = new Runtime({ backend: 'node' });
     for (const graceMs of [-1, Number.NaN, Infinity, 2 ** 31]) {
