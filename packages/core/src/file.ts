@@ -1,7 +1,7 @@
 import { constants as fsConstants, fstatSync } from 'node:fs';
 import type { BufferHandle, IoBuffer } from './backend.js';
 import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromCode } from './errors.js';
-import { deallocatedError, isDeallocated } from './io-operation.js';
+import { checkSignal, deallocatedError, isDeallocated } from './io-operation.js';
 import { abortReason, currentRuntime, noop, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 /**
@@ -154,14 +154,6 @@ function checkBuffer(buf: unknown, syscall: string): IoBuffer {
 
 function lengthOf(buf: IoBuffer): number {
   return buf instanceof Uint8Array ? buf.byteLength : buf.bytes.byteLength;
-}
-
-/** `INVALID_ARGUMENT` unless `signal` is undefined or an AbortSignal (checked before anything is submitted). */
-function checkSignal(signal: unknown, syscall: string): AbortSignal | undefined {
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new InvalidArgumentError(`${syscall}: signal must be an AbortSignal, got ${signal === null ? 'null' : typeof signal}`);
-  }
-  return signal;
 }
 
 /** The block size `chunks()` keeps reads of a `direct: true` file aligned to. */

@@ -133,3 +133,14 @@ export function validateOperation(op: IoOperation): void {
       throw new InvalidArgumentError(`unknown operation ${JSON.stringify((op as { op?: unknown }).op)}`);
   }
 }
+
+/**
+ * Throws `INVALID_ARGUMENT` unless `signal` is undefined or an AbortSignal: checked before any
+ * call uses it (adds a listener) or submits anything, so a bad one fails alone with a code.
+ */
+export function checkSignal(signal: unknown, syscall: string): AbortSignal | undefined {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidArgumentError(`${syscall}: signal must be an AbortSignal, got ${signal === null ? 'null' : typeof signal}`);
+  }
+  return signal;
+}

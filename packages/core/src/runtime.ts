@@ -3,6 +3,7 @@ import { MAX_TIMER_MS, type IoBackend, type IoCompletion, type IoHandleId, type 
 import { BufferPool } from './buffer-pool.js';
 import { resolveConfig, BACKEND_FEATURE, type FeatureName, type ResolvedConfig, type RuntimeConfig } from './config.js';
 import { CancelledError, InvalidArgumentError, IoError, RuntimeError } from './errors.js';
+import { checkSignal } from './io-operation.js';
 import { createConfiguredBackend, loadFeature, type BackendProbe } from './loader.js';
 import { JoinHandle, TaskState, type TaskScheduler } from './task.js';
 
@@ -499,7 +500,13 @@ export class Runtime implements TaskScheduler {
    * or written.
    */
   io(op: IoOperation, signal?: AbortSignal, owner?: IoOwner, settleOnAbort?: boolean): Promise<number> {
-    if (signal !== undefined && !(signal instanceof AbortSignal)) return Promise.reject(invalidSignal(op, signal));
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      try {
+        checkSignal(signal, op !== null && typeof op === 'object' && typeof op.op === 'string' ? op.op : 'io');
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
     if (this._backendClosed) {
       return Promise.reject(new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime has shut down: no more I/O'));
     }
@@ -529,7 +536,7 @@ export class Runtime implements TaskScheduler {
     }
     if (signal !== undefined) {
       const reject = p.reject;
-      p.onAbort = isStreamData(op, settleOnAbort)
+      p.onAbort = isStreamData(op, settleOnAbort, this._backend.name !== 'node')
         ? () => {
             // Bytes a stream operation took from or put on a socket or pipe cannot be had again:
             // if the kernel did it before the cancel reached it (io_uring posts the completion at
@@ -869,8 +876,8 @@ export function noop(): void {}
  * explicit offset, whose position must move by what the kernel really did). An abort waits for
  * their completion instead of rejecting at once (see `io`).
  */
-function isStreamData(op: IoOperation, atCursor: boolean | undefined): boolean {
-  if (atCursor === true) return true;
+function isStreamData(op: IoOperation, atCursor: boolean | undefined, fileCancels: boolean): boolean {
+  if (atCursor === true) return true; // explicit offsets of a seekable file: every backend finishes them
   switch (op.op) {
     case 'recv':
     case 'send':
@@ -879,16 +886,13 @@ function isStreamData(op: IoOperation, atCursor: boolean | undefined): boolean {
     case 'write':
     case 'readv':
     case 'writev':
-      return !(op.offset >= 0);
+      // The `node` backend cannot stop a file operation libuv has started: waiting for an aborted
+      // read of a FIFO or tty would wait for input that may never come. There it rejects at once
+      // (and bytes such a read takes later are lost: see docs/backends.md).
+      return fileCancels && !(op.offset >= 0);
     default:
       return false;
   }
-}
-
-/** The error for a `signal` option that is not an AbortSignal (made before anything is submitted). */
-function invalidSignal(op: IoOperation, signal: unknown): InvalidArgumentError {
-  const name = op !== null && typeof op === 'object' && typeof op.op === 'string' ? op.op : 'io';
-  return new InvalidArgumentError(`${name}: signal must be an AbortSignal, got ${signal === null ? 'null' : typeof signal}`);
 }
 
 /** The completion of an operation the backend cancelled. */

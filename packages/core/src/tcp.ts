@@ -4,6 +4,7 @@ import { MAX_TIMER_MS, type IoOperation, type SocketAddress } from './backend.js
 import { constants as osConstants } from 'node:os';
 import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromCode, ioErrorFromErrno } from './errors.js';
 import type { IoCallOptions } from './file.js';
+import { checkSignal } from './io-operation.js';
 import { abortReason, currentRuntime, noop, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 export interface TcpAddress {
@@ -314,6 +315,7 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
    */
   recv(buf: Uint8Array, opts?: IoCallOptions): Promise<number> {
     try {
+      checkSignal(opts?.signal, 'recv');
       const b = checkBytes(buf, 'recv');
       if (b.byteLength === 0) throw new InvalidArgumentError('recv: the buffer is empty (0 would be mistaken for end of stream)');
       if (this._closed) throw closedError('recv', { fd: this.fd });
@@ -331,6 +333,7 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
    */
   send(buf: Uint8Array, opts?: IoCallOptions): Promise<number> {
     try {
+      checkSignal(opts?.signal, 'send');
       const b = checkBytes(buf, 'send');
       if (this._closed) throw closedError('send', { fd: this.fd });
       if (b.byteLength === 0) return Promise.resolve(0);
@@ -348,6 +351,7 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
    */
   sendAll(buf: Uint8Array, opts?: IoCallOptions): Promise<void> {
     try {
+      checkSignal(opts?.signal, 'send');
       const b = checkBytes(buf, 'send');
       if (this._closed) throw closedError('send', { fd: this.fd });
       if (b.byteLength === 0) return Promise.resolve();

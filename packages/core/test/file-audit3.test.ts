@@ -142,6 +142,30 @@ describe.each(backends)('files and buffers (audit 3) on the $name backend', ({ n
     }
   });
 
+  it.runIf(probe.ok && process.platform === 'linux')(`an aborted read of an empty FIFO rejects promptly, even where the read cannot be stopped (${avail})`, async () => {
+    const fifo = join(dir, `fifo-abort-${name}`);
+    spawnSync('mkfifo', [fifo]);
+    // A writer that holds the FIFO open and never writes: the read waits for input.
+    const w = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    try {
+      const got = await run(async () => {
+        const f = await File.open(fifo, { read: true });
+        const ac = new AbortController();
+        setTimeout(() => ac.abort(), 50);
+        const t0 = Date.now();
+        const r = await outcome(f.read(new Uint8Array(16), undefined, { signal: ac.signal }));
+        const ms = Date.now() - t0;
+        fs.writeSync(w, 'x'); // lets a read libuv could not stop finish, so close() is prompt
+        await f.close();
+        return { r, ms };
+      });
+      expect(got.r).toBe('CANCELLED');
+      expect(got.ms).toBeLessThan(3000);
+    } finally {
+      fs.closeSync(w);
+    }
+  });
+
   it.runIf(probe.ok)(`a signal that is not an AbortSignal is refused before anything is submitted (${avail})`, async () => {
     const path = join(dir, `badsig-${name}`);
     fs.writeFileSync(path, '..........');

@@ -99,6 +99,19 @@ describe.each((['node', 'io_uring', 'epoll'] as BackendName[]).map((name) => ({ 
       expect(counts.b).toBe(0);
     });
 
+    it.runIf(probe.ok)(`a signal that is not an AbortSignal is INVALID_ARGUMENT, also for a call queued behind another, and close() still works (${probe.reason ?? 'available'})`, async () => {
+      await withPeer(name, async (c) => {
+        const first = c.recv(new Uint8Array(8)); // in the backend: later recvs queue behind it
+        for (const bad of [{}, null, 'x']) {
+          await expect(c.recv(new Uint8Array(8), { signal: bad as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+          await expect(c.send(new Uint8Array(8), { signal: bad as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+          await expect(c.sendAll(new Uint8Array(8), { signal: bad as never })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+        }
+        await c.close(); // used to throw on the bogus signal of a queued call
+        await expect(first).rejects.toMatchObject({ code: 'ECANCELED' });
+      });
+    });
+
     it.runIf(probe.ok)(`connect refuses a timeoutMs setTimeout cannot wait (${probe.reason ?? 'available'})`, async () => {
       const rt = new Runtime({ backend: name });
       await rt.blockOn(async () => {

@@ -113,8 +113,12 @@ const MAX_POLL_ROUNDS = 16;
 const FIRE_CHUNK = 128;
 const RESOLVED: Promise<void> = Promise.resolve();
 
-/** The reason the driver aborts a wake-up it no longer needs; never seen by users. */
-const DISARMED = new Error('timer wake-up disarmed');
+/**
+ * The reason the driver aborts a wake-up it no longer needs; never seen by users. It has a string
+ * code so core's abortReason hands it back as it is (no wrapper, no stack trace per disarm) and the
+ * identity check in _armFailed sees it.
+ */
+const DISARMED: Error = Object.assign(new Error('timer wake-up disarmed'), { code: 'TIMER_DISARMED' });
 
 /**
  * The per-runtime timer driver: the `RuntimePlugin` that `features: ['timer']` loads. It owns one
