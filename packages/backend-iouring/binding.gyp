@@ -6,7 +6,10 @@
     # address/allocateBuffer/signalFd/setAffinity (module_methods.cc, with op.cc for SocketAddress)
     # are shared with the epoll and kqueue backends (@miniss/native-common).
     # Relative to this file: gyp's make generator cannot place objects for absolute source paths.
-    "native_common": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('@miniss/native-common/package.json')))\")"
+    "native_common": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('@miniss/native-common/package.json')))\")",
+    # nan's headers, relative too: gyp writes include paths into the Makefile unquoted, so an
+    # absolute one under a checkout path with a space in it would split into two arguments.
+    "nan_dir": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('nan/package.json')))\")"
   },
   "targets": [
     {
@@ -20,7 +23,7 @@
             "<(native_common)/src/op.cc"
           ],
           "include_dirs": [
-            "<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")",
+            "<(nan_dir)",
             "<(native_common)/include"
           ],
           "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-cast-function-type"],

@@ -5,11 +5,17 @@
   # case it builds against it. core's miniss-build-native lets the build run on Linux when both are
   # set (package.json "miniss.nativeEnv").
   "variables": {
-    "kq_inc": "<!(node -p \"process.env.MINISS_KQUEUE_INCLUDE_DIR || ''\")",
-    "kq_lib": "<!(node -p \"process.env.MINISS_KQUEUE_LIB_DIR || ''\")",
+    # Either may be relative (to this directory) or absolute. The include dir is made relative
+    # (gyp writes include paths into the Makefile unquoted); the library dir is used absolute and
+    # single-quoted in the link command below, so a path with a space in it survives both.
+    "kq_inc": "<!(node -p \"const d = process.env.MINISS_KQUEUE_INCLUDE_DIR; d ? require('node:path').relative('.', require('node:path').resolve(d)) || '.' : ''\")",
+    "kq_lib": "<!(node -p \"const d = process.env.MINISS_KQUEUE_LIB_DIR; d ? require('node:path').resolve(d) : ''\")",
     # op.cc/thread_pool.cc and their headers are shared with the epoll backend (@miniss/native-common).
     # Relative to this file: gyp's make generator cannot place objects for absolute source paths.
-    "native_common": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('@miniss/native-common/package.json')))\")"
+    "native_common": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('@miniss/native-common/package.json')))\")",
+    # nan's headers, relative too: gyp writes include paths into the Makefile unquoted, so an
+    # absolute one under a checkout path with a space in it would split into two arguments.
+    "nan_dir": "<!(node -p \"require('node:path').relative('.', require('node:path').dirname(require.resolve('nan/package.json')))\")"
   },
   "targets": [
     {
@@ -24,7 +30,7 @@
             "<(native_common)/src/thread_pool.cc"
           ],
           "include_dirs": [
-            "<!(node -p \"require('node:path').dirname(require.resolve('nan/package.json'))\")",
+            "<(nan_dir)",
             "<(native_common)/include"
           ],
           "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-cast-function-type"],
@@ -39,7 +45,7 @@
         ["OS=='linux' and kq_inc!='' and kq_lib!=''", {
           "include_dirs": ["<(kq_inc)"],
           "defines": ["_GNU_SOURCE"],
-          "libraries": ["-L<(kq_lib)", "-Wl,-rpath,<(kq_lib)", "-lkqueue"]
+          "libraries": ["-L'<(kq_lib)'", "-Wl,-rpath,'<(kq_lib)'", "-lkqueue"]
         }]
       ]
     }

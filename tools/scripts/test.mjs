@@ -9,13 +9,21 @@
 // failure. MINISS_ASAN=0 skips that job even in CI.
 // On Linux, a full run (no vitest arguments) also builds the kqueue addon against the package's
 // test-only emulation (kqemu), runs the kqueue tests on it and removes that build (MINISS_KQEMU=0 skips).
-import { spawnSync } from 'node:child_process';
+// A kqemu build left by an interrupted run is removed first, never reused; Ctrl-C/SIGTERM during
+// that stage stops it, removes the kqemu build and exits 130/143.
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { nxBin, nxEnv } from './nx-env.mjs';
+import { readVitestReport } from './vitest-report.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const kqemu = join(root, 'packages', 'backend-kqueue', 'scripts', 'build-kqemu.mjs');
+const kqemuClean = () => spawnSync(process.execPath, [kqemu, '--clean'], { cwd: root, stdio: 'inherit' });
+// A kqemu build left by an interrupted run would make the kqueue addon load in the plain run (and
+// be reused): remove it before anything else (silent when there is none).
+if (process.platform === 'linux') kqemuClean();
 const build = spawnSync(process.execPath, [nxBin(root), 'run-many', '-t', 'build', '--outputStyle=static'], {
   cwd: root,
   stdio: 'inherit',
@@ -30,25 +38,35 @@ if (build.status !== 0) {
 const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
 const userArgs = process.argv.slice(2);
 
-/** One vitest run; counts from its JSON report (a test file that failed to load counts as a failure). */
-function vitestRun(args, report) {
-  rmSync(report, { force: true });
-  const run = spawnSync(process.execPath, [vitest, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...args], {
-    cwd: root,
-    stdio: 'inherit',
-    env: { ...nxEnv, FORCE_COLOR: process.env.CI ? '0' : (process.env.FORCE_COLOR ?? '') },
+/** The running child of the kqemu stage, which a signal stops; and the signal, once one came. */
+let child;
+let interrupted;
+
+/** Runs a command to its end like spawnSync, but leaves the event loop free for signal handlers. */
+function runAsync(cmd, args, opts) {
+  return new Promise((resolve) => {
+    child = spawn(cmd, args, opts);
+    child.on('error', (error) => resolve({ status: null, signal: null, error }));
+    child.on('exit', (status, signal) => resolve({ status, signal }));
+  }).finally(() => {
+    child = undefined;
   });
-  const c = { passed: 0, failed: 0, skipped: 0, status: run.status };
-  if (existsSync(report)) {
-    const r = JSON.parse(readFileSync(report, 'utf8'));
-    c.passed = r.numPassedTests ?? 0;
-    c.failed = r.numFailedTests ?? 0;
-    c.skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
-    const brokenFiles = (r.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).every((a) => a.status !== 'failed'));
-    c.failed += brokenFiles.length;
-  }
-  if (run.status !== 0 && c.failed === 0) c.failed = 1;
-  return c;
+}
+
+/**
+ * One vitest run; counts from its JSON report (tools/scripts/vitest-report.mjs: a test file that
+ * failed outside its tests counts as a failure). Async (runAsync) when `async` is set.
+ */
+function vitestRun(args, report, async = false) {
+  rmSync(report, { force: true });
+  const opts = { cwd: root, stdio: 'inherit', env: { ...nxEnv, FORCE_COLOR: process.env.CI ? '0' : (process.env.FORCE_COLOR ?? '') } };
+  const argv = [vitest, 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...args];
+  const count = (run) => {
+    const c = { passed: 0, failed: 0, skipped: 0, ...readVitestReport(report), status: run.status };
+    if (run.status !== 0 && c.failed === 0) c.failed = 1;
+    return c;
+  };
+  return async ? runAsync(process.execPath, argv, opts).then(count) : count(spawnSync(process.execPath, argv, opts));
 }
 
 const main = vitestRun(userArgs, join(root, 'test-results.json'));
@@ -57,26 +75,48 @@ const run = main;
 
 // kqueue cannot run on Linux, but its addon builds against kqemu, the package's test-only kqueue
 // emulation on epoll: build it, run the kqueue tests (conformance, its own, the fuzzer), remove it.
-const kqueueAddon = join(root, 'packages', 'backend-kqueue', 'build');
-if (process.platform === 'linux' && userArgs.length === 0 && process.env.MINISS_KQEMU !== '0' && !existsSync(kqueueAddon)) {
-  const kqemu = join(root, 'packages', 'backend-kqueue', 'scripts', 'build-kqemu.mjs');
-  console.log('\nkqueue on kqemu (test-only emulation): building');
-  const b = spawnSync(process.execPath, [kqemu], { cwd: root, stdio: 'inherit', env: nxEnv });
+// build-kqemu.mjs keeps a normal build/ of the package aside and `--clean` puts it back, so the
+// package's build state afterwards is exactly the one before. `--clean` also runs first (and at the
+// top): whatever an interrupted run left (test/kqemu/build/ marks it) is removed, never reused.
+if (process.platform === 'linux' && userArgs.length === 0 && process.env.MINISS_KQEMU !== '0') {
+  const onSignal = (signal) => {
+    if (interrupted) return;
+    interrupted = signal;
+    console.log(`\nkqueue on kqemu: ${signal}, stopping and removing the kqemu build`);
+    child?.kill(signal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   let k = { passed: 0, failed: 1, skipped: 0 };
-  if (b.status === 0) {
-    k = vitestRun(
-      ['packages/backend-kqueue', 'packages/core/test/conformance.test.ts', 'tools/hardening/test/fuzz-backend.test.ts', '-t', 'kqueue'],
-      join(root, 'test-results-kqemu.json'),
-    );
-  } else {
-    console.log('kqemu build failed');
+  try {
+    kqemuClean();
+    if (!interrupted) {
+      console.log('\nkqueue on kqemu (test-only emulation): building');
+      const b = await runAsync(process.execPath, [kqemu], { cwd: root, stdio: 'inherit', env: nxEnv });
+      if (b.status === 0 && !interrupted) {
+        k = await vitestRun(
+          ['packages/backend-kqueue', 'packages/core/test/conformance.test.ts', 'tools/hardening/test/fuzz-backend.test.ts', '-t', 'kqueue'],
+          join(root, 'test-results-kqemu.json'),
+          true,
+        );
+      } else if (!interrupted) {
+        console.log('kqemu build failed');
+      }
+    }
+  } finally {
+    // Signals stay caught until this is done, so a second Ctrl-C cannot cut the clean-up short.
+    kqemuClean();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
-  spawnSync(process.execPath, [kqemu, '--clean'], { cwd: root, stdio: 'inherit' });
+  if (interrupted) {
+    console.log(`interrupted (${interrupted})`);
+    process.exit(interrupted === 'SIGINT' ? 130 : 143);
+  }
   console.log(`kqueue on kqemu: ${k.passed} passed, ${k.failed} failed`);
   passed += k.passed;
   failed += k.failed;
 }
-console.log(`(${skipped} skipped: backends or tools not available here, each test names its reason)`);
 
 const ci = process.env.CI !== undefined && !['', '0', 'false'].includes(process.env.CI.toLowerCase());
 const asan = process.env.MINISS_ASAN === '1' || (ci && process.env.MINISS_ASAN !== '0');
@@ -103,5 +143,7 @@ if (asan) {
 } else {
   console.log('(AddressSanitizer run skipped: it runs in CI, or locally with MINISS_ASAN=1)');
 }
+// The line before the last one counts the skipped tests (README.md, Quick start, says so).
+console.log(`(${skipped} skipped: backends or tools not available here, each test names its reason)`);
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed > 0 || run.status !== 0 ? 1 : 0);

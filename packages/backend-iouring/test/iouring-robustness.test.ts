@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { closeSync, constants, existsSync, fstatSync, mkdtempSync, openSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { constants as osConstants } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { IoOperation } from '@miniss/core';
 import { createBackend, isSupported, type IoUringBackend, type IoUringConnectOperation } from '@miniss/backend-iouring';
@@ -196,7 +197,7 @@ describe.runIf(support.ok)('io_uring backend robustness', () => {
 
   it('the addon fails an operation that needs more SQEs than its ring has with EINVAL (1-entry ring), and goes on', () => {
     const require = createRequire(import.meta.url);
-    const build = ['Release', 'Debug'].map((d) => new URL(`../build/${d}/miniss_iouring.node`, import.meta.url).pathname).find((p) => existsSync(p));
+    const build = ['Release', 'Debug'].map((d) => fileURLToPath(new URL(`../build/${d}/miniss_iouring.node`, import.meta.url))).find((p) => existsSync(p));
     const addon = require(build!) as NativeIoUringAddon;
     const sqCap = 4;
     const cqCap = 8;

@@ -3,17 +3,31 @@
 //
 // node-gyp cannot download Node's headers on machines without internet access, so this points it
 // at the headers of the running Node (`<prefix>/include/node`) when their version matches, and
-// only falls back to node-gyp's own download when they are missing. Flags:
-//   --if-needed   skip the build when build/Release/<target>.node is newer than every source
+// only falls back to node-gyp's own download when they are missing. When they are there but for
+// another Node version it stops, before node-gyp deletes anything, and says which version it
+// found and which Node runs (npm_config_nodedir, when set, is used as given).
+// Flags:
+//   --if-needed   skip the build when build/<Release|Debug>/ holds an addon whose stamp
+//                 (miniss-build.json, written after every successful build) matches this build
+//                 exactly: Node version and ABI (process.versions.modules), platform and arch,
+//                 the Node headers directory, the compiler/linker environment (BUILD_ENV below)
+//                 and a hash of every source (binding.gyp, native/, native-common's include/ and
+//                 src/, nan's version).
 //   --debug       a Debug build (used by the AddressSanitizer job)
+// Each backend runs this with --if-needed from both its npm "install" script and its "build"
+// script (the nx build target): a root `npm install` first runs the install scripts, which
+// compile each addon, then the postinstall nx build, which then finds the stamps up to date, so
+// every addon compiles once; after a source or toolchain change the stamp differs and
+// `npm run build` compiles again. Without --if-needed it always rebuilds.
 // The package's package.json may say `"miniss": { "nativeOs": ["linux"] }`: on any other OS
 // nothing is compiled (the package's isSupported() then says why) and the install still succeeds.
 // `"miniss": { "nativeEnv": ["A", "B"] }` builds outside nativeOs too when every one of those
 // environment variables is set (the kqueue backend on Linux against a kqueue emulation library).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 
 const cwd = process.cwd();
 const pkg = JSON.parse(readFileSync(join(cwd, 'package.json'), 'utf8'));
@@ -29,50 +43,111 @@ if (Array.isArray(nativeOs) && !nativeOs.includes(process.platform) && !process.
   process.exit(0);
 }
 
-function newestMtime(dir) {
-  let newest = 0;
-  if (!existsSync(dir)) return newest;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
-  }
-  return newest;
-}
+const config = args.has('--debug') ? 'Debug' : 'Release';
+const outDir = join(cwd, 'build', config);
+const stampFile = join(outDir, 'miniss-build.json');
+// Environment that changes what node-gyp compiles (a build input in nx.json too, with
+// npm_config_nodedir; the stamp records the headers directory actually used instead).
+const BUILD_ENV = [
+  'CC',
+  'CXX',
+  'LINK',
+  'CPPFLAGS',
+  'CFLAGS',
+  'CXXFLAGS',
+  'LDFLAGS',
+  'MINISS_KQUEUE_INCLUDE_DIR',
+  'MINISS_KQUEUE_LIB_DIR',
+  'MINISS_FORCE_NATIVE_BUILD',
+];
+const require = createRequire(join(cwd, 'package.json'));
 
-if (args.has('--if-needed')) {
-  const rel = join(cwd, 'build', 'Release');
-  const built = existsSync(rel) ? readdirSync(rel).filter((f) => f.endsWith('.node')) : [];
-  if (built.length > 0) {
-    const out = Math.min(...built.map((f) => statSync(join(rel, f)).mtimeMs));
-    // Sources of this package, plus those of @miniss/native-common when the package compiles them.
-    const dirs = [join(cwd, 'native')];
-    if (pkg.dependencies?.['@miniss/native-common']) {
-      try {
-        const common = dirname(createRequire(join(cwd, 'package.json')).resolve('@miniss/native-common/package.json'));
-        dirs.push(join(common, 'include'), join(common, 'src'));
-      } catch {
-        // not installed: node-gyp will say so
-      }
-    }
-    const src = Math.max(...dirs.map((d) => (existsSync(d) ? newestMtime(d) : 0)), statSync(join(cwd, 'binding.gyp')).mtimeMs);
-    if (out >= src) {
-      log('native addon is up to date');
-      process.exit(0);
-    }
-  }
-}
-
-// Node's own headers, when they match the running Node exactly.
-function localNodeDir() {
+// Node's own headers next to the running Node: { dir, version } (version undefined if unreadable).
+function localNodeHeaders() {
   const prefix = dirname(dirname(process.execPath));
   const header = join(prefix, 'include', 'node', 'node_version.h');
   if (!existsSync(header)) return undefined;
   const text = readFileSync(header, 'utf8');
-  const v = ['MAJOR', 'MINOR', 'PATCH'].map((k) => text.match(new RegExp(`#define NODE_${k}_VERSION (\\d+)`))?.[1]).join('.');
-  return v === process.versions.node ? prefix : undefined;
+  const parts = ['MAJOR', 'MINOR', 'PATCH'].map((k) => text.match(new RegExp(`#define NODE_${k}_VERSION (\\d+)`))?.[1]);
+  return { dir: prefix, header, version: parts.every(Boolean) ? parts.join('.') : undefined };
 }
 
-const require = createRequire(join(cwd, 'package.json'));
+// The headers node-gyp is pointed at: npm_config_nodedir as given, else the running Node's own
+// when their version matches (else none: node-gyp's cache/download, or a stop below on a mismatch).
+const localHeaders = process.env.npm_config_nodedir ? undefined : localNodeHeaders();
+const nodedir = process.env.npm_config_nodedir || (localHeaders?.version === process.versions.node ? localHeaders.dir : undefined);
+
+/** Hash of every file under `dir` (path relative to `base`, then contents), in a stable order. */
+function hashTree(hash, dir, base) {
+  if (!existsSync(dir)) return;
+  for (const entry of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    const p = join(dir, entry.name);
+    if (entry.isDirectory()) hashTree(hash, p, base);
+    else if (entry.isFile()) hash.update(`${relative(base, p)}\0`).update(readFileSync(p)).update('\0');
+  }
+}
+
+/** What this build depends on; a build is reused (--if-needed) only when all of it is unchanged. */
+function buildKey() {
+  const hash = createHash('sha256');
+  hash.update(readFileSync(join(cwd, 'binding.gyp')));
+  hashTree(hash, join(cwd, 'native'), cwd);
+  // Sources of @miniss/native-common when the package compiles them, and nan's headers (by version).
+  for (const [dep, dirs] of [
+    ['@miniss/native-common', ['include', 'src']],
+    ['nan', []],
+  ]) {
+    if (!pkg.dependencies?.[dep]) continue;
+    try {
+      const depPkg = require.resolve(`${dep}/package.json`);
+      hash.update(`${dep}@${JSON.parse(readFileSync(depPkg, 'utf8')).version}\0`);
+      for (const d of dirs) hashTree(hash, join(dirname(depPkg), d), dirname(depPkg));
+    } catch {
+      hash.update(`${dep} missing\0`); // node-gyp will say so
+    }
+  }
+  return {
+    node: process.versions.node,
+    abi: process.versions.modules,
+    platform: process.platform,
+    arch: process.arch,
+    config,
+    nodedir: nodedir ?? '(node-gyp cache or download)',
+    env: Object.fromEntries(BUILD_ENV.map((k) => [k, process.env[k] ?? ''])),
+    sources: hash.digest('hex'),
+  };
+}
+
+const key = buildKey();
+if (args.has('--if-needed')) {
+  const built = existsSync(outDir) ? readdirSync(outDir).filter((f) => f.endsWith('.node')) : [];
+  let stamp;
+  try {
+    stamp = JSON.parse(readFileSync(stampFile, 'utf8'));
+  } catch {
+    stamp = undefined;
+  }
+  if (built.length > 0 && JSON.stringify(stamp) === JSON.stringify(key)) {
+    log('native addon is up to date');
+    process.exit(0);
+  }
+  if (built.length > 0) {
+    const why = !stamp
+      ? 'it has no build stamp'
+      : Object.keys(key)
+          .filter((k) => JSON.stringify(stamp[k]) !== JSON.stringify(key[k]))
+          .map((k) => {
+            if (k === 'sources') return 'sources changed';
+            if (k !== 'env') return `${k} ${JSON.stringify(stamp[k])} -> ${JSON.stringify(key[k])}`;
+            const changed = BUILD_ENV.filter((e) => stamp.env?.[e] !== key.env[e]);
+            return changed.map((e) => `${e} ${JSON.stringify(stamp.env?.[e] ?? '')} -> ${JSON.stringify(key.env[e])}`).join(', ');
+          })
+          .filter(Boolean)
+          .join('; ') || 'its stamp is from another version of this script';
+    log(`rebuilding the existing addon (${why})`);
+  }
+}
+
 let gypBin;
 for (const candidate of ['node-gyp/bin/node-gyp.js']) {
   try {
@@ -89,7 +164,21 @@ if (!gypBin) {
 }
 
 const gypArgs = [gypBin, 'rebuild'];
-const nodedir = process.env.npm_config_nodedir || localNodeDir();
+if (process.env.npm_config_nodedir) {
+  log(`Node headers: npm_config_nodedir=${nodedir} (running Node ${process.versions.node})`);
+} else if (localHeaders && !nodedir) {
+  // Checked before node-gyp runs: `rebuild` deletes build/ first, and its download fallback
+  // fails offline, which would leave no addon at all.
+  log(
+    `the Node headers at ${localHeaders.header} are for Node ${localHeaders.version ?? '(unreadable version)'}, but Node ${process.versions.node} ` +
+      `(${process.execPath}) runs this build; an addon compiled against them would not load. Set npm_config_nodedir to ` +
+      `a directory whose include/node/ holds the headers of Node ${process.versions.node}, or build with the Node those ` +
+      `headers belong to. Nothing was built or deleted.`,
+  );
+  process.exit(1);
+} else if (!localHeaders) {
+  log(`no Node headers next to ${process.execPath}; node-gyp will use its cache or download those of Node ${process.versions.node}`);
+}
 if (nodedir) gypArgs.push(`--nodedir=${nodedir}`);
 if (args.has('--debug')) gypArgs.push('--debug');
 gypArgs.push(`--jobs=${process.env.JOBS ?? 'max'}`);
@@ -99,3 +188,5 @@ if (r.status !== 0) {
   log(`native build failed (exit ${r.status ?? r.signal}); see the compiler output above`);
   process.exit(r.status ?? 1);
 }
+// A target without sources on this OS (a forced build elsewhere) produces no build/<config>/.
+if (existsSync(outDir)) writeFileSync(stampFile, `${JSON.stringify(key, null, 2)}\n`);
