@@ -94,6 +94,10 @@ class SockRec {
   reported: Error | null = null;
   recvWaiters: Op[] = [];
   sends: Set<Op> | null = null;
+  /** A write handed to Node whose callback has not come yet (at most one at a time, see `_send`). */
+  writing = false;
+  /** Sends (and a write-side shutdown) waiting for `writing` to end, oldest first. */
+  writeQ: Array<{ op: Op; start: () => void }> | null = null;
   /** The last operation touching this socket that can be in flight (connect/listen/shutdown). */
   other: Op | null = null;
   constructor(
@@ -178,7 +182,8 @@ function opError(err: unknown, syscall: string, details: IoErrorDetails, fallbac
  * with `ECANCELED`. A `send` whose bytes were handed to the socket cannot be taken back: it
  * completes with `ECANCELED` at once, but the bytes already queued (a copy: the caller's buffer
  * is free from then on) still go out in order (nothing is reordered or lost, only the count is
- * unknown). File operations cannot be stopped once
+ * unknown). One write is in Node at a time per socket; sends behind it wait in this backend,
+ * where a cancel drops them, so aborted retries cannot pile copies up in Node's buffer. File operations cannot be stopped once
  * started (libuv runs them on its threadpool and Node exposes no `uv_cancel`): `cancel` returns
  * true and the operation completes with its real result when the system call returns, keeping
  * its buffer until then.
@@ -853,12 +858,18 @@ export class NodeBackend implements IoBackend {
 
   /** The socket is gone: sends still waiting get its pending error (the first one) or EPIPE. */
   private _failSends(s: SockRec): void {
-    if (s.sends === null) return;
-    for (const op of s.sends) {
-      this._release(s);
-      this._complete(op, this._takeError(s, 'send', op.fd) ?? ioErrorFromCode('EPIPE', 'send', { fd: op.fd }));
+    const queued = s.writeQ;
+    s.writeQ = null;
+    if (s.sends !== null) {
+      for (const op of s.sends) {
+        this._release(s);
+        this._complete(op, this._takeError(s, 'send', op.fd) ?? ioErrorFromCode('EPIPE', 'send', { fd: op.fd }));
+      }
+      s.sends.clear();
     }
-    s.sends.clear();
+    // A write-side shutdown that waited behind those sends: end() the gone socket now, whose
+    // callback completes it as it would have had it been called at once.
+    if (queued !== null) for (const item of queued) if (item.op === s.other) item.start();
   }
 
   private _recv(rec: Op, fd: number, bytes: Uint8Array, len: number): void {
@@ -938,21 +949,68 @@ export class NodeBackend implements IoBackend {
     }
     (s.sends ??= new Set()).add(rec);
     this._hold(s);
+    // One write in Node at a time: a send waits here while the previous write (even one whose send
+    // was cancelled) has not called back, so a cancel while it waits drops it for good, and a peer
+    // that stops reading holds at most one send's bytes in Node's buffer, however often the
+    // caller aborts and retries.
+    // The bytes are copied, now: whatever Node cannot hand to the kernel at once it keeps in its
+    // stream buffer, and a write cannot be taken back, so a view of the caller's memory would go
+    // on being read after a cancel had completed this send with ECANCELED (the caller, told it
+    // failed, reuses the buffer and its new bytes go out), or after a detach (transfer) emptied
+    // it, also while it waits here. Native backends pin the memory until the kernel is done;
+    // node:net offers no way to.
+    const data = Buffer.from(len === bytes.byteLength ? bytes : bytes.subarray(0, len));
+    if (s.writing || s.writeQ !== null) {
+      const item = { op: rec, start: () => this._write(s, rec, data, fd) };
+      (s.writeQ ??= []).push(item);
+      rec.cancel = () => {
+        this._unqueueWrite(s, item);
+        if (s.sends?.delete(rec)) this._release(s);
+        this._cancelled(rec, 'send');
+      };
+      return;
+    }
+    this._write(s, rec, data, fd);
+  }
+
+  /** Hands one send's bytes to Node (see `_send`); the next queued one starts at its callback. */
+  private _write(s: SockRec, rec: Op, data: Buffer, fd: number): void {
+    const sock = s.socket;
+    if (sock === null || sock.destroyed || sock.writableEnded) {
+      if (s.sends?.delete(rec)) this._release(s);
+      this._complete(rec, this._takeError(s, 'send', fd) ?? ioErrorFromCode('EPIPE', 'send', { fd }));
+      return;
+    }
     rec.cancel = () => {
       if (s.sends?.delete(rec)) this._release(s);
       this._cancelled(rec, 'send');
     };
-    // The bytes are copied. Whatever Node cannot hand to the kernel at once it keeps in its
-    // stream buffer, and a write cannot be taken back: a view of the caller's memory would go on
-    // being read after a cancel had completed this send with ECANCELED (the caller, told it
-    // failed, reuses the buffer and its new bytes go out), or after a detach (transfer) emptied
-    // it. Native backends pin the memory until the kernel is done; node:net offers no way to.
-    sock.write(Buffer.from(len === bytes.byteLength ? bytes : bytes.subarray(0, len)), (err) => {
+    s.writing = true;
+    sock.write(data, (err) => {
+      s.writing = false;
       if (err) s.reported = err;
-      if (!s.sends?.delete(rec)) return;
-      this._release(s);
-      this._complete(rec, err ? opError(err, 'send', { fd }, 'EPIPE') : len);
+      if (s.sends?.delete(rec)) {
+        this._release(s);
+        this._complete(rec, err ? opError(err, 'send', { fd }, 'EPIPE') : data.length);
+      }
+      this._nextWrite(s);
     });
+  }
+
+  /** Starts what waited for the write that just called back, in order, until one is in Node. */
+  private _nextWrite(s: SockRec): void {
+    while (!s.writing && s.writeQ !== null) {
+      const item = s.writeQ.shift()!;
+      if (s.writeQ.length === 0) s.writeQ = null;
+      item.start();
+    }
+  }
+
+  private _unqueueWrite(s: SockRec, item: { op: Op; start: () => void }): void {
+    if (s.writeQ === null) return;
+    const i = s.writeQ.indexOf(item);
+    if (i >= 0) s.writeQ.splice(i, 1);
+    if (s.writeQ.length === 0) s.writeQ = null;
   }
 
   private _shutdown(rec: Op, fd: number, how: 0 | 1 | 2): void {
@@ -980,20 +1038,37 @@ export class NodeBackend implements IoBackend {
     }
     this._hold(s);
     s.other = rec;
+    const end = (): void => {
+      rec.cancel = () => {
+        if (s.other === rec) {
+          s.other = null;
+          this._release(s);
+        }
+        this._cancelled(rec, 'shutdown');
+      };
+      sock.end(() => {
+        if (s.other === rec) {
+          s.other = null;
+          this._release(s);
+        }
+        this._complete(rec, 0);
+      });
+    };
+    if (s.writeQ === null) {
+      end(); // Node sends the FIN after a write still in progress
+      return;
+    }
+    // Sends queued here (see _send) go out before the FIN.
+    const item = { op: rec, start: end };
+    s.writeQ.push(item);
     rec.cancel = () => {
+      this._unqueueWrite(s, item);
       if (s.other === rec) {
         s.other = null;
         this._release(s);
       }
       this._cancelled(rec, 'shutdown');
     };
-    sock.end(() => {
-      if (s.other === rec) {
-        s.other = null;
-        this._release(s);
-      }
-      this._complete(rec, 0);
-    });
   }
 
   /**
@@ -1036,6 +1111,7 @@ export class NodeBackend implements IoBackend {
     s.acceptWaiters = [];
     s.recvWaiters = [];
     s.sends?.clear();
+    s.writeQ = null;
     s.other = null;
     s.state = 'failed';
     s.chunks = [];

@@ -78,6 +78,32 @@ describe('node backend: caller buffers it cannot pin', () => {
   });
 });
 
+describe('node backend: aborted sends to a peer that does not read', () => {
+  it('hold at most one send in Node: 300 aborted 1 MiB sends do not pile up 300 MiB, and a send waiting its turn is dropped for good', async () => {
+    await run(async () => {
+      const { listener, client, server } = await pair(); // the server never reads
+      const buf = new Uint8Array(1 << 20).fill(0x41);
+      const before = process.memoryUsage().arrayBuffers;
+      let cancelled = 0;
+      for (let i = 0; i < 300; i++) {
+        const ac = new AbortController();
+        const p = client.send(buf, { signal: ac.signal });
+        await new Promise((r) => setImmediate(r));
+        ac.abort();
+        await p.then(
+          () => undefined,
+          () => cancelled++,
+        );
+      }
+      const grown = process.memoryUsage().arrayBuffers - before;
+      expect(cancelled).toBeGreaterThan(250);
+      // Before, every aborted send left its copy queued in Node's stream buffer (~300 MiB here).
+      expect(grown).toBeLessThan(64 << 20);
+      await Promise.all([client.close(), server.close(), listener.close()]);
+    });
+  });
+});
+
 describe('node backend: timeouts longer than setTimeout allows', () => {
   afterEach(() => {
     vi.useRealTimers();

@@ -1,5 +1,5 @@
 import v8 from 'node:v8';
-import { CancelledError, IoError, RuntimeError } from '@miniss/core';
+import { CancelledError, File, IoError, Runtime, RuntimeError, TcpListener, TcpStream } from '@miniss/core';
 
 /**
  * How task arguments, results and errors cross cores: structured clone, in bytes.
@@ -240,19 +240,45 @@ function serialize(value: unknown, sabs: SharedArrayBuffer[] | null = null): Enc
   try {
     s.writeValue(value);
   } catch (err) {
-    throw cloneError(err);
+    throw cloneError(err, value);
   }
   return { kind: Kind.V8, bytes: s.releaseBuffer(), sabs: s.sabs };
 }
 
-function cloneError(err: unknown): Error {
+function cloneError(err: unknown, value: unknown): Error {
   if (err instanceof RuntimeError) return err;
-  const e = new RuntimeError(
+  // The clone fails inside such an object (on a closure of its runtime), and the message would
+  // name that instead: say what the caller sent. Looked for only once the clone has failed.
+  const resource = resourceIn(value);
+  if (resource !== null) {
+    return new RuntimeError(
+      'INVALID_ARGUMENT',
+      `a ${resource} cannot be sent to another core: it belongs to the core that opened it (its fd is in that core's backend). Send data instead, or do the I/O on that core`,
+      { cause: err },
+    );
+  }
+  return new RuntimeError(
     'INVALID_ARGUMENT',
     `a value cannot be sent to another core: ${messageOf(err)} (arguments and results travel by structured clone: no functions, symbols or class instances with methods)`,
     { cause: err },
   );
-  return e;
+}
+
+/** The kind of miniss resource `value` is, or holds one level down (an argument list, a result object); else null. */
+function resourceIn(value: unknown): string | null {
+  const kind = (v: unknown): string | null =>
+    v instanceof TcpStream ? 'TcpStream' : v instanceof TcpListener ? 'TcpListener' : v instanceof File ? 'File' : v instanceof Runtime ? 'Runtime' : null;
+  try {
+    const k = kind(value);
+    if (k !== null || value === null || typeof value !== 'object') return k;
+    for (const v of Array.isArray(value) ? value : Object.values(value)) {
+      const inner = kind(v);
+      if (inner !== null) return inner;
+    }
+  } catch {
+    // A Proxy whose traps throw: no resource to name.
+  }
+  return null;
 }
 
 /**

@@ -162,3 +162,19 @@ describe('how misuse is reported', () => {
     expect(() => mc.spawnOn(1, () => 1)).toThrow(expect.objectContaining({ code: 'RUNTIME_SHUTDOWN' }));
   });
 });
+
+describe('miniss resources sent to another core', () => {
+  it('are refused with a message that names them (a listener as a result, the runtime as an argument)', async () => {
+    const mc = make({ cores: 2, pin: false, backend: 'node' });
+    // Built with `new Function` so that the test runner does not rewrite its `import()`.
+    const bindOne = new Function(
+      "return async () => { const { TcpListener } = await import('@miniss/core'); return TcpListener.bind({ host: '127.0.0.1', port: 0 }); }",
+    )() as () => Promise<unknown>;
+    const result = await rejection(mc.spawnOn(1, bindOne), 'a listener as a result');
+    expect(result.code).toBe('RESULT_NOT_CLONEABLE');
+    expect(result.message).toContain('a TcpListener cannot be sent to another core');
+    const arg = await rejection(mc.spawnOn(1, (_rt: unknown) => 1, mc.runtime), 'the runtime as an argument');
+    expect(arg.code).toBe('INVALID_ARGUMENT');
+    expect(arg.message).toContain('a Runtime cannot be sent to another core');
+  });
+});
