@@ -131,7 +131,7 @@ EpollReactor::~EpollReactor() {
   free_.clear();
 }
 
-void EpollReactor::Shutdown() {
+void EpollReactor::Shutdown(bool close_owned) {
   if (closed_) return;
   closed_ = true;
   // Everything waiting on an fd or a timer is cancelled.
@@ -147,7 +147,10 @@ void EpollReactor::Shutdown() {
   // produced (they would leak otherwise), then release every op and its pins.
   for (size_t i = done_head_; i < done_.size(); i++) {
     Op* op = done_[i];
-    if (ProducesFd(op->code) && op->result >= 0) close(static_cast<int>(op->result));
+    if (ProducesFd(op->code) && op->result >= 0) {
+      owned_.Remove(static_cast<int>(op->result));
+      close(static_cast<int>(op->result));
+    }
   }
   while (live_ != nullptr) {
     Op* op = live_;
@@ -156,6 +159,10 @@ void EpollReactor::Shutdown() {
   }
   done_.clear();
   done_head_ = 0;
+  // Torn down with its thread: the sockets, connections and files made for the caller that are
+  // still open are closed (pool_book.h, owned_fds.h). No op is left to touch them: the waiting
+  // ones completed above and were freed, the pool is stopped.
+  ShutdownOwned(close_owned);
   for (int fd : owned_eventfds_) close(fd);
   owned_eventfds_.clear();
   if (tfd_ >= 0) close(tfd_);
@@ -172,6 +179,9 @@ void EpollReactor::Adopt(int fd, bool is_socket) {
   FdState* st = Renew(fd);
   st->trusted = true;
   st->is_socket = is_socket;
+  // A socket or accepted connection is the caller's until it closes it through us; an eventfd of
+  // CreateEventFd stays ours (owned_eventfds_).
+  if (is_socket) owned_.Add(fd);
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -504,6 +514,7 @@ void EpollReactor::CloseNow(Op* op) {
   }
   if (inline_close) {
     // Sockets and eventfds close without blocking (no SO_LINGER is ever set here).
+    owned_.Remove(fd);
     int r = close(fd);
     if (st != nullptr) Forget(st);
     Complete(op, r < 0 && errno != EINTR ? -errno : 0);

@@ -145,8 +145,11 @@ class EpollReactor : public PoolOpBook<EpollReactor, FdState> {
   // Cancels everything and stops the pool: a running open, close or fsync is abandoned to its
   // thread at once, a running read or write is waited for up to kShutdownGrace and then abandoned
   // too (see thread_pool.h). Closes fds produced by operations nobody will reap, releases every
-  // other op and closes the epoll, event and timer fds. Idempotent.
-  void Shutdown();
+  // other op and closes the epoll, event and timer fds. With `close_owned` (the backend goes down
+  // with its thread: the environment cleanup hook) it also closes the sockets, accepted
+  // connections and opened files it made for the caller that no close op has closed and that are
+  // still the same files (owned_fds.h). Idempotent.
+  void Shutdown(bool close_owned = false);
   static constexpr std::chrono::milliseconds kShutdownGrace{1000};
   bool closed() const { return closed_; }
   const ReactorStats& stats() const { return stats_; }

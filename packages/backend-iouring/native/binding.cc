@@ -68,6 +68,9 @@ struct Instance {
   Backend* wrap = nullptr;
   bool closing = false;
   bool refd = false;
+  // Closed by the environment cleanup hook (its thread is going away): the engine's Shutdown also
+  // closes the fds it handed to the caller (Engine::owned_).
+  bool env_teardown = false;
   bool in_callback = false;
   bool js_hold = false;  // JS holds work that needs another loop turn (queued ops, local completions)
   bool pre_reap = false;  // JS takes completions with onReady (a consumer is registered); see OnPoll
@@ -97,7 +100,7 @@ void BeginClose(Instance* inst, bool now) {
   if (inst->closing) return;
   inst->closing = true;
   uv_close(reinterpret_cast<uv_handle_t*>(&inst->poll), OnClosed);
-  if (now && inst->engine) inst->engine->Shutdown(kShutdownWaitMs);
+  if (now && inst->engine) inst->engine->Shutdown(kShutdownWaitMs, inst->env_teardown);
 }
 
 class Backend : public Nan::ObjectWrap {
@@ -157,7 +160,8 @@ void OnClosed(uv_handle_t* handle) {
   // Closed while busy: the JS object goes back to weak, so it can be collected.
   if (inst->refd && inst->wrap != nullptr) inst->wrap->Unhold();
   inst->refd = false;
-  if (inst->engine) inst->engine->Shutdown(kShutdownWaitMs);  // a no-op after close()
+  // A no-op after close() (which leaves the caller's fds alone) or after the cleanup hook.
+  if (inst->engine) inst->engine->Shutdown(kShutdownWaitMs, inst->env_teardown);
   inst->engine.reset();
   inst->async.reset();
   inst->sq_store.reset();
@@ -178,6 +182,9 @@ void CleanupHook(void* arg, void (*done)(void*), void* done_arg) {
   Instance* inst = static_cast<Instance*>(arg);
   inst->hook_done = done;
   inst->hook_arg = done_arg;
+  // The thread is going away: nobody will close the sockets and files its code still had open
+  // (a worker that threw or was terminated never ran its own cleanup), so the engine does.
+  inst->env_teardown = true;
   BeginClose(inst, true);  // when close() already began it, OnClosed is pending and calls done
 }
 

@@ -372,6 +372,7 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
   io_uring_sqe* sqe2 = need == 2 ? ring_.GetSqe() : nullptr;
 
   if (d.op == kOpCloseQuiet) {
+    owned_.Remove(d.fd);
     sqe->opcode = IORING_OP_CLOSE;
     sqe->fd = d.fd;
     sqe->user_data = kInternalUserData;
@@ -463,6 +464,9 @@ bool Engine::Prepare(uint32_t slot_index, OpDesc& d) {
       // not close the number again (by then it may be a file the application opened since).
       auto owned = std::find(extra_fds_.begin(), extra_fds_.end(), d.fd);
       if (owned != extra_fds_.end()) extra_fds_.erase(owned);
+      // A socket, connection or file made for the caller is closed by the caller now: Shutdown
+      // must leave its number alone from here on (see owned_).
+      owned_.Remove(d.fd);
       // Closing an fd does not stop requests that already hold its file (a multishot accept on a
       // listener would keep accepting forever, a recv would wait for data that never comes), so
       // first cancel every request on the fd, hard-linked so the close runs whatever the cancel
@@ -570,7 +574,10 @@ size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
   // Completions made inside the engine first (they are older than anything in the CQ ring).
   auto drain_local = [&]() {
     while (!local_.empty() && n < max) {
-      out[n++] = local_.front().c;
+      const Local& x = local_.front();
+      // An accepted connection handed to the caller (see owned_).
+      if (x.owns_fd && x.c.res >= 0) owned_.Add(x.c.res);
+      out[n++] = x.c;
       local_.pop_front();
     }
   };
@@ -597,10 +604,12 @@ size_t Engine::Reap(Completion* out, size_t max, int wait_ms) {
       Slot& s = *live;
       int32_t res = s.has_sync_result ? s.sync_result : cqe->res;
       if (s.op == kOpTimeout && res == -ETIME) res = 0;
-      // Shutting down: nobody will ever see this completion, so an fd it made (open, accept,
-      // socket) belongs to no one. Close it here or it leaks for the life of the process.
-      if (shutting_down_ && res >= 0 && (s.op == kOpOpen || s.op == kOpAccept || s.op == kOpSocket)) {
-        close(res);
+      if (res >= 0 && (s.op == kOpOpen || s.op == kOpAccept || s.op == kOpSocket)) {
+        // Shutting down: nobody will ever see this completion, so an fd it made belongs to no
+        // one. Close it here or it leaks for the life of the process. Otherwise the fd is the
+        // caller's from here on, recorded until it closes it through us (see owned_).
+        if (shutting_down_) close(res);
+        else owned_.Add(res);
       }
       out[n++] = Completion{ud, res, cqe->flags};
       if (!more) {
@@ -931,7 +940,7 @@ int Engine::NewEventFd() {
   return fd;
 }
 
-void Engine::Shutdown(int wait_ms) {
+void Engine::Shutdown(int wait_ms, bool close_owned) {
   if (closed_) return;
   closed_ = true;
   // Connections accepted for nobody: queued on a listener, or handed to an accept whose
@@ -1005,6 +1014,14 @@ void Engine::Shutdown(int wait_ms) {
   extra_fds_.clear();
   in_flight_ = 0;
   user_in_flight_ = 0;
+  // Torn down with its thread (the environment cleanup hook): the sockets, connections and files
+  // handed to the caller that it never closed through us are closed, if their numbers still name
+  // the same files (owned_fds.h). Safe for the requests that used them: every one was cancelled
+  // and reaped above, or, if the kernel did not let go of it in time, holds its own reference to
+  // the file and its buffers were kept (and the ring's exit cancels it). Closing the number only
+  // drops the fd table's reference; the peer sees the connection end once the last one goes.
+  if (close_owned) owned_.CloseAll();
+  else owned_.Clear();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "miniss/owned_fds.h"  // @miniss/native-common
+
 #ifndef IORING_SETUP_NO_SQARRAY
 #define IORING_SETUP_NO_SQARRAY (1U << 16) /* 6.6 */
 #endif
@@ -297,8 +299,11 @@ class Engine {
 
   // Cancels everything in flight, waits (up to `wait_ms`) for the kernel to release every
   // buffer, and closes the ring and every fd the engine owns. Buffers the kernel still holds
-  // after that are deliberately leaked (kept pinned forever), never freed under it. Idempotent.
-  void Shutdown(int wait_ms);
+  // after that are deliberately leaked (kept pinned forever), never freed under it. With
+  // `close_owned` (the backend goes down with its thread: the environment cleanup hook) it also
+  // closes the sockets, accepted connections and opened files it handed to the caller that no
+  // close operation has closed and that are still the same files (see owned_). Idempotent.
+  void Shutdown(int wait_ms, bool close_owned = false);
 
   // Counters for stats(): io_uring_enter calls, SQEs submitted, CQEs reaped.
   uint64_t enters() const { return enters_; }
@@ -358,6 +363,10 @@ class Engine {
     bool owns_fd;  // an accepted fd: closed if nobody ever reaps it
   };
   std::deque<Local> local_;
+  // The fds handed to the caller (socket, accept and open results, recorded as Reap delivers
+  // them, with one fstat each) until a close operation of the fd is prepared: closed by a
+  // Shutdown with close_owned. See native-common's owned_fds.h.
+  OwnedFds owned_;
   size_t armed_ = 0;  // multishot accepts in the kernel
   size_t in_flight_ = 0;
   size_t user_in_flight_ = 0;

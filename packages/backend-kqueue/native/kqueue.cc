@@ -164,7 +164,7 @@ KqueueReactor::~KqueueReactor() {
   free_.clear();
 }
 
-void KqueueReactor::Shutdown() {
+void KqueueReactor::Shutdown(bool close_owned) {
   if (closed_) return;
   closed_ = true;
   for (Op* op = live_; op != nullptr; op = op->next) {
@@ -179,7 +179,10 @@ void KqueueReactor::Shutdown() {
   // produced (they would leak otherwise), then release every op and its pins.
   for (size_t i = done_head_; i < done_.size(); i++) {
     Op* op = done_[i];
-    if (ProducesFd(op->code) && op->result >= 0) close(static_cast<int>(op->result));
+    if (ProducesFd(op->code) && op->result >= 0) {
+      owned_.Remove(static_cast<int>(op->result));
+      close(static_cast<int>(op->result));
+    }
   }
   while (live_ != nullptr) {
     Op* op = live_;
@@ -188,6 +191,10 @@ void KqueueReactor::Shutdown() {
   }
   done_.clear();
   done_head_ = 0;
+  // Torn down with its thread: the sockets, connections and files made for the caller that are
+  // still open are closed (pool_book.h, owned_fds.h). No op is left to touch them: the waiting
+  // ones completed above and were freed, the pool is stopped.
+  ShutdownOwned(close_owned);
   // Closing the kqueue drops every knote in it (socket filters, the user event, the timer).
   if (kq_ >= 0) close(kq_);
   kq_ = -1;
@@ -201,6 +208,7 @@ void KqueueReactor::Adopt(int fd, bool is_socket) {
   FdState* st = Renew(fd);
   st->trusted = true;
   st->is_socket = is_socket;
+  if (is_socket) owned_.Add(fd);  // the caller's until it closes it through us
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -516,6 +524,7 @@ void KqueueReactor::CloseNow(Op* op) {
   FdState* st = Find(fd);
   const bool inline_close = st != nullptr && st->is_socket;
   if (inline_close) {
+    owned_.Remove(fd);
     int r = close(fd);
     Forget(st);
     // EINTR from close(): the fd is gone on every BSD and macOS (POSIX leaves it unspecified).

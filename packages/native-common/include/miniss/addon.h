@@ -133,6 +133,9 @@ class ReadinessAddon {
     BackendWrap* wrap = nullptr;
     bool closing = false;
     bool refd = false;
+    // The environment cleanup hook is closing the backend (its thread is going away): the
+    // reactor's Shutdown also closes the fds it made for the caller (owned_fds.h).
+    bool env_teardown = false;
     std::shared_ptr<v8::BackingStore> sq_store;
     std::shared_ptr<v8::BackingStore> cq_store;
     int32_t* sq_i = nullptr;
@@ -216,9 +219,11 @@ class ReadinessAddon {
     if (inst->refd && inst->wrap != nullptr) inst->wrap->Unhold();
     inst->refd = false;
     // Cancels what is left, stops the pool threads (a job stuck in a blocking system call is
-    // abandoned to its thread, see thread_pool.h) and closes the reactor's fds. A no-op after
-    // close().
-    if (inst->reactor) inst->reactor->Shutdown();
+    // abandoned to its thread, see thread_pool.h) and closes the reactor's fds, and, when the
+    // thread is going away, the sockets and files it made for the caller that are still open
+    // (nobody else can close them: a worker that threw or was terminated never ran its own
+    // cleanup). A no-op after close(), which leaves the caller's fds alone.
+    if (inst->reactor) inst->reactor->Shutdown(inst->env_teardown);
     inst->reactor.reset();
     inst->async.reset();
     inst->callback_target.Reset();
@@ -239,6 +244,7 @@ class ReadinessAddon {
     Instance* inst = static_cast<Instance*>(arg);
     inst->hook_done = done;
     inst->hook_arg = done_arg;
+    inst->env_teardown = true;
     BeginClose(inst);  // when close() already began it, OnClosed is pending and will call done
   }
 

@@ -17,6 +17,12 @@
 // stats, then PostToPool. The reactor creates `pool_`
 // (how completions wake its loop is its own) and keeps its own Shutdown, Cancel and
 // registration state; it calls the helpers below from them. Plain C++, loop thread only.
+//
+// `owned_` (owned_fds.h) records the fds made for the caller: the reactor adds its sockets and
+// accepted connections, the opens are added here (FinishPoolOp); a close going through the
+// reactor takes the fd out (the reactor's inline close: Remove; a pooled one: ClosePooled marks
+// it closing, FinishPoolOp or a withdrawal settles it). The reactor's Shutdown ends with
+// ShutdownOwned, which closes what is left when the backend goes down with its thread.
 #ifndef MINISS_POOL_BOOK_H_
 #define MINISS_POOL_BOOK_H_
 
@@ -30,6 +36,7 @@
 
 #include "miniss/op.h"
 #include "miniss/op_book.h"
+#include "miniss/owned_fds.h"
 #include "miniss/thread_pool.h"
 
 namespace miniss {
@@ -102,7 +109,10 @@ class PoolOpBook : public OpBook<FdStateT> {
       op->fd_gen = st->gen;
     }
     int r = pool_->Post(op);
-    if (r < 0) FinishPoolOp(op, r);
+    if (r < 0) {
+      if (op->code == kClose) owned_.Reopened(op->fd);  // never ran: the fd is still open
+      FinishPoolOp(op, r);
+    }
   }
 
   // The reactor's StartClose, once the fd's readiness state is cleared: holds the close if pool
@@ -121,6 +131,7 @@ class PoolOpBook : public OpBook<FdStateT> {
   // deleted file): the pool runs it, and ops submitted meanwhile fail with EBADF (they could run
   // after the close, on a reused number). Goes through the reactor's ToPool (which counts it).
   void ClosePooled(FdStateT* st, Op* op) {
+    owned_.Closing(op->fd);
     if (st != nullptr) {
       st->closing = true;
       op->fd_gen = st->gen;
@@ -170,6 +181,7 @@ class PoolOpBook : public OpBook<FdStateT> {
         if (code == kClose) {
           FdStateT* st = Find(fd);
           if (st != nullptr && st->gen == gen) st->closing = false;  // never ran: the fd is still open
+          owned_.Reopened(fd);
           Complete(op, -ECANCELED);
         } else {
           Complete(op, -ECANCELED);
@@ -225,15 +237,33 @@ class PoolOpBook : public OpBook<FdStateT> {
     }
     std::vector<Op*> withdrawn, finished, abandoned;
     pool_->Shutdown(&withdrawn, &finished, &abandoned, grace);
-    for (Op* op : withdrawn) delete op;
+    for (Op* op : withdrawn) {
+      if (op->code == kClose) owned_.Reopened(op->fd);  // never ran: the fd is still open
+      delete op;
+    }
     for (Op* op : finished) {
       // Nobody will reap it: an fd it produced would leak.
       if (ProducesFd(op->code) && op->result >= 0) close(static_cast<int>(op->result));
+      if (op->code == kClose) owned_.Closed(op->fd);
       delete op;
     }
-    // `abandoned` now belong to their pool threads.
+    // `abandoned` now belong to their pool threads (a close among them stays `closing` in
+    // owned_: its thread releases the number).
     pool_.reset();
   }
+
+  // The end of the reactor's Shutdown, after ShutdownPool (no pool op can start on an fd any
+  // more, and every op waiting on one has completed: closing the numbers touches no op) and
+  // after it closed the fds of completed ops nobody will reap (taking them out of owned_ first).
+  // `close_owned`: the backend goes down with its thread (the environment cleanup hook), so the
+  // fds it made for the caller that are still open are closed (owned_fds.h); otherwise (an
+  // explicit close(), garbage collection) they stay the caller's.
+  void ShutdownOwned(bool close_owned) {
+    if (close_owned) owned_.CloseAll();
+    else owned_.Clear();
+  }
+
+  OwnedFds owned_;  // the fds made for the caller (see the file comment)
 
   std::unique_ptr<ThreadPool> pool_;  // created by the reactor (it knows how to wake its loop)
 
@@ -253,6 +283,7 @@ class PoolOpBook : public OpBook<FdStateT> {
             r = -ECANCELED;
           } else {
             Renew(static_cast<int>(r));
+            owned_.Add(static_cast<int>(r));
           }
         }
         Complete(op, r);
@@ -263,6 +294,7 @@ class PoolOpBook : public OpBook<FdStateT> {
         FdStateT* st = Find(op->fd);
         if (st != nullptr && op->fd_gen != 0 && st->gen == op->fd_gen) Forget(st);
         op->fd_gen = 0;
+        owned_.Closed(op->fd);
         Complete(op, r);
         return;
       }
