@@ -2,7 +2,7 @@ import { closeSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { Runtime } from '@miniss/core';
-import { make, shutDownAfterEach, until, within } from './helpers.js';
+import { blockCore, make, shutDownAfterEach, until, within } from './helpers.js';
 
 // A core whose thread dies (an uncaught throw, process.exit() in the worker) or is terminated by
 // shutdown (blocked past workerExitTimeoutMs) never runs its own cleanup: the sockets its runtime
@@ -210,14 +210,7 @@ describe.each(BACKENDS)('sockets of a core that died, on the %s backend', (backe
       const mc = make({ cores: 2, backend, pin: false, workerExitTimeoutMs: 150 });
       const { clients } = await serveOnCore1(mc, 3);
       const closes = clients.map(ended);
-      const started = new SharedArrayBuffer(4);
-      // Blocks core 1's thread for good: shutdown has to terminate the worker.
-      const stuck = mc.spawnOn(1, (s: SharedArrayBuffer) => {
-        Atomics.store(new Int32Array(s), 0, 1);
-        for (;;);
-      }, started);
-      stuck.then(undefined, () => {});
-      expect(await until(() => Atomics.load(new Int32Array(started), 0) === 1, 5000)).toBe(true);
+      await blockCore(mc, 1); // shutdown has to terminate the worker
       await within(mc.shutdown({ graceMs: 0 }), 5000, `shutdown ${i} of a blocked core`);
       expect(mc.stats().perCore[1]!.terminated).toBe(true);
       await within(Promise.all(closes), 5000, `clients of the terminated core see the close (round ${i})`);

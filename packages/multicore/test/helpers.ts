@@ -62,3 +62,20 @@ export async function until(cond: () => boolean, ms: number): Promise<boolean> {
   }
   return true;
 }
+
+/**
+ * Blocks core `core`'s thread for good (a task that spins forever) and resolves once it is
+ * spinning: shutdown then has to terminate that worker. Resolves with the task's handle in an
+ * object (a handle is a thenable: an async function returning it would wait for it to settle,
+ * which it never does by itself; its rejection at shutdown is ignored).
+ */
+export async function blockCore(mc: MultiCoreRuntime, core: number): Promise<{ handle: PromiseLike<unknown> }> {
+  const started = new SharedArrayBuffer(4);
+  const stuck = mc.spawnOn(core, (s: SharedArrayBuffer) => {
+    Atomics.store(new Int32Array(s), 0, 1);
+    for (;;);
+  }, started);
+  stuck.then(undefined, () => {});
+  if (!(await until(() => Atomics.load(new Int32Array(started), 0) === 1, 5000))) throw new Error(`core ${core} did not start spinning`);
+  return { handle: stuck };
+}

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RuntimeError } from '@miniss/core';
-import { delayPortMessages, make, shutDownAfterEach, within } from './helpers.js';
+import { blockCore, delayPortMessages, make, shutDownAfterEach, within } from './helpers.js';
 
 shutDownAfterEach();
 
@@ -63,15 +63,8 @@ describe('MultiCoreRuntime.shutdown', () => {
     const mc = make({ cores: 2, pin: false, workerExitTimeoutMs: 150 });
     const crashes: number[] = [];
     mc.onCoreCrash = (core) => crashes.push(core);
-    const started = new SharedArrayBuffer(4);
     // Blocks core 1's thread for good: it never even reads the shutdown request.
-    const stuck = mc.spawnOn(1, (s: SharedArrayBuffer) => {
-      Atomics.store(new Int32Array(s), 0, 1);
-      for (;;);
-    }, started);
-    stuck.then(undefined, () => {});
-    const deadline = Date.now() + 2000;
-    while (Atomics.load(new Int32Array(started), 0) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    const { handle: stuck } = await blockCore(mc, 1);
     const queued = mc.spawnOn(1, () => 'never runs');
     queued.then(undefined, () => {});
     const t0 = performance.now();
@@ -81,7 +74,7 @@ describe('MultiCoreRuntime.shutdown', () => {
     expect(performance.now() - t0).toBeGreaterThanOrEqual(140);
     expect(warnings).toEqual([]);
     expect(crashes).toEqual([]);
-    for (const h of [stuck, queued]) {
+    for (const h of [stuck, queued] as PromiseLike<unknown>[]) {
       const e = await within(h.then(() => null, (err: unknown) => err), 100, 'handle on the terminated core');
       expect(e).toMatchObject({ code: 'RUNTIME_SHUTDOWN', message: expect.stringContaining('terminated') });
     }
