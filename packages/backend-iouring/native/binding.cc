@@ -13,6 +13,7 @@
 
 #include "io_uring.h"
 #include "miniss/flush_objects.h"   // @miniss/native-common: ObjectAt, BindBuffer, BindWholeView, StringOf
+#include "miniss/loop_hold.h"       // @miniss/native-common: LoopHold
 #include "miniss/module_methods.h"  // @miniss/native-common: address, allocateBuffer, signalFd, setAffinity
 #include "miniss/op.h"              // @miniss/native-common: PinThisLibrary
 #include "miniss/store_cache.h"     // @miniss/native-common: the pinned-buffer cache
@@ -67,7 +68,7 @@ struct Instance {
   std::unique_ptr<Nan::AsyncResource> async;
   Backend* wrap = nullptr;
   bool closing = false;
-  bool refd = false;
+  LoopHold hold;
   // Closed by the environment cleanup hook (its thread is going away): the engine's Shutdown also
   // closes the fds it handed to the caller (Engine::owned_).
   bool env_teardown = false;
@@ -108,7 +109,7 @@ class Backend : public Nan::ObjectWrap {
   static void Init(v8::Local<v8::Object> target);
 
   explicit Backend(Instance* inst) : inst_(inst) { inst->wrap = this; }
-  // The JS object strong (it cannot be collected) or weak again; balanced by Instance::refd.
+  // The JS object strong (it cannot be collected) or weak again; balanced by Instance::hold.
   void Hold() { Ref(); }
   void Unhold() { Unref(); }
   ~Backend() override {
@@ -141,25 +142,13 @@ class Backend : public Nan::ObjectWrap {
 };
 
 void Instance::UpdateRef() {
-  const bool want = !closing && engine && (engine->HoldsLoop() || js_hold);
-  if (want == refd) return;
-  refd = want;
-  if (want) {
-    uv_ref(reinterpret_cast<uv_handle_t*>(&poll));
-    if (wrap != nullptr) wrap->Hold();
-  } else {
-    uv_unref(reinterpret_cast<uv_handle_t*>(&poll));
-    if (wrap != nullptr) wrap->Unhold();
-    store_cache.Sweep();
-  }
+  hold.Set(!closing && engine && (engine->HoldsLoop() || js_hold), &poll, wrap, &store_cache);
 }
 
 void OnClosed(uv_handle_t* handle) {
   Instance* inst = static_cast<Instance*>(handle->data);
   Nan::HandleScope scope;
-  // Closed while busy: the JS object goes back to weak, so it can be collected.
-  if (inst->refd && inst->wrap != nullptr) inst->wrap->Unhold();
-  inst->refd = false;
+  inst->hold.Drop(inst->wrap);
   // A no-op after close() (which leaves the caller's fds alone) or after the cleanup hook.
   if (inst->engine) inst->engine->Shutdown(kShutdownWaitMs, inst->env_teardown);
   inst->engine.reset();

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "miniss/flush_objects.h"  // ObjectAt, BindBuffer, StringOf
+#include "miniss/loop_hold.h"      // LoopHold
 #include "miniss/module_methods.h"  // AddressMethod, AllocateBufferMethod, ...
 #include "miniss/op.h"
 #include "miniss/store_cache.h"  // StoreCache
@@ -132,7 +133,7 @@ class ReadinessAddon {
     std::unique_ptr<Nan::AsyncResource> async;
     BackendWrap* wrap = nullptr;
     bool closing = false;
-    bool refd = false;
+    LoopHold hold;
     // The environment cleanup hook is closing the backend (its thread is going away): the
     // reactor's Shutdown also closes the fds it made for the caller (owned_fds.h).
     bool env_teardown = false;
@@ -148,25 +149,13 @@ class ReadinessAddon {
 
     // The poll handle keeps the loop alive only while operations are in flight, and the JS object
     // stays reachable for just as long (see the class comment). Never called from a GC finalizer.
-    void UpdateRef() {
-      const bool want = !closing && reactor && reactor->in_flight() > 0;
-      if (want == refd) return;
-      refd = want;
-      if (want) {
-        uv_ref(reinterpret_cast<uv_handle_t*>(&poll));
-        if (wrap != nullptr) wrap->Hold();
-      } else {
-        uv_unref(reinterpret_cast<uv_handle_t*>(&poll));
-        if (wrap != nullptr) wrap->Unhold();
-        store_cache.Sweep();
-      }
-    }
+    void UpdateRef() { hold.Set(!closing && reactor && reactor->in_flight() > 0, &poll, wrap, &store_cache); }
   };
 
   class BackendWrap : public Nan::ObjectWrap {
    public:
     explicit BackendWrap(Instance* inst) : inst_(inst) { inst->wrap = this; }
-    // The JS object strong (it cannot be collected) or weak again; balanced by Instance::refd.
+    // The JS object strong (it cannot be collected) or weak again; balanced by Instance::hold.
     void Hold() { Ref(); }
     void Unhold() { Unref(); }
     ~BackendWrap() override {
@@ -215,9 +204,7 @@ class ReadinessAddon {
   static void OnClosed(uv_handle_t* handle) {
     Instance* inst = static_cast<Instance*>(handle->data);
     Nan::HandleScope scope;
-    // Closed while busy: the JS object goes back to weak, so it can be collected.
-    if (inst->refd && inst->wrap != nullptr) inst->wrap->Unhold();
-    inst->refd = false;
+    inst->hold.Drop(inst->wrap);
     // Cancels what is left, stops the pool threads (a job stuck in a blocking system call is
     // abandoned to its thread, see thread_pool.h) and closes the reactor's fds, and, when the
     // thread is going away, the sockets and files it made for the caller that are still open
