@@ -2,7 +2,7 @@
   # kqueue exists on macOS and the BSDs. On Linux this compiles nothing unless
   # MINISS_KQUEUE_INCLUDE_DIR and MINISS_KQUEUE_LIB_DIR point at a kqueue emulation library
   # (sys/event.h and libkqueue.so: libkqueue, or test/kqemu via scripts/build-kqemu.mjs), in which
-  # case it builds against it. core's miniss-build-native lets the build run on Linux when both are
+  # case it builds against it. native-common's miniss-build-native lets the build run on Linux when both are
   # set (package.json "miniss.nativeEnv").
   "variables": {
     # Either may be relative (to this directory) or absolute. The include dir is made relative

@@ -83,7 +83,7 @@ let r = spawnSync(cc, ccArgs, { stdio: 'inherit' });
 if (r.status !== 0) process.exit(r.status ?? 1);
 
 const require = createRequire(join(pkgDir, 'package.json'));
-const buildNative = join(dirname(require.resolve('@miniss/core/package.json')), 'scripts', 'build-native.mjs');
+const buildNative = join(dirname(require.resolve('@miniss/native-common/package.json')), 'scripts', 'build-native.mjs');
 const env = { ...process.env, MINISS_KQUEUE_INCLUDE_DIR: join(emuDir, 'include'), MINISS_KQUEUE_LIB_DIR: libDir };
 r = spawnSync(process.execPath, [buildNative, ...args.filter((a) => a === '--debug')], { cwd: pkgDir, stdio: 'inherit', env });
 process.exit(r.status ?? 1);

@@ -47,7 +47,7 @@ describe.runIf(support.ok)('@miniss/backend-kqueue where the addon loads', () =>
 describe.runIf(plainLinux)('@miniss/backend-kqueue on Linux without a kqueue library', () => {
   it('builds cleanly and compiles nothing', () => {
     const require = createRequire(join(pkgDir, 'package.json'));
-    const buildNative = join(dirname(require.resolve('@miniss/core/package.json')), 'scripts', 'build-native.mjs');
+    const buildNative = join(dirname(require.resolve('@miniss/native-common/package.json')), 'scripts', 'build-native.mjs');
     const env = { ...process.env };
     delete env.MINISS_KQUEUE_INCLUDE_DIR;
     delete env.MINISS_KQUEUE_LIB_DIR;

@@ -1,5 +1,13 @@
 #!/usr/bin/env node
-// Builds the node-gyp addon of the package in the current directory (a @miniss/backend-*).
+// `miniss-build-native`: builds the node-gyp addon of the package in the current directory (a
+// @miniss/backend-*), from its "install" script (and, in the monorepo, its "build" script).
+//
+// It is a bin of @miniss/native-common, which every backend has as a regular dependency (the C++
+// it compiles in lives here too), so npm links it before it runs the backend's install script.
+// @miniss/core, which backends only name as a peerDependency, may not be installed yet at that
+// point (`--legacy-peer-deps`, a backend added before core, package managers that do not install
+// peers), so the build must not depend on it. It uses nothing but Node's built-ins, node-gyp and
+// the backend's own dependencies (nan, @miniss/native-common).
 //
 // node-gyp cannot download Node's headers on machines without internet access, so this points it
 // at the headers of the running Node (`<prefix>/include/node`) when their version matches, and
@@ -148,18 +156,24 @@ if (args.has('--if-needed')) {
   }
 }
 
+// node-gyp: one installed where the package can resolve it (the monorepo pins one), else the one
+// npm runs install scripts with (npm sets npm_config_node_gyp in every lifecycle script), else the
+// copy bundled with the npm next to this Node.
 let gypBin;
-for (const candidate of ['node-gyp/bin/node-gyp.js']) {
-  try {
-    gypBin = require.resolve(candidate);
-  } catch {
-    /* tried below */
-  }
+const gypTried = [`node-gyp from ${cwd}`];
+try {
+  gypBin = require.resolve('node-gyp/bin/node-gyp.js');
+} catch {
+  /* tried below */
 }
+const npmGyp = process.env.npm_config_node_gyp;
+if (npmGyp) gypTried.push(`npm_config_node_gyp=${npmGyp}`);
+if (!gypBin && npmGyp && /\.[cm]?js$/.test(npmGyp) && existsSync(npmGyp)) gypBin = npmGyp;
 const npmBundled = join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
+gypTried.push(npmBundled);
 if (!gypBin && existsSync(npmBundled)) gypBin = npmBundled;
 if (!gypBin) {
-  log(`cannot find node-gyp (tried node-gyp from ${cwd} and ${npmBundled}); install it with: npm install -D node-gyp`);
+  log(`cannot find node-gyp (tried ${gypTried.join(', ')}); install it with: npm install -D node-gyp`);
   process.exit(1);
 }
 
