@@ -125,6 +125,8 @@ function captureResolvers(resolve: (n: number) => void, reject: (e: unknown) => 
 const RESOLVED: Promise<void> = Promise.resolve();
 
 const DRAIN_BUDGET = 4096;
+/** Shutdown: rounds of closing resources made by operations that completed during the previous one. */
+const RESOURCE_ROUNDS = 16;
 /** Failed tasks nobody awaited kept for the warnings at shutdown (each holds its error). */
 const UNOBSERVED_KEPT = 16;
 /** The smallest size at which the live-task array is compacted (see `_compactLive`). */
@@ -730,23 +732,7 @@ export class Runtime implements TaskScheduler {
     this._cancelLive();
     // Let cancellation callbacks run before resources and the backend go away.
     await new Promise<void>((r) => setImmediate(r));
-    const closing: Promise<unknown>[] = [];
-    for (const r of [...this._resources]) {
-      try {
-        const p = r._forceClose();
-        if (p !== undefined) closing.push(p.then(noop, noop));
-      } catch {
-        /* closing is best effort at shutdown */
-      }
-    }
-    this._resources.clear();
-    if (closing.length > 0) {
-      // Give the close operations (and the cancellations before them) time to reach the kernel
-      // and complete, so fds are released by their owner rather than dropped with the backend.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([Promise.all(closing), new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
-      clearTimeout(timer);
-    }
+    await this._closeResources();
     const errors: unknown[] = [];
     for (const [name, p] of [...this._plugins].reverse()) {
       try {
@@ -754,6 +740,17 @@ export class Runtime implements TaskScheduler {
       } catch (err) {
         errors.push(new RuntimeError('PLUGIN_CLOSE_FAILED', `plugin '${name}' failed to close: ${(err as Error)?.message}`, { cause: err }));
       }
+    }
+    // Operations in flight during the passes above may have made resources since: an open, a
+    // connect or an accept that completed turns into a File or TcpStream (tracked from then on)
+    // a microtask later. The native backends do not close the descriptors they handed out when
+    // they close, so such a resource must be closed here, or its fd leaks (and its object still
+    // says it is open). Each round lets the completions reaped meanwhile become their resources
+    // first; bounded, in case a task that ignores its cancellation keeps opening things.
+    for (let round = 0; round < RESOURCE_ROUNDS; round++) {
+      await new Promise<void>((r) => setImmediate(r));
+      if (this._resources.size === 0) break;
+      await this._closeResources();
     }
     this._backendClosed = true;
     this._backend.onReady(null);
@@ -787,6 +784,28 @@ export class Runtime implements TaskScheduler {
     this._unobservedFailures = [];
     this._unobservedDropped = 0;
     if (errors.length > 0) throw errors[0];
+  }
+
+  /**
+   * Force-closes every tracked resource and waits (bounded) for the closes to reach the kernel and
+   * complete, so fds are released by their owner rather than dropped with the backend.
+   */
+  private async _closeResources(): Promise<void> {
+    const closing: Promise<unknown>[] = [];
+    for (const r of [...this._resources]) {
+      try {
+        const p = r._forceClose();
+        if (p !== undefined) closing.push(p.then(noop, noop));
+      } catch {
+        /* closing is best effort at shutdown */
+      }
+    }
+    this._resources.clear();
+    if (closing.length > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([Promise.all(closing), new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
+    }
   }
 
   /** Drops settled handles from the live array (in place, order kept). */

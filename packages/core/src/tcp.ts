@@ -116,11 +116,13 @@ export class TcpListener implements TrackedResource, IoOwner, AsyncIterable<TcpS
     const { host, family } = await resolveHost(addr.host ?? '0.0.0.0', 'bind', port);
     if (rt.isShuttingDown) throw new RuntimeError('RUNTIME_SHUTDOWN', 'the runtime is shutting down: no new listeners');
     const fd = await rt.io({ op: 'socket', family }, opts.signal);
+    const pending = new PendingSocket(rt, fd);
     try {
-      await rt.io({ op: 'listen', fd, addr: { host, port, family }, backlog, reusePort: opts.reusePort === true }, opts.signal);
+      await rt.io({ op: 'listen', fd, addr: { host, port, family }, backlog, reusePort: opts.reusePort === true }, opts.signal, pending);
+      pending.handOver('listen');
     } catch (err) {
-      await rt.io({ op: 'close', fd }).catch(() => undefined);
-      throw err;
+      await pending.close();
+      throw pending.failure(err, 'listen');
     }
     return new TcpListener(rt, fd);
   }
@@ -267,26 +269,29 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
     }
     const { host, family } = await resolveHost(addr.host ?? '127.0.0.1', 'connect', port);
     const fd = await rt.io({ op: 'socket', family }, opts.signal);
+    // Until it is a TcpStream, the socket is closed by a shutdown like any resource (see PendingSocket).
+    const pending = new PendingSocket(rt, fd);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       if (timeoutMs === undefined) {
-        await rt.io({ op: 'connect', fd, addr: { host, port, family } }, opts.signal);
+        await rt.io({ op: 'connect', fd, addr: { host, port, family } }, opts.signal, pending);
       } else if (rt.backend.features.linkedTimeouts === true) {
-        await rt.io({ op: 'connect', fd, addr: { host, port, family }, timeoutMs }, opts.signal);
+        await rt.io({ op: 'connect', fd, addr: { host, port, family }, timeoutMs }, opts.signal, pending);
       } else {
         // No kernel-side timeout: a timer aborts the operation with ETIMEDOUT as its reason.
         const ac = new AbortController();
         timer = setTimeout(() => ac.abort(ioErrorFromErrno(-ETIMEDOUT, 'connect', { address: host, port })), timeoutMs);
         const signal = opts.signal ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal;
-        await rt.io({ op: 'connect', fd, addr: { host, port, family } }, signal);
+        await rt.io({ op: 'connect', fd, addr: { host, port, family } }, signal, pending);
       }
+      pending.handOver('connect');
     } catch (err) {
-      await rt.io({ op: 'close', fd }).catch(() => undefined);
+      await pending.close();
       if (err instanceof IoError) {
         err.address ??= host;
         err.port ??= port;
       }
-      throw err;
+      throw pending.failure(err, 'connect');
     } finally {
       if (timer !== undefined) clearTimeout(timer);
     }
@@ -587,6 +592,55 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
 
   /** @internal */
   _forceClose(): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * A socket between its `socket` operation and the TcpStream or TcpListener it becomes (while its
+ * connect or listen is in flight). Tracked like any resource, so a runtime shutting down meanwhile
+ * closes it (cancelling the operation in flight, which it owns) before the backend goes away: once
+ * the backend is closed, a close operation is refused, and the native backends do not close the
+ * descriptors they handed out, so the fd leaked. `close()` is idempotent, so the caller's clean-up
+ * after a failure never closes the number twice (it may belong to someone else by then).
+ */
+class PendingSocket implements TrackedResource, IoOwner {
+  _ioHead: PendingIo | null = null;
+  private _closing: Promise<void> | null = null;
+  /** Closed by the runtime's shutdown (its operation then failed because of that). */
+  private _forced = false;
+
+  constructor(
+    private readonly _rt: Runtime,
+    readonly fd: number,
+  ) {
+    _rt._trackResource(this);
+  }
+
+  /** What the caller rethrows after `err` ended the operation: `RUNTIME_SHUTDOWN` if the shutdown closed the socket under it. */
+  failure(err: unknown, syscall: string): unknown {
+    if (!this._forced || (err instanceof RuntimeError && err.code === 'RUNTIME_SHUTDOWN')) return err;
+    return new RuntimeError('RUNTIME_SHUTDOWN', `${syscall}: the runtime shut down and closed the socket`, { cause: err });
+  }
+
+  /**
+   * The operation succeeded: the caller makes its resource now (which tracks itself). Throws
+   * `RUNTIME_SHUTDOWN` if the shutdown closed the socket first (the operation had completed).
+   */
+  handOver(syscall: string): void {
+    if (this._closing !== null) throw new RuntimeError('RUNTIME_SHUTDOWN', `${syscall}: the runtime shut down and closed the socket`);
+    this._rt._untrackResource(this);
+  }
+
+  /** Closes the socket once; never rejects. */
+  close(): Promise<void> {
+    this._closing ??= this._rt._closeResource(this, this.fd).catch(noop);
+    return this._closing;
+  }
+
+  /** @internal */
+  _forceClose(): Promise<void> {
+    if (this._closing === null) this._forced = true;
     return this.close();
   }
 }
