@@ -733,6 +733,20 @@ export class Runtime implements TaskScheduler {
     // Let cancellation callbacks run before resources and the backend go away.
     await new Promise<void>((r) => setImmediate(r));
     await this._closeResources();
+    // Operations in flight during the pass above may have made resources since: an open, a
+    // connect or an accept that completed turns into a File or TcpStream (tracked from then on)
+    // a microtask later. The native backends do not close the descriptors they handed out when
+    // they close, so such a resource must be closed here, or its fd leaks (and its object still
+    // says it is open). Each round lets the completions reaped meanwhile become their resources
+    // first; bounded, in case a task that ignores its cancellation keeps opening things. The
+    // rounds come before the plugins close, so what a plugin's close rejects (a signal wait, a
+    // sleep) is settled just before the runtime is done, not an event-loop turn earlier, where a
+    // caller that awaits it after blockOn returns would find it an unhandled rejection.
+    for (let round = 0; round < RESOURCE_ROUNDS; round++) {
+      await new Promise<void>((r) => setImmediate(r));
+      if (this._resources.size === 0) break;
+      await this._closeResources();
+    }
     const errors: unknown[] = [];
     for (const [name, p] of [...this._plugins].reverse()) {
       try {
@@ -740,17 +754,6 @@ export class Runtime implements TaskScheduler {
       } catch (err) {
         errors.push(new RuntimeError('PLUGIN_CLOSE_FAILED', `plugin '${name}' failed to close: ${(err as Error)?.message}`, { cause: err }));
       }
-    }
-    // Operations in flight during the passes above may have made resources since: an open, a
-    // connect or an accept that completed turns into a File or TcpStream (tracked from then on)
-    // a microtask later. The native backends do not close the descriptors they handed out when
-    // they close, so such a resource must be closed here, or its fd leaks (and its object still
-    // says it is open). Each round lets the completions reaped meanwhile become their resources
-    // first; bounded, in case a task that ignores its cancellation keeps opening things.
-    for (let round = 0; round < RESOURCE_ROUNDS; round++) {
-      await new Promise<void>((r) => setImmediate(r));
-      if (this._resources.size === 0) break;
-      await this._closeResources();
     }
     this._backendClosed = true;
     this._backend.onReady(null);
