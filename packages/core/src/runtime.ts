@@ -1,4 +1,5 @@
 import { setMaxListeners } from 'node:events';
+import { closeSync } from 'node:fs';
 import { MAX_TIMER_MS, type IoBackend, type IoCompletion, type IoHandleId, type IoOperation } from './backend.js';
 import { BufferPool } from './buffer-pool.js';
 import { resolveConfig, BACKEND_FEATURE, type FeatureName, type ResolvedConfig, type RuntimeConfig } from './config.js';
@@ -662,14 +663,32 @@ export class Runtime implements TaskScheduler {
 
   /**
    * @internal The close of a file, listener or socket: forgets it, cancels what it has in flight
-   * (each operation still settles once) and closes `fd`. A close after the runtime shut down
-   * resolves: the backend gave every descriptor back already.
+   * (each operation still settles once) and closes `fd`. Shutdown waits (bounded) for these closes
+   * before it closes the backend, also for the ones the caller started itself (the resource is no
+   * longer tracked by then): a close still queued when the backend closed was refused with
+   * `RUNTIME_SHUTDOWN` and its fd leaked (the native backends do not close the descriptors they
+   * handed out). A close after the backend closed was never submitted, so it closes `fd` here.
    */
   _closeResource(r: TrackedResource & IoOwner, fd: number): Promise<void> {
     this._untrackResource(r);
     this._cancelOwned(r);
-    return this.io({ op: 'close', fd }).then(noop, closeFailed);
+    if (this._backendClosed) {
+      try {
+        closeSync(fd);
+      } catch {
+        /* already gone */
+      }
+      return Promise.resolve();
+    }
+    const p = this.io({ op: 'close', fd }).then(noop, closeFailed);
+    const settled = p.then(noop, noop);
+    this._closing.add(settled);
+    void settled.then(() => this._closing.delete(settled));
+    return p;
   }
+
+  /** Close operations of resources in flight (see `_closeResource`); settled promises. */
+  private readonly _closing = new Set<Promise<void>>();
 
   // ---------------------------------------------------------------------------------------------
   // Shutdown
@@ -744,7 +763,7 @@ export class Runtime implements TaskScheduler {
     // caller that awaits it after blockOn returns would find it an unhandled rejection.
     for (let round = 0; round < RESOURCE_ROUNDS; round++) {
       await new Promise<void>((r) => setImmediate(r));
-      if (this._resources.size === 0) break;
+      if (this._resources.size === 0 && this._closing.size === 0) break;
       await this._closeResources();
     }
     const errors: unknown[] = [];
@@ -804,6 +823,8 @@ export class Runtime implements TaskScheduler {
       }
     }
     this._resources.clear();
+    // And the closes started before (by the caller's own close(), no longer tracked).
+    for (const p of this._closing) closing.push(p);
     if (closing.length > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([Promise.all(closing), new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);

@@ -11,6 +11,11 @@
  *    a shutdown closing the backend under the connect refused the clean-up's close
  *    (RUNTIME_SHUTDOWN) and the socket leaked. It is now tracked until it is a TcpStream (the
  *    shutdown closes it, cancelling the connect, which then rejects with RUNTIME_SHUTDOWN).
+ * 3. (Found by the multicore sequence fuzzer, packages/multicore/test/fuzz-sequences.test.ts.) A
+ *    close the caller started itself while the runtime shut down (a task's `finally` closing its
+ *    File) was no longer tracked, so shutdown did not wait for it: on epoll it could still be
+ *    queued for the file thread pool when the backend closed, was refused with RUNTIME_SHUTDOWN,
+ *    resolved, and the fd leaked. Shutdown now waits for every close in flight.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -71,6 +76,32 @@ describe.each(backends)('fuzzer regressions on the $name backend', ({ name, prob
     // Every File the runtime handed out is closed once its runtime has shut down...
     expect(files.filter((f) => !f.closed).length).toBe(0);
     // ...and so is its descriptor.
+    expect(await newFds(before, (w) => w === path)).toEqual([]);
+  });
+
+  it.runIf(probe.ok)(`a close the task started while the runtime shuts down is waited for, not leaked (${avail})`, async () => {
+    const path = fs.realpathSync('/etc/hostname');
+    const before = fdTable();
+    const closes: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      const rt = new Runtime({ backend: name });
+      const h = rt.spawn(async () => {
+        const f = await File.open(path);
+        try {
+          await f.read(new Uint8Array(64), 0);
+        } finally {
+          await f.close().then(
+            () => closes.push('ok'),
+            (e: { code?: string }) => closes.push(e.code ?? 'uncoded'),
+          );
+        }
+      });
+      h.then(undefined, () => undefined);
+      // The shutdown lands before, during or after the task's own close.
+      for (let k = 0; k < i % 4; k++) await new Promise((r) => setImmediate(r));
+      await rt.shutdown({ graceMs: 0 });
+    }
+    expect(closes.every((c) => c === 'ok')).toBe(true);
     expect(await newFds(before, (w) => w === path)).toEqual([]);
   });
 
