@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { File, Runtime, TcpListener, TcpStream, probeBackend, type BackendName } from '@miniss/core';
-import { fdTable } from './fd-table.js';
+import { fdTable } from './fuzz-kit.js';
 
 /** Fds open now that were not (or were something else) in `before`, once closes have had time to land. */
 async function newFds(before: Map<string, string>, match: (what: string) => boolean): Promise<string[]> {

@@ -47,103 +47,22 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { File, Runtime, TcpListener, TcpStream, probeBackend, type BackendName, type BufferHandle, type JoinHandle } from '@miniss/core';
-import { fdTable } from './fd-table.js';
+import { Rng, WHENS, at, fdCount, fdTable, fuzzBudget, sleep, type When } from './fuzz-kit.js';
 
 // ------------------------------------------------------------------------------------------------
 // Budget
 
-const envInt = (name: string): number | undefined => {
-  const v = process.env[name];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, got ${v}`);
-  return n;
-};
-const ONE_SEED = envInt('MINISS_FUZZ_SEED');
-const SEEDS = ONE_SEED !== undefined ? 1 : (envInt('MINISS_FUZZ_SEEDS') ?? 20);
-const BASE = ONE_SEED ?? envInt('MINISS_FUZZ_BASE') ?? 1;
-const ONLY = process.env.MINISS_FUZZ_BACKEND;
-const VERBOSE = process.env.MINISS_FUZZ_VERBOSE === '1';
+const BUDGET = fuzzBudget(20);
+const ONE_SEED = BUDGET.oneSeed;
+const SEEDS = BUDGET.seeds;
+const BASE = BUDGET.base;
+const ONLY = BUDGET.only;
+const VERBOSE = BUDGET.verbose;
 const UNDER_ASAN = process.env.MINISS_UNDER_ASAN === '1';
 /** How long any one promise may stay pending after its phase stopped issuing work. */
 const SETTLE_BOUND_MS = UNDER_ASAN ? 20_000 : 10_000;
 /** How long one seed may take in all. */
 const SEED_BOUND_MS = 3 * SETTLE_BOUND_MS;
-
-// ------------------------------------------------------------------------------------------------
-// Seeded randomness
-
-class Rng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0 || 0x9e3779b9;
-  }
-  u32(): number {
-    // mulberry32
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  /** Integer in [a, b]. */
-  int(a: number, b: number): number {
-    return a + (this.u32() % (b - a + 1));
-  }
-  chance(p: number): boolean {
-    return this.u32() / 4294967296 < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.u32() % xs.length]!;
-  }
-  bytes(n: number): Uint8Array {
-    const b = new Uint8Array(n);
-    for (let i = 0; i < n; i += 4) {
-      const v = this.u32();
-      b[i] = v;
-      if (i + 1 < n) b[i + 1] = v >>> 8;
-      if (i + 2 < n) b[i + 2] = v >>> 16;
-      if (i + 3 < n) b[i + 3] = v >>> 24;
-    }
-    return b;
-  }
-  /** A length: mostly up to 48 KiB, sometimes tiny, sometimes a page multiple. */
-  len(): number {
-    const k = this.int(0, 9);
-    if (k < 3) return this.int(1, 64);
-    if (k < 5) return 4096 * this.int(1, 8);
-    return this.int(1, 48 * 1024);
-  }
-  sub(): Rng {
-    return new Rng(this.u32());
-  }
-}
-
-// ------------------------------------------------------------------------------------------------
-// Timing: when an abort, a cancel or a close happens relative to the call
-
-type When = 'sync' | 'micro' | 'immediate' | 'timer';
-const WHENS: readonly When[] = ['sync', 'micro', 'immediate', 'timer'];
-
-/** Runs `fn` at `when`; the promise resolves once it has run. */
-function at(when: When, ms: number, fn: () => void): Promise<void> {
-  if (when === 'sync') {
-    fn();
-    return Promise.resolve();
-  }
-  return new Promise<void>((resolve) => {
-    const run = (): void => {
-      try {
-        fn();
-      } finally {
-        resolve();
-      }
-    };
-    if (when === 'micro') queueMicrotask(run);
-    else if (when === 'immediate') setImmediate(run);
-    else setTimeout(run, ms);
-  });
-}
 
 function pause(rng: Rng): Promise<void> | undefined {
   switch (rng.int(0, 5)) {
@@ -158,12 +77,6 @@ function pause(rng: Rng): Promise<void> | undefined {
     default:
       return new Promise((r) => setTimeout(r, rng.int(0, 3)));
   }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function fdCount(): number {
-  return fs.readdirSync('/proc/self/fd').length;
 }
 
 

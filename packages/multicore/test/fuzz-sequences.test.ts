@@ -63,22 +63,17 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { probeBackend, type BackendName } from '@miniss/core';
 import { MultiCoreRuntime, type CoreTaskHandle } from '@miniss/multicore';
+import { Rng, WHENS, at, fdCount, fdTable, fuzzBudget, sleep } from '../../core/test/fuzz-kit.js';
 
 // ------------------------------------------------------------------------------------------------
 // Budget
 
-const envInt = (name: string): number | undefined => {
-  const v = process.env[name];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, got ${v}`);
-  return n;
-};
-const ONE_SEED = envInt('MINISS_FUZZ_SEED');
-const SEEDS = ONE_SEED !== undefined ? 1 : (envInt('MINISS_FUZZ_SEEDS') ?? 40);
-const BASE = ONE_SEED ?? envInt('MINISS_FUZZ_BASE') ?? 1;
-const ONLY = process.env.MINISS_FUZZ_BACKEND as BackendName | undefined;
-const VERBOSE = process.env.MINISS_FUZZ_VERBOSE === '1';
+const BUDGET = fuzzBudget(40);
+const ONE_SEED = BUDGET.oneSeed;
+const SEEDS = BUDGET.seeds;
+const BASE = BUDGET.base;
+const ONLY = BUDGET.only as BackendName | undefined;
+const VERBOSE = BUDGET.verbose;
 const UNDER_ASAN = process.env.MINISS_UNDER_ASAN === '1';
 /** How long any one handle may stay pending after the seed stopped issuing work. */
 const SETTLE_BOUND_MS = UNDER_ASAN ? 20_000 : 10_000;
@@ -86,60 +81,6 @@ const SETTLE_BOUND_MS = UNDER_ASAN ? 20_000 : 10_000;
 const SEED_BOUND_MS = 3 * SETTLE_BOUND_MS;
 /** Shutdown's wait for a blocked worker (none should block that long: the longest busy task is 15 ms). */
 const WORKER_EXIT_MS = 3000;
-
-// ------------------------------------------------------------------------------------------------
-// Seeded randomness (mulberry32, as in packages/core/test/fuzz-sequences.test.ts)
-
-class Rng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0 || 0x9e3779b9;
-  }
-  u32(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  int(a: number, b: number): number {
-    return a + (this.u32() % (b - a + 1));
-  }
-  chance(p: number): boolean {
-    return this.u32() / 4294967296 < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.u32() % xs.length]!;
-  }
-  sub(): Rng {
-    return new Rng(this.u32());
-  }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-type When = 'sync' | 'micro' | 'immediate' | 'timer';
-const WHENS: readonly When[] = ['sync', 'micro', 'immediate', 'timer'];
-
-/** Runs `fn` at `when`; the promise resolves once it has run. */
-function at(when: When, ms: number, fn: () => void): Promise<void> {
-  if (when === 'sync') {
-    fn();
-    return Promise.resolve();
-  }
-  return new Promise<void>((resolve) => {
-    const run = (): void => {
-      try {
-        fn();
-      } finally {
-        resolve();
-      }
-    };
-    if (when === 'micro') queueMicrotask(run);
-    else if (when === 'immediate') setImmediate(run);
-    else setTimeout(run, ms);
-  });
-}
 
 function pause(rng: Rng): Promise<void> | undefined {
   switch (rng.int(0, 6)) {
@@ -157,18 +98,6 @@ function pause(rng: Rng): Promise<void> | undefined {
   }
 }
 
-const fdCount = (): number => fs.readdirSync('/proc/self/fd').length;
-function fdTable(): Map<string, string> {
-  const m = new Map<string, string>();
-  for (const fd of fs.readdirSync('/proc/self/fd')) {
-    try {
-      m.set(fd, fs.readlinkSync(`/proc/self/fd/${fd}`));
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return m;
-}
 
 // ------------------------------------------------------------------------------------------------
 // Random values
