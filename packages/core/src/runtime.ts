@@ -128,6 +128,8 @@ const RESOLVED: Promise<void> = Promise.resolve();
 const DRAIN_BUDGET = 4096;
 /** Shutdown: rounds of closing resources made by operations that completed during the previous one. */
 const RESOURCE_ROUNDS = 16;
+/** Shutdown: how long it waits for close operations to complete before it closes the backend anyway. */
+const CLOSE_WAIT_MS = 2000;
 /** Failed tasks nobody awaited kept for the warnings at shutdown (each holds its error). */
 const UNOBSERVED_KEPT = 16;
 /** The smallest size at which the live-task array is compacted (see `_compactLive`). */
@@ -761,9 +763,12 @@ export class Runtime implements TaskScheduler {
     // rounds come before the plugins close, so what a plugin's close rejects (a signal wait, a
     // sleep) is settled just before the runtime is done, not an event-loop turn earlier, where a
     // caller that awaits it after blockOn returns would find it an unhandled rejection.
+    // A close that never completes (one waiting behind a system call stuck in the file pool) is
+    // waited for up to CLOSE_WAIT_MS in all, not once per round.
+    const closeDeadline = Date.now() + CLOSE_WAIT_MS;
     for (let round = 0; round < RESOURCE_ROUNDS; round++) {
       await new Promise<void>((r) => setImmediate(r));
-      if (this._resources.size === 0 && this._closing.size === 0) break;
+      if (this._resources.size === 0 && (this._closing.size === 0 || Date.now() >= closeDeadline)) break;
       await this._closeResources();
     }
     const errors: unknown[] = [];
@@ -827,7 +832,7 @@ export class Runtime implements TaskScheduler {
     for (const p of this._closing) closing.push(p);
     if (closing.length > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([Promise.all(closing), new Promise<void>((r) => (timer = setTimeout(r, 2000)))]);
+      await Promise.race([Promise.all(closing), new Promise<void>((r) => (timer = setTimeout(r, CLOSE_WAIT_MS)))]);
       clearTimeout(timer);
     }
   }
