@@ -1038,19 +1038,20 @@ export class NodeBackend implements IoBackend {
     }
     this._hold(s);
     s.other = rec;
+    /** Lets go of the socket once, whichever of the cancel and the callback comes first. */
+    const releaseOther = (): void => {
+      if (s.other === rec) {
+        s.other = null;
+        this._release(s);
+      }
+    };
     const end = (): void => {
       rec.cancel = () => {
-        if (s.other === rec) {
-          s.other = null;
-          this._release(s);
-        }
+        releaseOther();
         this._cancelled(rec, 'shutdown');
       };
       sock.end(() => {
-        if (s.other === rec) {
-          s.other = null;
-          this._release(s);
-        }
+        releaseOther();
         this._complete(rec, 0);
       });
     };
@@ -1063,10 +1064,7 @@ export class NodeBackend implements IoBackend {
     s.writeQ.push(item);
     rec.cancel = () => {
       this._unqueueWrite(s, item);
-      if (s.other === rec) {
-        s.other = null;
-        this._release(s);
-      }
+      releaseOther();
       this._cancelled(rec, 'shutdown');
     };
   }

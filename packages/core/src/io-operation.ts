@@ -120,10 +120,7 @@ export function validateOperation(op: IoOperation): void {
         throw new InvalidArgumentError(`${op.op}: addr must be { host: string, port: 0..65535 }`);
       }
       if (op.op === 'connect' && a.port === 0) throw new InvalidArgumentError('connect: port 0 is not a destination');
-      // At most setTimeout's limit, so every backend (a kernel timeout or a timer) can time it.
-      if (op.op === 'connect' && op.timeoutMs !== undefined && !(typeof op.timeoutMs === 'number' && op.timeoutMs > 0 && op.timeoutMs <= MAX_TIMER_MS)) {
-        throw new InvalidArgumentError(`connect: timeoutMs must be a number of milliseconds above 0 and at most ${MAX_TIMER_MS}, got ${String(op.timeoutMs)}`);
-      }
+      if (op.op === 'connect') checkConnectTimeout(op.timeoutMs, 'connect: ');
       if (op.op === 'listen' && (!Number.isInteger(op.backlog) || op.backlog < 0)) {
         throw new InvalidArgumentError('listen: backlog must be a non-negative integer');
       }
@@ -143,4 +140,15 @@ export function checkSignal(signal: unknown, syscall: string): AbortSignal | und
     throw new InvalidArgumentError(`${syscall}: signal must be an AbortSignal, got ${signal === null ? 'null' : typeof signal}`);
   }
   return signal;
+}
+
+/**
+ * Throws `INVALID_ARGUMENT` unless `timeoutMs` (a connect's) is undefined or a number of
+ * milliseconds above 0 and at most setTimeout's limit: past 2^31 - 1 ms Node fires a timer after
+ * 1 ms, and every backend (a kernel timeout or a timer) must time the connect the same way.
+ */
+export function checkConnectTimeout(timeoutMs: unknown, prefix: string): void {
+  if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs > 0 && timeoutMs <= MAX_TIMER_MS)) {
+    throw new InvalidArgumentError(`${prefix}timeoutMs must be a number of milliseconds above 0 and at most ${MAX_TIMER_MS}, got ${String(timeoutMs)}`);
+  }
 }

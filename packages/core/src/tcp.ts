@@ -1,10 +1,10 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { MAX_TIMER_MS, type IoOperation, type SocketAddress } from './backend.js';
+import type { IoOperation, SocketAddress } from './backend.js';
 import { constants as osConstants } from 'node:os';
 import { InvalidArgumentError, IoError, RuntimeError, closedError, ioErrorFromCode, ioErrorFromErrno } from './errors.js';
 import type { IoCallOptions } from './file.js';
-import { checkSignal } from './io-operation.js';
+import { checkConnectTimeout, checkSignal } from './io-operation.js';
 import { abortReason, currentRuntime, noop, type IoOwner, type PendingIo, type Runtime, type TrackedResource } from './runtime.js';
 
 export interface TcpAddress {
@@ -262,11 +262,7 @@ export class TcpStream implements TrackedResource, IoOwner, AsyncIterable<Uint8A
     const opts: ConnectOptions = checkOptions(options, 'connect');
     const port = checkPort(addr.port, false);
     const timeoutMs = opts.timeoutMs;
-    // At most setTimeout's limit: past 2^31 - 1 ms Node fires a timer after 1 ms, and every
-    // backend must time the connect the same way.
-    if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs > 0 && timeoutMs <= MAX_TIMER_MS)) {
-      throw new InvalidArgumentError(`timeoutMs must be a number of milliseconds above 0 and at most ${MAX_TIMER_MS}, got ${String(timeoutMs)}`);
-    }
+    checkConnectTimeout(timeoutMs, '');
     const { host, family } = await resolveHost(addr.host ?? '127.0.0.1', 'connect', port);
     const fd = await rt.io({ op: 'socket', family }, opts.signal);
     // Until it is a TcpStream, the socket is closed by a shutdown like any resource (see PendingSocket).
